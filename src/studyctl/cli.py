@@ -1,0 +1,390 @@
+"""The `studyctl` command line. Each command parses, calls one library function and formats
+the result; errors a user can cause print as one line with exit code 2.
+
+Nothing here imports TensorFlow: `studyctl --help` stays fast, and worker processes are
+started before TensorFlow exists in any parent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from studyctl.errors import StudyctlError
+
+app = typer.Typer(
+    name="studyctl",
+    help="Optuna-backed hyperparameter studies of Keras models, kept in a database.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(func: F) -> F:
+    """Register a command whose StudyctlError becomes one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except StudyctlError as exc:
+            _fail(str(exc), exc.exit_code)
+
+    app.command()(wrapper)
+    return func
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        "-s",
+        help="Database URL. Default: $STUDYCTL_STORAGE, then the "
+        "spec's storage, then sqlite:///studyctl.db.",
+        show_default=False,
+    ),
+]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+ObjectivesDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--objectives-dir",
+        help="Folder of objective files [default: ./objectives]",
+        show_default=False,
+    ),
+]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, box=None, pad_edge=False, header_style="bold")
+    for row in rows:
+        table.add_row(*("-" if c is None else str(c) for c in row))
+    Console(width=max(120, len(columns) * 14)).print(table)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
+    return "-" if v is None else str(v)
+
+
+def _storage(url: str | None) -> Any:
+    from studyctl.storage import open_storage, resolve_storage_url
+
+    return open_storage(resolve_storage_url(url))
+
+
+# --- run ---------------------------------------------------------------------------------
+
+
+@command
+def run(
+    spec_path: Annotated[Path, typer.Argument(help="Study spec (TOML).", metavar="SPEC")],
+    storage: StorageOpt = None,
+    objectives_dir: ObjectivesDirOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-trial lines.")] = False,
+    fmt: FormatOpt = OutputFormat.table,
+) -> None:
+    """Run a study to its budget: create it or continue it, trial after trial.
+
+    n_trials is the study's total: running the same spec again continues to the total.
+    """
+    from studyctl.progress import ProgressPrinter
+    from studyctl.sequential import prepare_study, run_sequential
+    from studyctl.spec import load_spec
+    from studyctl.storage import mask_url, resolve_storage_url
+    from studyctl.summary import study_status
+
+    spec = load_spec(spec_path)
+    url = resolve_storage_url(storage, spec.storage)
+    prepared = prepare_study(spec, url, objectives_dir)
+    status = study_status(prepared.storage, spec.name, stale_after=spec.worker.grace_period)
+    say = (lambda _m: None) if quiet or fmt == OutputFormat.json else typer.echo
+    if status["complete"]:
+        if fmt == OutputFormat.json:
+            _echo_json({"study": status, "trials_run": 0, "stopped": "budget-met"})
+        else:
+            typer.echo(
+                f"study {spec.name}: budget met ({status['finished']}/{spec.n_trials} "
+                "finished); nothing to run"
+            )
+            _print_best(status)
+        return
+    verb = "created" if prepared.created else "continuing"
+    say(
+        f"study {spec.name} ({verb}) on {mask_url(url)}: {status['finished']}/"
+        f"{_fmt(status['n_trials'])} finished, objective {spec.objective}, "
+        f"sampler {spec.sampler.type}, pruner {spec.pruner.type}"
+    )
+    printer = ProgressPrinter(prepared.storage, prepared.study, spec.n_trials, say)
+    result = run_sequential(prepared, objectives_dir, on_trial=printer)
+    status = study_status(prepared.storage, spec.name, stale_after=spec.worker.grace_period)
+    _finish_run(result, status, fmt)
+
+
+def _finish_run(result: Any, status: dict[str, Any], fmt: OutputFormat) -> None:
+    if fmt == OutputFormat.json:
+        _echo_json(
+            {
+                "study": status,
+                "trials_run": result.trials_run,
+                "stopped": result.reason,
+                "message": result.message,
+            }
+        )
+    else:
+        typer.echo(
+            f"stopped: {result.reason}"
+            + (f" ({result.message})" if result.message else "")
+            + f"; {status['finished']}/{_fmt(status['n_trials'])} finished"
+        )
+        _print_best(status)
+    if result.reason == "interrupted":
+        raise typer.Exit(128 + int(result.signum or 2))
+    if result.reason == "fatal":
+        _fail(result.message)
+    if result.reason == "failures":
+        raise typer.Exit(1)
+
+
+def _print_best(status: dict[str, Any]) -> None:
+    for best in status["best"]:
+        typer.echo(
+            f"best trial #{best['number']}: {_fmt(best['values'])}  params "
+            f"{json.dumps(best['params'])}"
+        )
+    if not status["best"]:
+        typer.echo("no completed trial yet")
+
+
+# --- inspection --------------------------------------------------------------------------
+
+
+@command
+def studies(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table) -> None:
+    """List the studies in a storage with their trial counts and best value."""
+    from studyctl.summary import list_studies
+
+    rows = list_studies(_storage(storage))
+    if fmt == OutputFormat.json:
+        _echo_json(rows)
+        return
+    _table(
+        ["study", "direction", "finished", "budget", "running", "failed", "best"],
+        [
+            [
+                r["name"],
+                ",".join(r["directions"]),
+                r["finished"],
+                r["n_trials"],
+                r["states"]["RUNNING"],
+                r["states"]["FAIL"],
+                _fmt(r["best_value"]),
+            ]
+            for r in rows
+        ],
+    )
+
+
+@command
+def status(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+) -> None:
+    """Budget, trial states, workers (live and dead), retries and the best trial."""
+    from studyctl.study import load_stored_spec
+    from studyctl.summary import study_status
+
+    st = _storage(storage)
+    try:
+        grace = load_stored_spec(st, study).worker.grace_period
+    except StudyctlError:
+        grace = 120
+    data = study_status(st, study, stale_after=grace)
+    if fmt == OutputFormat.json:
+        _echo_json(data)
+        return
+    states = ", ".join(f"{k.lower()} {v}" for k, v in data["states"].items() if v)
+    typer.echo(
+        f"study {data['name']} ({', '.join(data['directions'])} "
+        f"{', '.join(m or '?' for m in (data['metrics'] or ['?']))})"
+    )
+    typer.echo(
+        f"budget: {data['finished']}/{_fmt(data['n_trials'])} finished"
+        + (" (complete)" if data["complete"] else "")
+        + f"; {states or 'no trials'}"
+    )
+    _print_best(data)
+    if data["retried"]:
+        typer.echo(
+            "retried: "
+            + ", ".join(
+                f"#{r['trial']} retries #{r['retry_of']} ({r['state'].lower()})"
+                for r in data["retried"]
+            )
+        )
+    if data["workers"]:
+        typer.echo("workers:")
+        _table(
+            ["worker", "host", "pid", "gpus", "state", "trials", "current", "heartbeat"],
+            [
+                [
+                    w["worker_id"],
+                    w["host"],
+                    w["pid"],
+                    w["gpus"] or "-",
+                    w["state"],
+                    w["trials_done"],
+                    w["current_trial"],
+                    w["heartbeat_at"][:19],
+                ]
+                for w in data["workers"]
+            ],
+        )
+
+
+@command
+def trials(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--state",
+            help="Only trials in this state (repeatable): complete, pruned, fail, "
+            "running, waiting.",
+        ),
+    ] = None,
+    fmt: FormatOpt = OutputFormat.table,
+) -> None:
+    """List a study's trials with params, values, state, duration and attributes."""
+    from studyctl.summary import STATES, list_trials
+
+    for s in state or []:
+        if s.upper() not in STATES:
+            _fail(f"--state {s!r}: expected one of {', '.join(x.lower() for x in STATES)}")
+    rows = list_trials(_storage(storage), study, state)
+    if fmt == OutputFormat.json:
+        _echo_json(rows)
+        return
+    _table(
+        ["#", "state", "value", "duration", "params", "note"],
+        [
+            [
+                r["number"],
+                r["state"],
+                _fmt(r["values"]),
+                None if r["duration_s"] is None else f"{r['duration_s']:.1f}s",
+                json.dumps(r["params"]),
+                r["user_attrs"].get("fail_reason")
+                or (
+                    f"pruned at epoch {r['user_attrs']['pruned_at_epoch']}"
+                    if "pruned_at_epoch" in r["user_attrs"]
+                    else None
+                ),
+            ]
+            for r in rows
+        ],
+    )
+
+
+@command
+def best(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+) -> None:
+    """The best trial (the Pareto front for several objectives)."""
+    from studyctl.summary import best_summary
+
+    rows = best_summary(_storage(storage), study)
+    if fmt == OutputFormat.json:
+        _echo_json(rows)
+        return
+    if not rows:
+        _fail(f"study {study!r} has no completed trial yet", code=1)
+    for r in rows:
+        typer.echo(f"trial #{r['number']}: {_fmt(r['values'])}")
+        for k, v in r["params"].items():
+            typer.echo(f"  {k} = {_fmt(v)}")
+
+
+@command
+def objectives(
+    objectives_dir: ObjectivesDirOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+) -> None:
+    """List registered objectives and where each came from."""
+    from studyctl.registry import KerasObjective, discover_objectives
+
+    found = discover_objectives(objectives_dir)
+    rows = [
+        {
+            "name": name,
+            "kind": "keras" if isinstance(o, KerasObjective) else "function",
+            "source": o.source,
+        }
+        for name, o in sorted(found.objectives.items())
+    ]
+    if fmt == OutputFormat.json:
+        _echo_json({"objectives": rows, "errors": found.errors})
+        return
+    _table(["objective", "kind", "source"], [[r["name"], r["kind"], r["source"]] for r in rows])
+    for src, err in found.errors.items():
+        typer.echo(f"failed to import {src}: {err}", err=True)
+
+
+@command
+def delete(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a study with all its trials."""
+    from studyctl.storage import mask_url, resolve_storage_url
+    from studyctl.study import delete_study
+
+    st = _storage(storage)
+    shown = mask_url(resolve_storage_url(storage))
+    if not yes and not typer.confirm(f"Delete study {study!r} and all its trials from {shown}?"):
+        _fail("not deleted", code=1)
+    delete_study(st, study)
+    typer.echo(f"deleted study {study}")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""studyctl's own tables (prefix ``studyctl_``), living beside Optuna's in the same database.
+
+* ``studyctl_studies``: one row per study: the budget (`n_trials`) and the spec snapshot the
+  study was created from, so that `studyctl worker` needs only a URL and a study name.
+* ``studyctl_workers``: every worker process, with host, pid, GPU set and heartbeat.
+* ``studyctl_claims``: budget reservations; a worker holds one while its trial runs.
+
+All access goes through `transaction(engine)`; queries take the connection explicitly.
+Optuna's tables are read (never written) only in `count_finished_trials`, whose columns
+have not changed since Optuna's schema v3.2.0.a.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+metadata = sa.MetaData()
+
+studies_table = sa.Table(
+    "studyctl_studies",
+    metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("n_trials", sa.Integer, nullable=True),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    # Bumped by every claim: the UPDATE takes the row lock (PostgreSQL) or the write lock
+    # (SQLite) that makes counting and reserving one atomic step.
+    sa.Column("claim_seq", sa.Integer, nullable=False, server_default="0"),
+)
+
+workers_table = sa.Table(
+    "studyctl_workers",
+    metadata,
+    sa.Column("worker_id", sa.String(64), primary_key=True),
+    sa.Column("study_name", sa.String(512), nullable=False, index=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("gpus", sa.String(255), nullable=False, server_default=""),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+    sa.Column("trials_done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("current_trial", sa.Integer, nullable=True),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("message", sa.Text, nullable=True),
+)
+
+claims_table = sa.Table(
+    "studyctl_claims",
+    metadata,
+    sa.Column("claim_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_name", sa.String(512), nullable=False, index=True),
+    sa.Column("worker_id", sa.String(64), nullable=False),
+    sa.Column("trial_id", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+WORKER_RUNNING = "running"
+WORKER_STOPPED = "stopped"
+
+
+def utcnow() -> datetime:
+    """Naive UTC, the form stored in every timestamp column."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """The one transaction helper: commit on success, roll back on any error."""
+    with engine.begin() as conn:
+        yield conn
+
+
+def create_tables(engine: Engine) -> None:
+    metadata.create_all(engine, checkfirst=True)
+
+
+# --- studies -----------------------------------------------------------------------------
+
+
+def get_study_record(conn: Connection, study_name: str) -> dict[str, Any] | None:
+    row = (
+        conn.execute(sa.select(studies_table).where(studies_table.c.study_name == study_name))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+def upsert_study_record(
+    conn: Connection, study_name: str, n_trials: int | None, spec_json: str
+) -> None:
+    now = utcnow()
+    updated = conn.execute(
+        sa.update(studies_table)
+        .where(studies_table.c.study_name == study_name)
+        .values(n_trials=n_trials, spec_json=spec_json, updated_at=now)
+    )
+    if updated.rowcount == 0:
+        conn.execute(
+            sa.insert(studies_table).values(
+                study_name=study_name,
+                n_trials=n_trials,
+                spec_json=spec_json,
+                created_at=now,
+                updated_at=now,
+                claim_seq=0,
+            )
+        )
+
+
+def delete_study_records(conn: Connection, study_name: str) -> None:
+    for table in (claims_table, workers_table, studies_table):
+        conn.execute(sa.delete(table).where(table.c.study_name == study_name))
+
+
+# --- workers -----------------------------------------------------------------------------
+
+
+def insert_worker(conn: Connection, **values: Any) -> None:
+    now = utcnow()
+    conn.execute(
+        sa.insert(workers_table).values(
+            started_at=now, heartbeat_at=now, trials_done=0, state=WORKER_RUNNING, **values
+        )
+    )
+
+
+def update_worker(conn: Connection, worker_id: str, **values: Any) -> None:
+    conn.execute(
+        sa.update(workers_table).where(workers_table.c.worker_id == worker_id).values(**values)
+    )
+
+
+def list_workers(conn: Connection, study_name: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        sa.select(workers_table)
+        .where(workers_table.c.study_name == study_name)
+        .order_by(workers_table.c.started_at)
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+# --- budget claims -----------------------------------------------------------------------
+
+_FINISHED_STATES = ("COMPLETE", "PRUNED")
+_LIVE_TRIAL_STATES = ("RUNNING", "WAITING")
+
+
+def count_finished_trials(conn: Connection, study_id: int) -> int:
+    return int(
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FROM trials WHERE study_id = :sid AND state IN "
+                "('COMPLETE', 'PRUNED')"
+            ),
+            {"sid": study_id},
+        ).scalar_one()
+    )
+
+
+def count_live_claims(conn: Connection, study_name: str, stale_before: datetime) -> int:
+    """Claims that may still produce a finished trial.
+
+    A claim counts while its trial is running (even if its worker died: the trial stays
+    RUNNING until the heartbeat marks it failed, and its retry then takes a claim of its
+    own), or, before its trial exists, while its worker is alive.
+    """
+    return int(
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FROM studyctl_claims c "
+                "LEFT JOIN trials t ON t.trial_id = c.trial_id "
+                "LEFT JOIN studyctl_workers w ON w.worker_id = c.worker_id "
+                "WHERE c.study_name = :name AND ("
+                "  (c.trial_id IS NOT NULL AND t.state IN ('RUNNING', 'WAITING'))"
+                "  OR (c.trial_id IS NULL AND w.heartbeat_at >= :stale_before))"
+            ),
+            {"name": study_name, "stale_before": stale_before},
+        ).scalar_one()
+    )
+
+
+def try_claim(
+    engine: Engine,
+    *,
+    study_name: str,
+    study_id: int,
+    worker_id: str,
+    n_trials: int | None,
+    stale_after: float,
+) -> int | None:
+    """Reserve one trial of the budget for `worker_id`; None when the budget is taken.
+
+    The first statement updates the study's row, which serialises claims of one study on
+    both SQLite (write lock) and PostgreSQL (row lock), so the count and the insert that
+    follow cannot interleave with another worker's.
+    """
+    with transaction(engine) as conn:
+        conn.execute(
+            sa.update(studies_table)
+            .where(studies_table.c.study_name == study_name)
+            .values(claim_seq=studies_table.c.claim_seq + 1)
+        )
+        if n_trials is not None:
+            stale_before = utcnow() - timedelta(seconds=stale_after)
+            taken = count_finished_trials(conn, study_id) + count_live_claims(
+                conn, study_name, stale_before
+            )
+            if taken >= n_trials:
+                return None
+        result = conn.execute(
+            sa.insert(claims_table).values(
+                study_name=study_name, worker_id=worker_id, created_at=utcnow()
+            )
+        )
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+
+def attach_claim(engine: Engine, claim_id: int, trial_id: int) -> None:
+    with transaction(engine) as conn:
+        conn.execute(
+            sa.update(claims_table)
+            .where(claims_table.c.claim_id == claim_id)
+            .values(trial_id=trial_id)
+        )
+
+
+def release_claim(engine: Engine, claim_id: int) -> None:
+    with transaction(engine) as conn:
+        conn.execute(sa.delete(claims_table).where(claims_table.c.claim_id == claim_id))

@@ -1,0 +1,80 @@
+"""Progress lines for long work: trials done of the budget, states, best so far, ETA."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from optuna.trial import TrialState
+
+from studyctl.summary import best_trials, state_counts
+
+if TYPE_CHECKING:
+    import optuna
+
+    from studyctl.storage import StudyctlStorage
+    from studyctl.worker import TrialOutcome
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+class ProgressPrinter:
+    """Prints one line per finished trial with the study's totals."""
+
+    def __init__(
+        self,
+        storage: StudyctlStorage,
+        study: optuna.Study,
+        n_trials: int | None,
+        echo: Callable[[str], None],
+    ) -> None:
+        self.storage = storage
+        self.study = study
+        self.n_trials = n_trials
+        self.echo = echo
+        self.started = time.monotonic()
+        self.finished_here = 0
+        self.finished_at_start = self._finished()
+
+    def _finished(self) -> int:
+        counts = state_counts(self.storage, self.study._study_id)
+        return counts["COMPLETE"] + counts["PRUNED"]
+
+    def __call__(self, outcome: TrialOutcome) -> None:
+        counts = state_counts(self.storage, self.study._study_id)
+        finished = counts["COMPLETE"] + counts["PRUNED"]
+        if outcome.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self.finished_here += 1
+        elapsed = time.monotonic() - self.started
+        budget = "?" if self.n_trials is None else str(self.n_trials)
+        what = outcome.state.name
+        if outcome.state == TrialState.COMPLETE and outcome.values:
+            what += " " + ", ".join(_fmt(v) for v in outcome.values)
+        elif outcome.reason:
+            what += f" ({outcome.reason})"
+        best = best_trials(self.study)
+        if len(best) == 1:
+            best_text = f"best {_fmt(best[0].values[0])} (#{best[0].number})"
+        elif best:
+            best_text = f"{len(best)} on the Pareto front"
+        else:
+            best_text = "best -"
+        eta = ""
+        if self.n_trials is not None and self.finished_here:
+            remaining = max(0, self.n_trials - finished)
+            eta = f" · ETA {format_duration(elapsed / self.finished_here * remaining)}"
+        self.echo(
+            f"trial {outcome.number:>4} {what} [{outcome.duration_s:.1f}s] | "
+            f"{finished}/{budget} finished ({counts['PRUNED']} pruned, {counts['FAIL']} failed)"
+            f" | {best_text} | elapsed {format_duration(elapsed)}{eta}"
+        )

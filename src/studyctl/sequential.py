@@ -1,0 +1,62 @@
+"""`studyctl run SPEC` without workers: the whole study in this process, trial by trial."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from studyctl.registry import resolve_objective
+from studyctl.spec import StudySpec
+from studyctl.storage import StudyctlStorage, open_storage
+from studyctl.study import open_study
+from studyctl.worker import LoopResult, TrialOutcome, WorkerRegistration, run_trial_loop
+
+
+@dataclass
+class PreparedStudy:
+    storage: StudyctlStorage
+    study: optuna.Study
+    spec: StudySpec
+    created: bool
+
+
+def prepare_study(
+    spec: StudySpec, storage_url: str, objectives_dir: str | Path | None = None
+) -> PreparedStudy:
+    """Check the objective and the storage, then create or load the study.
+
+    The objective is resolved first, so an unknown objective never creates a study.
+    """
+    resolve_objective(spec.objective, objectives_dir)
+    storage = open_storage(
+        storage_url,
+        heartbeat_interval=spec.worker.heartbeat_interval,
+        grace_period=spec.worker.grace_period,
+        max_retries=spec.worker.max_retries,
+    )
+    opened = open_study(storage, spec, create=True)
+    return PreparedStudy(storage=storage, study=opened.study, spec=spec, created=opened.created)
+
+
+def run_sequential(
+    prepared: PreparedStudy,
+    objectives_dir: str | Path | None = None,
+    on_trial: Callable[[TrialOutcome], None] | None = None,
+) -> LoopResult:
+    objective = resolve_objective(prepared.spec.objective, objectives_dir)
+    with WorkerRegistration(
+        prepared.storage,
+        prepared.spec.name,
+        interval=min(10.0, prepared.spec.worker.heartbeat_interval),
+    ) as registration:
+        return run_trial_loop(
+            prepared.storage,
+            prepared.study,
+            prepared.spec,
+            objective,
+            registration,
+            on_trial=on_trial,
+        )

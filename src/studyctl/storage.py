@@ -1,0 +1,227 @@
+"""Opening a study storage: URL precedence, password masking, SQLite WAL, one storage per
+process, and every connection problem turned into one clear `StorageError`."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models as optuna_models
+from optuna.trial import TrialState
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from studyctl import db
+from studyctl.errors import StorageError
+
+DEFAULT_STORAGE = "sqlite:///studyctl.db"
+STORAGE_ENV = "STUDYCTL_STORAGE"
+SQLITE_BUSY_TIMEOUT_S = 60
+# Per process: Optuna's session plus its heartbeat thread, studyctl's worker heartbeat
+# thread and one spare; see docs/ARCHITECTURE.md ("Connections").
+POSTGRES_POOL_SIZE = 3
+POSTGRES_MAX_OVERFLOW = 1
+
+
+def resolve_storage_url(cli_value: str | None, spec_value: str | None = None) -> str:
+    """`--storage`, then $STUDYCTL_STORAGE, then the spec's `storage`, then the default."""
+    for value in (cli_value, os.environ.get(STORAGE_ENV), spec_value):
+        if value:
+            return value
+    return DEFAULT_STORAGE
+
+
+_PASSWORD_RE = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe to print or log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return _PASSWORD_RE.sub(r"\1***@", url)
+
+
+class StudyctlStorage(RDBStorage):
+    """Optuna's RDBStorage with atomic trial state transitions.
+
+    Optuna reads a trial's state and then writes the new one; on SQLite (no SELECT ... FOR
+    UPDATE) two workers can both take the same WAITING trial, or both fail the same stale
+    trial and enqueue two retries. Here the write is one conditional UPDATE, so exactly one
+    process wins each transition, on every backend.
+    """
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state == TrialState.RUNNING:
+            expected = TrialState.WAITING
+        elif state.is_finished():
+            expected = TrialState.RUNNING
+        else:
+            return super().set_trial_state_values(trial_id, state, values)
+        now = datetime.now()
+        changes: dict[str, Any] = {"state": state}
+        if state == TrialState.RUNNING:
+            changes["datetime_start"] = now
+        else:
+            changes["datetime_complete"] = now
+        trial_model = optuna_models.TrialModel
+        value_model = optuna_models.TrialValueModel
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.update(trial_model)
+                .where(trial_model.trial_id == trial_id, trial_model.state == expected)
+                .values(**changes)
+            )
+            won = result.rowcount == 1
+            if won:
+                for objective, value in enumerate(values or ()):
+                    stored, value_type = value_model.value_to_stored_repr(value)
+                    conn.execute(
+                        sa.insert(value_model).values(
+                            trial_id=trial_id,
+                            objective=objective,
+                            value=stored,
+                            value_type=value_type,
+                        )
+                    )
+        if not won:
+            if state == TrialState.RUNNING:
+                return False
+            if self.get_trial(trial_id).state.is_finished():
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"Trial#{trial_id} has already finished and can not be updated."
+                )
+            return super().set_trial_state_values(trial_id, state, values)
+        return True
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__
+
+
+def _prepare_sqlite(url: sa.engine.URL, shown: str) -> None:
+    """Check the file's folder exists and switch the database to WAL (persistent)."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    folder = Path(database).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise StorageError(
+            f"cannot open SQLite storage {shown}: folder {folder} does not exist",
+            hint="create it or use another path",
+        )
+    try:
+        conn = sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"cannot open SQLite storage {shown}: {exc}") from None
+
+
+def _engine_kwargs(url: sa.engine.URL) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"hide_parameters": True}
+    if url.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    else:
+        kwargs.update(
+            pool_size=POSTGRES_POOL_SIZE,
+            max_overflow=POSTGRES_MAX_OVERFLOW,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+        if url.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
+
+
+_STORAGES: dict[tuple[Any, ...], StudyctlStorage] = {}
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retries: int | None = None,
+) -> StudyctlStorage:
+    """Open (once per process) the storage at `url`, creating the schema of a new database.
+
+    Raises `StorageError` with the URL's password masked for every problem a user can fix.
+    """
+    key = (url, heartbeat_interval, grace_period, max_retries)
+    if key in _STORAGES:
+        return _STORAGES[key]
+    shown = mask_url(url)
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError:
+        raise StorageError(
+            f"storage URL {shown!r} is malformed",
+            hint="expected e.g. sqlite:///studyctl.db or postgresql+psycopg://user@host/db",
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise StorageError(
+            f"storage URL {shown!r}: unsupported database {backend!r}",
+            hint="use sqlite:///PATH or postgresql+psycopg://user@host/db",
+        )
+    if backend == "sqlite":
+        _prepare_sqlite(parsed, shown)
+    callback = (
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+        if heartbeat_interval is not None
+        else None
+    )
+    try:
+        with warnings.catch_warnings():
+            # Heartbeat is experimental in Optuna 5; studyctl relies on it deliberately.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = StudyctlStorage(
+                url,
+                engine_kwargs=_engine_kwargs(parsed),
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=callback,
+            )
+        db.create_tables(storage.engine)
+    except sa_exc.NoSuchModuleError:
+        raise StorageError(
+            f"storage URL {shown!r}: unknown database driver {parsed.drivername!r}",
+            hint="use sqlite:///PATH or postgresql+psycopg://user@host/db",
+        ) from None
+    except ImportError as exc:
+        raise StorageError(
+            f"storage URL {shown!r}: the database driver is not installed ({exc.__cause__ or exc})"
+        ) from None
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        raise StorageError(f"cannot connect to storage {shown}: {_one_line(exc)}") from None
+    except sa_exc.SQLAlchemyError as exc:
+        raise StorageError(f"storage {shown}: {_one_line(exc)}") from None
+    except RuntimeError as exc:
+        # Optuna's schema check: the database was written by another Optuna version.
+        raise StorageError(
+            f"storage {shown}: {_one_line(exc)}",
+            hint=f"run `optuna storage upgrade --storage {shown}`",
+        ) from None
+    _STORAGES[key] = storage
+    return storage
+
+
+def study_exists(storage: StudyctlStorage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True

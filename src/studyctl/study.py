@@ -1,0 +1,147 @@
+"""Creating and loading studies from specs: sampler, pruner, budget record, enqueued trials."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.study import StudyDirection
+
+from studyctl import db
+from studyctl.errors import StudyctlError
+from studyctl.spec import StudySpec
+from studyctl.storage import StudyctlStorage, mask_url, study_exists
+
+
+def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    s = spec.sampler
+    sampler: optuna.samplers.BaseSampler
+    if s.type == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=s.seed, **s.options)
+    elif s.type == "random":
+        sampler = optuna.samplers.RandomSampler(seed=s.seed)
+    elif s.type == "grid":
+        sampler = optuna.samplers.GridSampler(search_space=s.grid, seed=s.seed)
+    elif s.type == "cmaes":
+        sampler = optuna.samplers.CmaEsSampler(seed=s.seed, **s.options)
+    elif s.type == "gp":
+        if importlib.util.find_spec("torch") is None:
+            raise StudyctlError(
+                f"{spec.path}: sampler.type: 'gp' needs PyTorch, which is not installed",
+                hint="pip install torch, or use tpe",
+            )
+        sampler = optuna.samplers.GPSampler(seed=s.seed, **s.options)
+    elif s.type == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=s.seed, **s.options)
+    else:  # parse_spec only lets the names above through
+        raise AssertionError(s.type)
+    if spec.params:
+        sampler = optuna.samplers.PartialFixedSampler(
+            fixed_params=dict(spec.params), base_sampler=sampler
+        )
+    return sampler
+
+
+def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    p = spec.pruner
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(**p.options)
+    if p.type == "hyperband":
+        opts: dict[str, Any] = {"max_resource": spec.training.epochs, **p.options}
+        return optuna.pruners.HyperbandPruner(**opts)
+    if p.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**p.options)
+    return optuna.pruners.NopPruner()
+
+
+def spec_json(spec: StudySpec) -> str:
+    return json.dumps(spec.to_dict(), sort_keys=True)
+
+
+def load_stored_spec(storage: StudyctlStorage, study_name: str) -> StudySpec:
+    """The spec a study was last run with, as kept in studyctl's table."""
+    with db.transaction(storage.engine) as conn:
+        record = db.get_study_record(conn, study_name)
+    if record is None:
+        if study_exists(storage, study_name):
+            raise StudyctlError(
+                f"study {study_name!r} in {mask_url(storage.url)} was not created by studyctl",
+                hint="run it once with `studyctl run SPEC` so its spec is recorded",
+            )
+        raise unknown_study(storage, study_name)
+    return StudySpec.from_dict(json.loads(record["spec_json"]))
+
+
+def unknown_study(storage: StudyctlStorage, study_name: str) -> StudyctlError:
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    return StudyctlError(
+        f"no study {study_name!r} in {mask_url(storage.url)}; studies there: "
+        + (", ".join(names) if names else "none")
+    )
+
+
+def _check_directions(study: optuna.Study, spec: StudySpec) -> None:
+    stored = tuple(d.name.lower() for d in study.directions)
+    if stored != spec.directions:
+        raise StudyctlError(
+            f"{spec.path}: direction: study {spec.name!r} already exists with direction(s) "
+            f"{', '.join(stored)}; the spec says {', '.join(spec.directions)}",
+            hint="use a new study name or `studyctl delete` the old study",
+        )
+
+
+@dataclass
+class OpenedStudy:
+    study: optuna.Study
+    spec: StudySpec
+    created: bool
+
+
+def open_study(storage: StudyctlStorage, spec: StudySpec, *, create: bool) -> OpenedStudy:
+    """Load the spec's study, or create it (with its budget record and enqueued trials).
+
+    A new study is deleted again if anything after its creation fails, so a failed `run`
+    leaves no half-written study behind.
+    """
+    sampler, pruner = build_sampler(spec), build_pruner(spec)
+    if study_exists(storage, spec.name):
+        study = optuna.load_study(
+            study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner
+        )
+        _check_directions(study, spec)
+        if create:
+            with db.transaction(storage.engine) as conn:
+                db.upsert_study_record(conn, spec.name, spec.n_trials, spec_json(spec))
+        return OpenedStudy(study=study, spec=spec, created=False)
+    if not create:
+        raise unknown_study(storage, spec.name)
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        directions=[StudyDirection[d.upper()] for d in spec.directions],
+        load_if_exists=True,
+    )
+    try:
+        study.set_metric_names(list(spec.metrics))
+        study.set_user_attr("studyctl_objective", spec.objective)
+        for params in spec.enqueue:
+            study.enqueue_trial(dict(params), skip_if_exists=True)
+        with db.transaction(storage.engine) as conn:
+            db.upsert_study_record(conn, spec.name, spec.n_trials, spec_json(spec))
+    except BaseException:
+        optuna.delete_study(study_name=spec.name, storage=storage)
+        raise
+    return OpenedStudy(study=study, spec=spec, created=True)
+
+
+def delete_study(storage: StudyctlStorage, study_name: str) -> None:
+    if not study_exists(storage, study_name):
+        raise unknown_study(storage, study_name)
+    with db.transaction(storage.engine) as conn:
+        db.delete_study_records(conn, study_name)
+    optuna.delete_study(study_name=study_name, storage=storage)

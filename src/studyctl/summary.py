@@ -1,0 +1,146 @@
+"""Read-only views of studies for the inspection commands: plain dicts, ready for a table
+or for ``--format json``."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from studyctl import db
+from studyctl.storage import StudyctlStorage, study_exists
+from studyctl.study import unknown_study
+
+STATES = [s.name for s in TrialState]
+
+
+def _json_value(value: float | None) -> float | str | None:
+    if value is None:
+        return None
+    return value if math.isfinite(value) else str(value)
+
+
+def state_counts(storage: StudyctlStorage, study_id: int) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    counts = dict.fromkeys(STATES, 0)
+    with db.transaction(storage.engine) as conn:
+        rows = conn.execute(
+            sa.text("SELECT state, count(*) FROM trials WHERE study_id = :sid GROUP BY state"),
+            {"sid": study_id},
+        )
+        for state, n in rows:
+            counts[str(getattr(state, "name", state))] = int(n)
+    return counts
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    try:
+        if len(study.directions) > 1:
+            return list(study.best_trials)
+        return [study.best_trial]
+    except ValueError:
+        return []
+
+
+def trial_dict(t: FrozenTrial, *, attrs: bool = True) -> dict[str, Any]:
+    duration = t.duration.total_seconds() if t.duration is not None else None
+    out: dict[str, Any] = {
+        "number": t.number,
+        "state": t.state.name,
+        "values": [_json_value(v) for v in t.values] if t.values else None,
+        "params": t.params,
+        "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+        "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+        "duration_s": duration,
+    }
+    retried = t.system_attrs.get("failed_trial")
+    if retried is not None:
+        out["retry_of"] = retried
+    if attrs:
+        out["user_attrs"] = t.user_attrs
+    return out
+
+
+def _load(storage: StudyctlStorage, name: str) -> optuna.Study:
+    if not study_exists(storage, name):
+        raise unknown_study(storage, name)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def list_studies(storage: StudyctlStorage) -> list[dict[str, Any]]:
+    out = []
+    with db.transaction(storage.engine) as conn:
+        budgets = {
+            r["study_name"]: r["n_trials"]
+            for r in conn.execute(db.studies_table.select()).mappings()
+        }
+    for s in storage.get_all_studies():
+        counts = state_counts(storage, s._study_id)
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        best = best_trials(study)
+        out.append(
+            {
+                "name": s.study_name,
+                "directions": [d.name.lower() for d in s.directions],
+                "n_trials": budgets.get(s.study_name),
+                "finished": counts["COMPLETE"] + counts["PRUNED"],
+                "states": counts,
+                "best_value": _json_value(best[0].values[0]) if len(best) == 1 else None,
+            }
+        )
+    return out
+
+
+def study_status(storage: StudyctlStorage, name: str, *, stale_after: float) -> dict[str, Any]:
+    study = _load(storage, name)
+    counts = state_counts(storage, study._study_id)
+    with db.transaction(storage.engine) as conn:
+        record = db.get_study_record(conn, name)
+        workers = db.list_workers(conn, name)
+    now = db.utcnow()
+    for w in workers:
+        alive = w["state"] == db.WORKER_RUNNING and now - w["heartbeat_at"] < timedelta(
+            seconds=stale_after
+        )
+        w["alive"] = alive
+        if w["state"] == db.WORKER_RUNNING and not alive:
+            w["state"] = "dead"
+        for key in ("started_at", "heartbeat_at"):
+            w[key] = w[key].isoformat()
+    best = best_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    retried = [
+        {"trial": t.number, "retry_of": t.system_attrs["failed_trial"], "state": t.state.name}
+        for t in trials
+        if "failed_trial" in t.system_attrs
+    ]
+    n_trials = record["n_trials"] if record else None
+    finished = counts["COMPLETE"] + counts["PRUNED"]
+    return {
+        "name": name,
+        "directions": [d.name.lower() for d in study.directions],
+        "metrics": study.metric_names,
+        "n_trials": n_trials,
+        "finished": finished,
+        "complete": n_trials is not None and finished >= n_trials,
+        "states": counts,
+        "best": [trial_dict(t, attrs=False) for t in best],
+        "workers": workers,
+        "retried": retried,
+    }
+
+
+def list_trials(
+    storage: StudyctlStorage, name: str, states: list[str] | None = None
+) -> list[dict[str, Any]]:
+    study = _load(storage, name)
+    wanted = tuple(TrialState[s.upper()] for s in states) if states else None
+    return [trial_dict(t) for t in study.get_trials(deepcopy=False, states=wanted)]
+
+
+def best_summary(storage: StudyctlStorage, name: str) -> list[dict[str, Any]]:
+    return [trial_dict(t) for t in best_trials(_load(storage, name))]

@@ -1,0 +1,189 @@
+"""The Keras side: devices, the distribution strategy, and training one trial.
+
+This is the only module that imports TensorFlow, and only when a trial trains. Devices are
+configured once per process, before the first strategy: GPU memory growth on, threads
+bounded by $STUDYCTL_THREADS, and $STUDYCTL_CPU_REPLICAS logical CPU devices on a machine
+without GPUs (used to test multi-replica MirroredStrategy on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from studyctl.errors import StudyctlError
+
+if TYPE_CHECKING:
+    from studyctl.registry import KerasObjective, TrainingData, TrialContext
+
+THREADS_ENV = "STUDYCTL_THREADS"
+CPU_REPLICAS_ENV = "STUDYCTL_CPU_REPLICAS"
+
+_STRATEGY: Any = None
+
+
+class TrialFailed(Exception):
+    """A trial that cannot give a value (NaN loss, missing metric); recorded as FAIL."""
+
+
+def configure_devices() -> list[str]:
+    """Set threads, GPU memory growth and logical CPUs; return the devices to mirror over."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    threads = int(os.environ.get(THREADS_ENV, "0") or 0)
+    if threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        return [d.name for d in tf.config.list_logical_devices("GPU")]
+    replicas = int(os.environ.get(CPU_REPLICAS_ENV, "1") or 1)
+    cpus = tf.config.list_physical_devices("CPU")
+    if replicas > 1:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)]
+        )
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def get_strategy() -> Any:
+    """One strategy per process: `tf.distribute.MirroredStrategy` over the devices it sees
+    when there are several; TensorFlow's default strategy on a single device, where
+    MirroredStrategy only adds cost (measured: about 3x the time per epoch of a small model
+    on one CPU; docs/ARCHITECTURE.md)."""
+    global _STRATEGY
+    if _STRATEGY is None:
+        import tensorflow as tf
+
+        devices = configure_devices()
+        if len(devices) > 1:
+            _STRATEGY = tf.distribute.MirroredStrategy(devices=devices)
+        else:
+            _STRATEGY = tf.distribute.get_strategy()
+    return _STRATEGY
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _make_epoch_callback(trial: optuna.Trial, metrics: tuple[str, ...], prune: bool) -> Any:
+    import keras
+
+    class EpochReporter(keras.callbacks.Callback):
+        """Reports the objective metric every epoch, stops on NaN/inf loss or pruning."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.history: dict[str, list[float]] = {}
+            self.epochs_run = 0
+            self.failure: str | None = None
+            self.pruned_epoch: int | None = None
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = logs or {}
+            self.epochs_run = epoch + 1
+            for key, value in logs.items():
+                self.history.setdefault(key, []).append(float(value))
+            loss = logs.get("loss")
+            if loss is not None and not _finite(loss):
+                self.failure = f"loss became {float(loss)} at epoch {epoch}"
+                self.model.stop_training = True
+                return
+            missing = [m for m in metrics if m not in logs]
+            if missing:
+                self.failure = (
+                    f"metric {missing[0]!r} not in the model's logs; available: "
+                    f"{', '.join(sorted(logs))}"
+                )
+                self.model.stop_training = True
+                return
+            if len(metrics) == 1:
+                value = float(logs[metrics[0]])
+                if not _finite(value):
+                    self.failure = f"{metrics[0]} became {value} at epoch {epoch}"
+                    self.model.stop_training = True
+                    return
+                trial.report(value, step=epoch)
+                if prune and trial.should_prune():
+                    self.pruned_epoch = epoch
+                    self.model.stop_training = True
+
+    return EpochReporter()
+
+
+def _fit_inputs(data: TrainingData, validation_split: float) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"x": data.x, "y": data.y}
+    if data.has_validation:
+        kwargs["validation_data"] = (data.x_val, data.y_val)
+    elif validation_split > 0:
+        kwargs["validation_split"] = validation_split
+    return kwargs
+
+
+def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | list[float]:
+    """Build the model in the strategy's scope, fit it, report epochs, return the value(s)."""
+    import keras
+
+    from studyctl.registry import TrainingData
+
+    trial, spec = ctx.trial, ctx.spec
+    training = spec.training
+    keras.backend.clear_session()
+    try:
+        data = ctx.data
+        if not isinstance(data, TrainingData):
+            raise StudyctlError(
+                f"objective {objective.name!r}: load_data returned {type(data).__name__}; "
+                "expected studyctl.TrainingData"
+            )
+        strategy = get_strategy()
+        with strategy.scope():
+            model = objective.build_model(trial, ctx)
+        if not isinstance(model, keras.Model) or model.optimizer is None:
+            raise TrialFailed(
+                f"build_model of {objective.name!r} must return a compiled keras.Model"
+            )
+        trial.set_user_attr("n_params", int(model.count_params()))
+        trial.set_user_attr("replicas", int(strategy.num_replicas_in_sync))
+        reporter = _make_epoch_callback(
+            trial, spec.metrics, prune=not spec.is_multi_objective and spec.pruner.type != "none"
+        )
+        batch_size = int(trial.params.get("batch_size", training.batch_size))
+        try:
+            model.fit(
+                **_fit_inputs(data, training.validation_split),
+                batch_size=batch_size,
+                epochs=training.epochs,
+                shuffle=training.shuffle,
+                verbose=training.verbose,
+                callbacks=[reporter],
+            )
+        finally:
+            trial.set_user_attr("epochs_run", reporter.epochs_run)
+            trial.set_user_attr("history", reporter.history)
+        if reporter.failure is not None:
+            raise TrialFailed(reporter.failure)
+        if reporter.pruned_epoch is not None:
+            trial.set_user_attr("pruned_at_epoch", reporter.pruned_epoch)
+            raise optuna.TrialPruned(f"pruned at epoch {reporter.pruned_epoch}")
+        values = []
+        for metric, direction in zip(spec.metrics, spec.directions, strict=True):
+            series = reporter.history[metric]
+            if training.objective_value == "last":
+                values.append(series[-1])
+            else:
+                values.append(min(series) if direction == "minimize" else max(series))
+        trial.set_user_attr("final_metrics", {k: v[-1] for k, v in reporter.history.items() if v})
+        return values[0] if len(values) == 1 else values
+    finally:
+        keras.backend.clear_session()

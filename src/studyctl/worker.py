@@ -1,0 +1,341 @@
+"""The trial loop: claim a slot of the budget, run one trial through `study.optimize`
+(so Optuna's heartbeat covers it), record the outcome, repeat.
+
+The same loop serves `studyctl run` (in the CLI's process) and every worker process.
+TensorFlow is imported only by `studyctl.training`, when the first Keras trial trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from studyctl import db
+from studyctl.errors import StudyctlError
+from studyctl.registry import KerasObjective, Objective, TrialContext
+from studyctl.spec import StudySpec
+from studyctl.storage import StudyctlStorage
+
+# How long a worker without a claim waits before looking again while others' trials run.
+IDLE_POLL_S = 2.0
+
+
+class WorkerInterrupted(KeyboardInterrupt):
+    """Raised in the worker's main thread by SIGINT/SIGTERM; Optuna records the trial FAIL."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: TrialState
+    values: list[float] | None
+    duration_s: float
+    reason: str | None = None
+
+
+@dataclass
+class LoopResult:
+    reason: str  # budget-met | timeout | max-trials | interrupted | failures | fatal
+    trials_run: int = 0
+    message: str = ""
+    signum: int | None = None
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+
+
+def worker_info(gpus: str | None = None) -> dict[str, Any]:
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "gpus": gpus if gpus is not None else os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
+
+
+class WorkerRegistration:
+    """This process's row in ``studyctl_workers``, kept fresh by a heartbeat thread."""
+
+    def __init__(
+        self, storage: StudyctlStorage, study_name: str, *, interval: float, gpus: str | None = None
+    ) -> None:
+        self.engine = storage.engine
+        self.study_name = study_name
+        self.interval = interval
+        self.info = worker_info(gpus)
+        self.worker_id = f"{self.info['host']}-{self.info['pid']}-{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> WorkerRegistration:
+        with db.transaction(self.engine) as conn:
+            db.insert_worker(
+                conn,
+                worker_id=self.worker_id,
+                study_name=self.study_name,
+                host=self.info["host"],
+                pid=self.info["pid"],
+                gpus=self.info["gpus"],
+            )
+        self._thread = threading.Thread(target=self._beat, name="studyctl-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(Exception):  # a missed beat is retried next interval
+                self.update(heartbeat_at=db.utcnow())
+
+    def update(self, **values: Any) -> None:
+        with db.transaction(self.engine) as conn:
+            db.update_worker(conn, self.worker_id, **values)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.update(state=db.WORKER_STOPPED, heartbeat_at=db.utcnow(), current_trial=None)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(exc)).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+class _TrialRunner:
+    """The function handed to `study.optimize`: links the claim, runs the objective and
+    records why a trial failed or was pruned on the trial itself."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        objective: Objective,
+        storage: StudyctlStorage,
+        registration: WorkerRegistration,
+    ) -> None:
+        self.spec = spec
+        self.objective = objective
+        self.storage = storage
+        self.registration = registration
+        self.claim_id: int | None = None
+        self.last_error: BaseException | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        self.last_error = None
+        if self.claim_id is not None:
+            db.attach_claim(self.storage.engine, self.claim_id, trial._trial_id)
+        self.registration.update(current_trial=trial.number)
+        info = self.registration.info
+        trial.set_user_attr("worker", {**info, "worker_id": self.registration.worker_id})
+        ctx = TrialContext(trial=trial, spec=self.spec, objective=self.objective, worker=info)
+        start = time.monotonic()
+        try:
+            result: Any
+            if isinstance(self.objective, KerasObjective):
+                from studyctl.training import run_keras_trial
+
+                result = run_keras_trial(ctx, self.objective)
+            else:
+                result = self.objective.func(trial, ctx)
+            return _check_result(result, self.spec)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt as exc:
+            self.last_error = exc
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        except Exception as exc:
+            self.last_error = exc
+            trial.set_user_attr("fail_reason", _one_line(exc)[:1000])
+            trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
+            raise
+        finally:
+            trial.set_user_attr("duration_s", round(time.monotonic() - start, 3))
+
+
+def _check_result(result: Any, spec: StudySpec) -> float | list[float]:
+    from studyctl.training import TrialFailed
+
+    values = list(result) if isinstance(result, list | tuple) else [result]
+    if len(values) != len(spec.directions):
+        raise TrialFailed(
+            f"objective returned {len(values)} value(s); the study has "
+            f"{len(spec.directions)} direction(s)"
+        )
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise TrialFailed(f"objective returned {v!r}; expected a number") from None
+        if f != f or f in (float("inf"), float("-inf")):
+            raise TrialFailed(f"objective returned {f}")
+        out.append(f)
+    return out[0] if len(out) == 1 else out
+
+
+def _is_fatal(exc: BaseException | None) -> bool:
+    """Errors no retry can fix: the objective or its data cannot be loaded."""
+    return isinstance(exc, StudyctlError)
+
+
+class _SignalGuard:
+    """SIGINT/SIGTERM raise `WorkerInterrupted` in the main thread, so the running trial is
+    recorded FAIL ("interrupted") instead of being left RUNNING."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        raise WorkerInterrupted(signum)
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _trial_outcome(storage: StudyctlStorage, trial_id: int) -> TrialOutcome:
+    t = storage.get_trial(trial_id)
+    duration = (
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        if t.datetime_complete and t.datetime_start
+        else 0.0
+    )
+    reason = t.user_attrs.get("fail_reason")
+    if t.state == TrialState.PRUNED:
+        reason = f"pruned at epoch {t.user_attrs.get('pruned_at_epoch', t.last_step)}"
+    return TrialOutcome(
+        number=t.number, state=t.state, values=t.values, duration_s=duration, reason=reason
+    )
+
+
+def _budget_met(storage: StudyctlStorage, study: optuna.Study, n_trials: int | None) -> bool:
+    if n_trials is None:
+        return False
+    with db.transaction(storage.engine) as conn:
+        return db.count_finished_trials(conn, study._study_id) >= n_trials
+
+
+def current_budget(storage: StudyctlStorage, study_name: str) -> int | None:
+    with db.transaction(storage.engine) as conn:
+        record = db.get_study_record(conn, study_name)
+    return None if record is None else record["n_trials"]
+
+
+def run_trial_loop(
+    storage: StudyctlStorage,
+    study: optuna.Study,
+    spec: StudySpec,
+    objective: Objective,
+    registration: WorkerRegistration,
+    *,
+    max_trials: int | None = None,
+    on_trial: Callable[[TrialOutcome], None] | None = None,
+) -> LoopResult:
+    """Run trials until the study's budget is met (or timeout, max_trials, a signal, or
+    `max_consecutive_failures` failures in a row)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    runner = _TrialRunner(spec, objective, storage, registration)
+    result = LoopResult(reason="budget-met")
+    started = time.monotonic()
+    consecutive_failures = 0
+    stale_after = float(spec.worker.grace_period)
+    with _SignalGuard() as guard:
+        try:
+            while True:
+                if max_trials is not None and result.trials_run >= max_trials:
+                    result.reason = "max-trials"
+                    break
+                if spec.timeout is not None and time.monotonic() - started >= spec.timeout:
+                    result.reason = "timeout"
+                    break
+                n_trials = current_budget(storage, spec.name)
+                claim = db.try_claim(
+                    storage.engine,
+                    study_name=spec.name,
+                    study_id=study._study_id,
+                    worker_id=registration.worker_id,
+                    n_trials=n_trials,
+                    stale_after=stale_after,
+                )
+                if claim is None:
+                    if _budget_met(storage, study, n_trials):
+                        break
+                    # Other workers hold the rest of the budget; a trial of theirs may still
+                    # fail (and free its slot) or go stale (and be retried here).
+                    optuna.storages.fail_stale_trials(study)
+                    time.sleep(IDLE_POLL_S)
+                    continue
+                runner.claim_id = claim
+                trial_id: int | None = None
+                try:
+                    study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                    # Another process failed this trial as stale while it ran (its retry is
+                    # queued); the value cannot be stored. Go on with the next trial.
+                    pass
+                finally:
+                    trial_id = _claim_trial(storage, claim)
+                    db.release_claim(storage.engine, claim)
+                    runner.claim_id = None
+                if trial_id is None:
+                    continue
+                outcome = _trial_outcome(storage, trial_id)
+                result.trials_run += 1
+                result.outcomes.append(outcome)
+                registration.update(trials_done=result.trials_run, current_trial=None)
+                if on_trial is not None:
+                    on_trial(outcome)
+                if outcome.state == TrialState.FAIL:
+                    if _is_fatal(runner.last_error):
+                        result.reason = "fatal"
+                        result.message = outcome.reason or "fatal error"
+                        break
+                    consecutive_failures += 1
+                    if consecutive_failures >= spec.worker.max_consecutive_failures:
+                        result.reason = "failures"
+                        result.message = (
+                            f"{consecutive_failures} trials failed in a row; last: {outcome.reason}"
+                        )
+                        break
+                else:
+                    consecutive_failures = 0
+        except WorkerInterrupted as exc:
+            result.reason = "interrupted"
+            result.signum = exc.signum
+        except KeyboardInterrupt:
+            result.reason = "interrupted"
+            result.signum = guard.signum or signal.SIGINT
+    return result
+
+
+def _claim_trial(storage: StudyctlStorage, claim_id: int) -> int | None:
+    import sqlalchemy as sa
+
+    with db.transaction(storage.engine) as conn:
+        value = conn.execute(
+            sa.select(db.claims_table.c.trial_id).where(db.claims_table.c.claim_id == claim_id)
+        ).scalar_one_or_none()
+    return None if value is None else int(value)
