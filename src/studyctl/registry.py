@@ -233,6 +233,7 @@ def _import_objectives_file(path: Path, errors: dict[str, str]) -> None:
 
 def _as_objective(name: str, obj: Any, source: str) -> Objective:
     if isinstance(obj, KerasObjective | FunctionObjective):
+        obj.source = obj.source or source
         return obj
     if callable(obj):
         return FunctionObjective(name=name, func=obj, source=source)

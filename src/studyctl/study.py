@@ -106,6 +106,7 @@ def open_study(storage: StudyctlStorage, spec: StudySpec, *, create: bool) -> Op
     A new study is deleted again if anything after its creation fails, so a failed `run`
     leaves no half-written study behind.
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler, pruner = build_sampler(spec), build_pruner(spec)
     if study_exists(storage, spec.name):
         study = optuna.load_study(

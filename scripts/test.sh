@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install studyctl with its test tools into .venv (if needed), then lint, type-check and run
+# the whole test suite. The README's test command; CI runs it too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+
+# PostgreSQL-backed tests need the local server; start it if it is installed and down.
+if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+fi
+
+.venv/bin/ruff check src objectives tests scripts
+.venv/bin/ruff format --check src objectives tests scripts
+.venv/bin/mypy
+.venv/bin/pytest "$@"

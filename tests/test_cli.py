@@ -1,0 +1,223 @@
+"""The CLI through Typer's runner (in process) and through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from studyctl.cli import app
+
+from .conftest import REPO, run_cli, write_spec
+
+runner = CliRunner()
+
+
+def quad_spec(
+    tmp_path: Path, n_trials: int = 4, objective: str = "quadratic", extra: str = ""
+) -> Path:
+    return write_spec(
+        tmp_path / "quad.toml",
+        f"""
+        name = "quad"
+        objective = "{objective}"
+        metric = "value"
+        n_trials = {n_trials}
+        [sampler]
+        type = "random"
+        seed = 1
+        {extra}
+    """,
+    )
+
+
+def invoke(*args: str) -> object:
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_run_reaches_budget_and_rerun_adds_nothing(
+    tmp_path: Path, sqlite_url: str, objectives_dir: Path
+) -> None:
+    spec = quad_spec(tmp_path)
+    common = ["--storage", sqlite_url, "--objectives-dir", str(objectives_dir)]
+    first = runner.invoke(app, ["run", str(spec), *common])
+    assert first.exit_code == 0, first.output
+    assert "4/4 finished" in first.output and "best trial #" in first.output
+    second = runner.invoke(app, ["run", str(spec), *common])
+    assert second.exit_code == 0
+    assert "budget met (4/4 finished); nothing to run" in second.output
+    study = optuna.load_study(study_name="quad", storage=sqlite_url)
+    assert len(study.trials) == 4
+
+
+def test_raising_budget_continues_to_new_total(
+    tmp_path: Path, sqlite_url: str, objectives_dir: Path
+) -> None:
+    common = ["--storage", sqlite_url, "--objectives-dir", str(objectives_dir), "-q"]
+    assert runner.invoke(app, ["run", str(quad_spec(tmp_path, 2)), *common]).exit_code == 0
+    result = runner.invoke(app, ["run", str(quad_spec(tmp_path, 5)), *common, "--format", "json"])
+    data = json.loads(result.output)
+    assert data["trials_run"] == 3 and data["study"]["finished"] == 5
+
+
+def test_inspection_commands_json(tmp_path: Path, sqlite_url: str, objectives_dir: Path) -> None:
+    spec = quad_spec(tmp_path, 3)
+    runner.invoke(
+        app,
+        ["run", str(spec), "--storage", sqlite_url, "--objectives-dir", str(objectives_dir), "-q"],
+    )
+    studies = json.loads(runner.invoke(app, ["studies", "-s", sqlite_url, "-f", "json"]).output)
+    assert studies[0]["name"] == "quad" and studies[0]["finished"] == 3
+    status = json.loads(
+        runner.invoke(app, ["status", "quad", "-s", sqlite_url, "-f", "json"]).output
+    )
+    assert status["complete"] is True and status["states"]["COMPLETE"] == 3
+    assert len(status["workers"]) == 1 and status["workers"][0]["state"] == "stopped"
+    assert status["workers"][0]["trials_done"] == 3
+    trials = json.loads(
+        runner.invoke(
+            app, ["trials", "quad", "-s", sqlite_url, "-f", "json", "--state", "complete"]
+        ).output
+    )
+    assert [t["number"] for t in trials] == [0, 1, 2]
+    assert all("x" in t["params"] and t["user_attrs"]["worker"]["pid"] for t in trials)
+    best = json.loads(runner.invoke(app, ["best", "quad", "-s", sqlite_url, "-f", "json"]).output)
+    assert best[0]["values"][0] == min(t["values"][0] for t in trials)
+    table = runner.invoke(app, ["trials", "quad", "-s", sqlite_url])
+    assert table.exit_code == 0 and "COMPLETE" in table.output
+
+
+def test_failures_are_recorded_and_stop_the_worker(
+    tmp_path: Path, sqlite_url: str, objectives_dir: Path
+) -> None:
+    spec = quad_spec(
+        tmp_path, 10, objective="always_fails", extra="[worker]\nmax_consecutive_failures = 3"
+    )
+    result = runner.invoke(
+        app, ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(objectives_dir)]
+    )
+    assert result.exit_code == 1
+    assert "3 trials failed in a row" in result.output
+    study = optuna.load_study(study_name="quad", storage=sqlite_url)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3
+    assert study.trials[0].user_attrs["fail_reason"] == "RuntimeError: objective is broken"
+    assert "Traceback" in study.trials[0].user_attrs["traceback"]
+
+
+def test_nan_value_fails_the_trial(tmp_path: Path, sqlite_url: str, objectives_dir: Path) -> None:
+    spec = quad_spec(
+        tmp_path, 1, objective="returns_nan", extra="[worker]\nmax_consecutive_failures = 1"
+    )
+    runner.invoke(
+        app, ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(objectives_dir), "-q"]
+    )
+    trial = optuna.load_study(study_name="quad", storage=sqlite_url).trials[0]
+    assert trial.state.name == "FAIL"
+    assert "objective returned nan" in trial.user_attrs["fail_reason"]
+
+
+def test_unknown_objective_is_one_line_and_creates_nothing(
+    tmp_path: Path, sqlite_url: str, objectives_dir: Path
+) -> None:
+    spec = quad_spec(tmp_path, objective="no_such_model")
+    result = runner.invoke(
+        app, ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(objectives_dir)]
+    )
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert line.startswith("error: unknown objective 'no_such_model'")
+    assert "quadratic" in line and "\n" not in line
+    assert optuna.get_all_study_names(storage=sqlite_url) == []
+
+
+def test_bad_spec_exit_code_2(tmp_path: Path) -> None:
+    bad = write_spec(tmp_path / "bad.toml", 'name = "x"\nobjective = "q"\nn_trials = 0\n')
+    result = runner.invoke(app, ["run", str(bad)])
+    assert result.exit_code == 2
+    assert f"error: {bad}: n_trials: expected a number > 0, got 0" in result.output
+
+
+def test_unknown_study_lists_studies(sqlite_url: str) -> None:
+    optuna.create_study(study_name="other", storage=sqlite_url)
+    result = runner.invoke(app, ["status", "missing", "-s", sqlite_url])
+    assert result.exit_code == 2
+    assert "no study 'missing'" in result.output and "other" in result.output
+
+
+def test_delete_asks_and_yes_skips(tmp_path: Path, sqlite_url: str, objectives_dir: Path) -> None:
+    spec = quad_spec(tmp_path, 1)
+    runner.invoke(
+        app, ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(objectives_dir), "-q"]
+    )
+    refused = runner.invoke(app, ["delete", "quad", "-s", sqlite_url], input="n\n")
+    assert refused.exit_code == 1
+    assert optuna.get_all_study_names(storage=sqlite_url) == ["quad"]
+    done = runner.invoke(app, ["delete", "quad", "-s", sqlite_url, "--yes"])
+    assert done.exit_code == 0
+    assert optuna.get_all_study_names(storage=sqlite_url) == []
+
+
+def test_password_never_printed(tmp_path: Path) -> None:
+    spec = quad_spec(tmp_path)
+    result = runner.invoke(
+        app, ["run", str(spec), "-s", "postgresql+psycopg://me:hunter2@127.0.0.1:1/db"]
+    )
+    assert result.exit_code == 2
+    assert "hunter2" not in result.output and "me:***@" in result.output
+
+
+def test_every_command_has_help_and_is_in_readme() -> None:
+    readme = (REPO / "README.md").read_text()
+    for command in app.registered_commands:
+        assert command.callback is not None
+        name = command.name or command.callback.__name__
+        assert (command.callback.__doc__ or "").strip(), name
+        assert f"studyctl {name}" in readme, name
+
+
+def test_entry_point_subprocess(tmp_path: Path, sqlite_url: str, objectives_dir: Path) -> None:
+    spec = quad_spec(tmp_path, 2)
+    result = run_cli(
+        [
+            "run",
+            str(spec),
+            "--storage",
+            sqlite_url,
+            "--objectives-dir",
+            str(objectives_dir),
+            "--format",
+            "json",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["study"]["finished"] == 2
+
+
+def test_help_does_not_import_tensorflow(tmp_path: Path) -> None:
+    code = (
+        "import sys\nfrom studyctl.cli import app\n"
+        "from typer.testing import CliRunner\n"
+        "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0\n"
+        "for cmd in ('run', 'status', 'trials'):\n"
+        "    assert CliRunner().invoke(app, [cmd, '--help']).exit_code == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras')))\n"
+    )
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("cmd", ["studies", "status quad", "trials quad", "best quad"])
+def test_unreachable_storage_exit_2(cmd: str) -> None:
+    result = runner.invoke(app, [*cmd.split(), "-s", "postgresql+psycopg://u:pw@127.0.0.1:1/x"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: cannot connect to storage")

@@ -1,0 +1,155 @@
+"""Real Keras trainings of tiny models on scikit-learn's digits (1-2 epochs)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from studyctl.cli import app
+
+from .conftest import REPO, run_cli, write_objectives, write_spec
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+TINY = """
+from __future__ import annotations
+
+from studyctl import TrainingData, keras_objective
+
+
+def load_data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype("float32")
+    return TrainingData(x=x[:1400], y=d.target[:1400], x_val=x[1400:], y_val=d.target[1400:])
+
+
+@keras_objective("tiny_digits", load_data=load_data)
+def build(trial, ctx):
+    import keras
+
+    lr = trial.suggest_float("lr", 1e-6, 0.1, log=True)
+    poison = trial.suggest_categorical("poison", [False, True])
+    model = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+
+    def nan_loss(y_true, y_pred):
+        return keras.ops.mean(y_pred) * float("nan")
+
+    loss = nan_loss if poison else "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
+    return model
+"""
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Path:
+    return write_objectives(tmp_path / "objectives", TINY, name="tiny_digits.py")
+
+
+def test_complete_pruned_and_nan_trials(tmp_path: Path, sqlite_url: str, tiny_dir: Path) -> None:
+    spec = write_spec(
+        tmp_path / "tiny.toml",
+        """
+        name = "tiny"
+        objective = "tiny_digits"
+        metric = "val_loss"
+        n_trials = 2
+        [pruner]
+        type = "median"
+        n_startup_trials = 1
+        n_warmup_steps = 0
+        [training]
+        epochs = 2
+        batch_size = 32
+        [worker]
+        max_consecutive_failures = 5
+        [[enqueue]]
+        lr = 0.01
+        poison = true
+        [[enqueue]]
+        lr = 0.01
+        poison = false
+        [[enqueue]]
+        lr = 0.000001
+        poison = false
+    """,
+    )
+    result = runner.invoke(
+        app, ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(tiny_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="tiny", storage=sqlite_url).trials
+    states = {t.number: t.state.name for t in trials}
+    assert states == {0: "FAIL", 1: "COMPLETE", 2: "PRUNED"}
+    nan, done, pruned = trials
+    assert done.user_attrs["epochs_run"] == 2
+    assert done.user_attrs["n_params"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert set(done.intermediate_values) == {0, 1}
+    assert len(done.user_attrs["history"]["val_loss"]) == 2
+    assert done.value == min(done.user_attrs["history"]["val_loss"])
+    assert done.user_attrs["worker"]["host"]
+    assert pruned.user_attrs["pruned_at_epoch"] == 0
+    assert "loss became nan at epoch 0" in nan.user_attrs["fail_reason"]
+    # A failed trial does not count: the budget of 2 is met by the complete and pruned ones.
+    assert "2/2 finished" in result.output
+
+
+def test_two_replica_mirrored_strategy_on_cpu(
+    tmp_path: Path, sqlite_url: str, tiny_dir: Path
+) -> None:
+    spec = write_spec(
+        tmp_path / "mirror.toml",
+        """
+        name = "mirror"
+        objective = "tiny_digits"
+        n_trials = 1
+        [training]
+        epochs = 1
+        batch_size = 64
+        [[enqueue]]
+        lr = 0.01
+        poison = false
+    """,
+    )
+    result = run_cli(
+        ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(tiny_dir)],
+        cwd=tmp_path,
+        env={"STUDYCTL_CPU_REPLICAS": "2"},
+    )
+    assert result.returncode == 0, result.stderr
+    trial = optuna.load_study(study_name="mirror", storage=sqlite_url).trials[0]
+    assert trial.state.name == "COMPLETE"
+    assert trial.user_attrs["replicas"] == 2
+
+
+def test_seed_grid_evaluates_every_point_once(tmp_path: Path, sqlite_url: str) -> None:
+    text = (REPO / "studies" / "seed_grid.toml").read_text().replace("epochs = 5", "epochs = 1")
+    spec = write_spec(tmp_path / "grid.toml", text)
+    result = runner.invoke(
+        app,
+        ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(REPO / "objectives"), "-q"],
+    )
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="seed-grid", storage=sqlite_url).trials
+    points = sorted((t.params["learning_rate"], t.params["batch_size"]) for t in trials)
+    assert points == sorted(itertools.product([0.01, 0.001, 0.0001], [32, 64, 128]))
+    assert all(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_demo_spec_runs_with_shipped_objective(tmp_path: Path, sqlite_url: str) -> None:
+    text = (REPO / "studies" / "digits_mlp.toml").read_text()
+    text = text.replace("n_trials = 20", "n_trials = 3").replace("epochs = 8", "epochs = 2")
+    spec = write_spec(tmp_path / "demo.toml", text)
+    common = ["-s", sqlite_url, "--objectives-dir", str(REPO / "objectives")]
+    first = runner.invoke(app, ["run", str(spec), *common])
+    assert first.exit_code == 0, first.output
+    assert "3/3 finished" in first.output and "best trial #" in first.output
+    again = runner.invoke(app, ["run", str(spec), *common])
+    assert "budget met (3/3 finished); nothing to run" in again.output

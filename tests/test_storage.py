@@ -1,0 +1,126 @@
+"""Storage: URL precedence, masked passwords, clear errors, WAL, atomic trial transitions
+and the budget claims that keep n_trials a study-wide total."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from studyctl import db
+from studyctl.errors import StorageError
+from studyctl.storage import StudyctlStorage, mask_url, open_storage, resolve_storage_url
+
+
+def test_storage_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_storage_url(None, None) == "sqlite:///studyctl.db"
+    assert resolve_storage_url(None, "sqlite:///spec.db") == "sqlite:///spec.db"
+    monkeypatch.setenv("STUDYCTL_STORAGE", "sqlite:///env.db")
+    assert resolve_storage_url(None, "sqlite:///spec.db") == "sqlite:///env.db"
+    assert resolve_storage_url("sqlite:///cli.db", "sqlite:///spec.db") == "sqlite:///cli.db"
+
+
+def test_mask_url_hides_password() -> None:
+    assert mask_url("postgresql+psycopg://bob:s3cret@db:5432/hpo") == (
+        "postgresql+psycopg://bob:***@db:5432/hpo"
+    )
+    assert "s3cret" not in mask_url("postgresql+psycopg://bob:s3cret@db:bad-port/hpo")
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("not a url", "malformed"),
+        ("postgres://u:pw@127.0.0.1/x", "unsupported database 'postgres'"),
+        ("postgresql+psycopq://u:pw@127.0.0.1/x", "unknown database driver"),
+        ("mysql+nosuchdriver://u:pw@127.0.0.1/x", "unsupported database"),
+        ("postgresql+psycopg://u:topsecret@127.0.0.1:1/x", "cannot connect"),
+    ],
+)
+def test_storage_errors_are_one_line_without_password(url: str, words: str) -> None:
+    with pytest.raises(StorageError) as info:
+        open_storage(url)
+    message = str(info.value)
+    assert words in message
+    assert "topsecret" not in message and "\n" not in message
+
+
+def test_sqlite_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="does not exist"):
+        open_storage(f"sqlite:///{tmp_path}/no/such/dir/x.db")
+    assert not (tmp_path / "no").exists()
+
+
+def test_sqlite_is_wal_and_has_studyctl_tables(sqlite_url: str, tmp_path: Path) -> None:
+    open_storage(sqlite_url)
+    conn = sqlite3.connect(tmp_path / "studies.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"studyctl_studies", "studyctl_workers", "studyctl_claims", "trials"} <= tables
+
+
+def test_waiting_trial_is_taken_by_exactly_one_process(sqlite_url: str) -> None:
+    """Two storage objects (two engines, as two processes have) race for one WAITING trial."""
+    a = StudyctlStorage(sqlite_url)
+    b = StudyctlStorage(sqlite_url)
+    study = optuna.create_study(study_name="race", storage=a)
+    study.enqueue_trial({"x": 1.0})
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert a.set_trial_state_values(waiting._trial_id, TrialState.RUNNING) is True
+    assert b.set_trial_state_values(waiting._trial_id, TrialState.RUNNING) is False
+    assert b.set_trial_state_values(waiting._trial_id, TrialState.COMPLETE, [1.0]) is True
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        a.set_trial_state_values(waiting._trial_id, TrialState.FAIL)
+    assert study.trials[0].value == 1.0
+
+
+def _new_budget_study(storage: StudyctlStorage, name: str, n_trials: int) -> optuna.Study:
+    study = optuna.create_study(study_name=name, storage=storage)
+    with db.transaction(storage.engine) as conn:
+        db.upsert_study_record(conn, name, n_trials, "{}")
+        db.insert_worker(conn, worker_id="w1", study_name=name, host="h", pid=1, gpus="")
+    return study
+
+
+def _claim(
+    storage: StudyctlStorage, study: optuna.Study, n_trials: int, stale_after: float = 60.0
+) -> int | None:
+    return db.try_claim(
+        storage.engine,
+        study_name=study.study_name,
+        study_id=study._study_id,
+        worker_id="w1",
+        n_trials=n_trials,
+        stale_after=stale_after,
+    )
+
+
+def test_claims_never_exceed_budget(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    study = _new_budget_study(storage, "budget", 3)
+    claims = [_claim(storage, study, 3) for _ in range(5)]
+    assert [c is not None for c in claims] == [True, True, True, False, False]
+    first, second = claims[0], claims[1]
+    assert first is not None and second is not None
+    # A finished trial keeps its slot; a failed one frees it.
+    done = study.ask()
+    db.attach_claim(storage.engine, first, done._trial_id)
+    study.tell(done, 1.0)
+    db.release_claim(storage.engine, first)
+    assert _claim(storage, study, 3) is None
+    failed = study.ask()
+    db.attach_claim(storage.engine, second, failed._trial_id)
+    study.tell(failed, state=TrialState.FAIL)
+    assert _claim(storage, study, 3) is not None
+
+
+def test_claims_of_a_dead_worker_expire(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    study = _new_budget_study(storage, "dead", 1)
+    assert _claim(storage, study, 1) is not None
+    assert _claim(storage, study, 1) is None
+    # Worker w1's last heartbeat is older than the staleness limit: its claim lapses.
+    assert _claim(storage, study, 1, stale_after=-1.0) is not None
