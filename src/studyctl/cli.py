@@ -59,6 +59,16 @@ StorageOpt = Annotated[
     ),
 ]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+TrialsPerProcessOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--trials-per-process",
+        min=1,
+        help="Trials before a worker replaces its "
+        "TensorFlow process [default: the spec's worker.trials_per_process]",
+        show_default=False,
+    ),
+]
 ObjectivesDirOpt = Annotated[
     Path | None,
     typer.Option(
@@ -112,10 +122,34 @@ def run(
     objectives_dir: ObjectivesDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-trial lines.")] = False,
     fmt: FormatOpt = OutputFormat.table,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=0,
+            help="Worker processes on the study's storage; 0 runs trials in this process.",
+        ),
+    ] = 0,
+    gpus: Annotated[
+        str | None, typer.Option("--gpus", help="GPUs to share out: 0,1,2,3 or 0-7 or all.")
+    ] = None,
+    gpus_per_worker: Annotated[
+        int,
+        typer.Option("--gpus-per-worker", min=1, help="GPUs in each worker's set (with --gpus)."),
+    ] = 1,
+    threads_per_worker: Annotated[
+        int | None,
+        typer.Option(
+            "--threads-per-worker", min=1, help="Bound TensorFlow's threads in each worker."
+        ),
+    ] = None,
+    trials_per_process: TrialsPerProcessOpt = None,
 ) -> None:
-    """Run a study to its budget: create it or continue it, trial after trial.
+    """Run a study to its budget: create it or continue it.
 
     n_trials is the study's total: running the same spec again continues to the total.
+    With --workers N, N worker processes share the budget, each with its own GPU set.
     """
     from studyctl.progress import ProgressPrinter
     from studyctl.sequential import prepare_study, run_sequential
@@ -124,6 +158,7 @@ def run(
     from studyctl.summary import study_status
 
     spec = load_spec(spec_path)
+    gpu_sets = _gpu_sets(workers, gpus, gpus_per_worker)
     url = resolve_storage_url(storage, spec.storage)
     prepared = prepare_study(spec, url, objectives_dir)
     status = study_status(prepared.storage, spec.name, stale_after=spec.worker.grace_period)
@@ -144,10 +179,102 @@ def run(
         f"{_fmt(status['n_trials'])} finished, objective {spec.objective}, "
         f"sampler {spec.sampler.type}, pruner {spec.pruner.type}"
     )
+    if workers:
+        from studyctl.launcher import launch_workers
+
+        launched = launch_workers(
+            prepared.storage,
+            url,
+            spec.name,
+            spec.n_trials,
+            gpu_sets,
+            threads=threads_per_worker,
+            objectives_dir=objectives_dir,
+            trials_per_process=trials_per_process,
+            echo=say,
+            quiet=quiet,
+        )
+        status = study_status(prepared.storage, spec.name, stale_after=spec.worker.grace_period)
+        _finish_launch(launched, status, fmt)
+        return
     printer = ProgressPrinter(prepared.storage, prepared.study, spec.n_trials, say)
     result = run_sequential(prepared, objectives_dir, on_trial=printer)
     status = study_status(prepared.storage, spec.name, stale_after=spec.worker.grace_period)
     _finish_run(result, status, fmt)
+
+
+def _gpu_sets(workers: int, gpus: str | None, per_worker: int) -> list[str | None]:
+    from studyctl.gpus import assign_gpu_sets, parse_gpus
+
+    if gpus is None:
+        return [None] * workers
+    if not workers:
+        raise StudyctlError("--gpus needs --workers N (each worker gets its own GPU set)")
+    return list(assign_gpu_sets(parse_gpus(gpus), workers, per_worker))
+
+
+def _finish_launch(launched: Any, status: dict[str, Any], fmt: OutputFormat) -> None:
+    if fmt == OutputFormat.json:
+        _echo_json(
+            {
+                "study": status,
+                "workers": launched.exit_codes,
+                "stopped": "interrupted" if launched.signum else "workers-exited",
+            }
+        )
+    else:
+        typer.echo(
+            f"{status['finished']}/{_fmt(status['n_trials'])} finished; worker exit "
+            "codes: " + ", ".join(f"{k} {v}" for k, v in launched.exit_codes.items())
+        )
+        _print_best(status)
+    if launched.signum:
+        raise typer.Exit(128 + launched.signum)
+    bad = [c for c in launched.exit_codes.values() if c != 0]
+    if bad:
+        raise typer.Exit(2 if 2 in bad else 1)
+
+
+@command
+def worker(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    objectives_dir: ObjectivesDirOpt = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option("--gpus", help="This worker's GPU set (CUDA_VISIBLE_DEVICES), e.g. 0,1."),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="Bound TensorFlow's intra-/inter-op threads."),
+    ] = None,
+    trials_per_process: TrialsPerProcessOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-trial lines.")] = False,
+) -> None:
+    """Join an existing study as one more worker; leave when its budget is met.
+
+    Needs only the storage URL, the study name and the objectives being importable.
+    """
+    from studyctl.gpus import parse_gpus
+    from studyctl.storage import resolve_storage_url
+    from studyctl.worker_process import WorkerOptions, run_worker
+
+    if gpus is not None:
+        gpus = ",".join(parse_gpus(gpus))
+    code = run_worker(
+        WorkerOptions(
+            storage_url=resolve_storage_url(storage),
+            study_name=study,
+            objectives_dir=objectives_dir,
+            gpus=gpus,
+            threads=threads,
+            trials_per_process=trials_per_process,
+            quiet=quiet,
+        ),
+        echo=lambda m: typer.echo(m, err=True),
+    )
+    if code:
+        raise typer.Exit(code)
 
 
 def _finish_run(result: Any, status: dict[str, Any], fmt: OutputFormat) -> None:

@@ -237,3 +237,16 @@ def attach_claim(engine: Engine, claim_id: int, trial_id: int) -> None:
 def release_claim(engine: Engine, claim_id: int) -> None:
     with transaction(engine) as conn:
         conn.execute(sa.delete(claims_table).where(claims_table.c.claim_id == claim_id))
+
+
+def release_worker_claims(engine: Engine, worker_id: str) -> None:
+    """Drop the claims a worker's trial process left behind (it exited or crashed); a claim
+    whose trial is still RUNNING stays until the heartbeat marks that trial stale."""
+    with transaction(engine) as conn:
+        conn.execute(
+            sa.text(
+                "DELETE FROM studyctl_claims WHERE worker_id = :wid AND (trial_id IS NULL OR "
+                "trial_id NOT IN (SELECT trial_id FROM trials WHERE state = 'RUNNING'))"
+            ),
+            {"wid": worker_id},
+        )

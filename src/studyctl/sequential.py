@@ -10,7 +10,7 @@ import optuna
 
 from studyctl.registry import resolve_objective
 from studyctl.spec import StudySpec
-from studyctl.storage import StudyctlStorage, open_storage
+from studyctl.storage import StudyctlStorage, enable_heartbeat, open_storage
 from studyctl.study import open_study
 from studyctl.worker import LoopResult, TrialOutcome, WorkerRegistration, run_trial_loop
 
@@ -31,9 +31,10 @@ def prepare_study(
     The objective is resolved first, so an unknown objective never creates a study.
     """
     resolve_objective(spec.objective, objectives_dir)
-    storage = open_storage(
-        storage_url,
-        heartbeat_interval=spec.worker.heartbeat_interval,
+    storage = open_storage(storage_url)
+    enable_heartbeat(
+        storage,
+        interval=spec.worker.heartbeat_interval,
         grace_period=spec.worker.grace_period,
         max_retries=spec.worker.max_retries,
     )

@@ -22,6 +22,10 @@ from sqlalchemy.engine import make_url
 from studyctl import db
 from studyctl.errors import StorageError
 
+# studyctl relies on Optuna's heartbeat and stale-trial retry deliberately; their
+# "experimental" warnings would only repeat in every worker's output.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
 DEFAULT_STORAGE = "sqlite:///studyctl.db"
 STORAGE_ENV = "STUDYCTL_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -146,23 +150,16 @@ def _engine_kwargs(url: sa.engine.URL) -> dict[str, Any]:
     return kwargs
 
 
-_STORAGES: dict[tuple[Any, ...], StudyctlStorage] = {}
+_STORAGES: dict[str, StudyctlStorage] = {}
 
 
-def open_storage(
-    url: str,
-    *,
-    heartbeat_interval: int | None = None,
-    grace_period: int | None = None,
-    max_retries: int | None = None,
-) -> StudyctlStorage:
+def open_storage(url: str) -> StudyctlStorage:
     """Open (once per process) the storage at `url`, creating the schema of a new database.
 
     Raises `StorageError` with the URL's password masked for every problem a user can fix.
     """
-    key = (url, heartbeat_interval, grace_period, max_retries)
-    if key in _STORAGES:
-        return _STORAGES[key]
+    if url in _STORAGES:
+        return _STORAGES[url]
     shown = mask_url(url)
     try:
         parsed = make_url(url)
@@ -179,11 +176,6 @@ def open_storage(
         )
     if backend == "sqlite":
         _prepare_sqlite(parsed, shown)
-    callback = (
-        RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
-        if heartbeat_interval is not None
-        else None
-    )
     try:
         with warnings.catch_warnings():
             # Heartbeat is experimental in Optuna 5; studyctl relies on it deliberately.
@@ -191,9 +183,6 @@ def open_storage(
             storage = StudyctlStorage(
                 url,
                 engine_kwargs=_engine_kwargs(parsed),
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=callback,
             )
         db.create_tables(storage.engine)
     except sa_exc.NoSuchModuleError:
@@ -215,8 +204,19 @@ def open_storage(
             f"storage {shown}: {_one_line(exc)}",
             hint=f"run `optuna storage upgrade --storage {shown}`",
         ) from None
-    _STORAGES[key] = storage
+    _STORAGES[url] = storage
     return storage
+
+
+def enable_heartbeat(
+    storage: StudyctlStorage, *, interval: int, grace_period: int, max_retries: int
+) -> None:
+    """Turn on Optuna's trial heartbeat; a stale trial is failed and retried (same params)
+    up to `max_retries` times."""
+    storage.heartbeat_interval = interval
+    storage.grace_period = grace_period
+    storage.heartbeat_stale_trial_callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+    storage.failed_trial_callback = storage.heartbeat_stale_trial_callback
 
 
 def study_exists(storage: StudyctlStorage, name: str) -> bool:

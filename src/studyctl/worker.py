@@ -68,16 +68,32 @@ def worker_info(gpus: str | None = None) -> dict[str, Any]:
 
 
 class WorkerRegistration:
-    """This process's row in ``studyctl_workers``, kept fresh by a heartbeat thread."""
+    """A worker's row in ``studyctl_workers``, kept fresh by a heartbeat thread.
+
+    Used as a context manager by the process that owns the row (`studyctl run`, the
+    `studyctl worker` parent). A trial process constructed with its parent's `worker_id`
+    only updates the row (current trial, trials done); the parent keeps the heartbeat.
+    """
 
     def __init__(
-        self, storage: StudyctlStorage, study_name: str, *, interval: float, gpus: str | None = None
+        self,
+        storage: StudyctlStorage,
+        study_name: str,
+        *,
+        interval: float,
+        gpus: str | None = None,
+        worker_id: str | None = None,
+        trials_done: int = 0,
     ) -> None:
         self.engine = storage.engine
         self.study_name = study_name
         self.interval = interval
         self.info = worker_info(gpus)
-        self.worker_id = f"{self.info['host']}-{self.info['pid']}-{uuid.uuid4().hex[:8]}"
+        self.worker_id = worker_id or (
+            f"{self.info['host']}-{self.info['pid']}-{uuid.uuid4().hex[:8]}"
+        )
+        self.trials_done = trials_done
+        self.final_state = db.WORKER_STOPPED
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -108,7 +124,7 @@ class WorkerRegistration:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.update(state=db.WORKER_STOPPED, heartbeat_at=db.utcnow(), current_trial=None)
+        self.update(state=self.final_state, heartbeat_at=db.utcnow(), current_trial=None)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -305,7 +321,9 @@ def run_trial_loop(
                 outcome = _trial_outcome(storage, trial_id)
                 result.trials_run += 1
                 result.outcomes.append(outcome)
-                registration.update(trials_done=result.trials_run, current_trial=None)
+                registration.update(
+                    trials_done=registration.trials_done + result.trials_run, current_trial=None
+                )
                 if on_trial is not None:
                     on_trial(outcome)
                 if outcome.state == TrialState.FAIL:

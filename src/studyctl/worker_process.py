@@ -1,0 +1,153 @@
+"""`studyctl worker STUDY`: one worker that joins a study and leaves when its budget is met.
+
+The worker process itself never imports TensorFlow. It registers in ``studyctl_workers``,
+keeps the heartbeat, and runs trials in a child process (`studyctl.trial_process`) that it
+replaces every `trials_per_process` trials, so TensorFlow's per-model leak is returned to
+the OS and its import is paid once per many trials. SIGINT/SIGTERM are forwarded to the
+child once; the child records its trial FAIL ("interrupted") and exits 130/143.
+A child that crashes (killed, segfault) is replaced up to `MAX_CHILD_CRASHES` times in a row.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from studyctl import db
+from studyctl.storage import open_storage
+from studyctl.study import load_stored_spec
+from studyctl.training import THREADS_ENV
+from studyctl.trial_process import EXIT_DONE, EXIT_FAILURES, EXIT_FATAL, EXIT_RECYCLE
+from studyctl.worker import WorkerRegistration
+
+MAX_CHILD_CRASHES = 3
+
+
+@dataclass
+class WorkerOptions:
+    storage_url: str
+    study_name: str
+    objectives_dir: Path | None = None
+    gpus: str | None = None  # CUDA_VISIBLE_DEVICES for the trial process; None: inherit
+    threads: int | None = None
+    trials_per_process: int | None = None
+    quiet: bool = False
+
+
+def child_env(gpus: str | None, threads: int | None) -> dict[str, str]:
+    """The trial process's environment: its GPU set and thread bound, set before TF loads."""
+    env = dict(os.environ)
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus
+    if threads:
+        env[THREADS_ENV] = str(threads)
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+class _Forwarder:
+    """Forwards SIGINT/SIGTERM to the current child; remembers the first signal."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.child: subprocess.Popen[bytes] | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = self.signum or signum
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signum)
+
+    def __enter__(self) -> _Forwarder:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
+    """Run trial processes until the budget is met; return the exit code."""
+    storage = open_storage(opts.storage_url)
+    spec = load_stored_spec(storage, opts.study_name)
+    per_process = opts.trials_per_process or spec.worker.trials_per_process
+    started = time.monotonic()
+    registration = WorkerRegistration(
+        storage, spec.name, interval=min(10.0, spec.worker.heartbeat_interval), gpus=opts.gpus
+    )
+    crashes = 0
+    code = EXIT_DONE
+    with registration, _Forwarder() as forwarder:
+        while forwarder.signum is None:
+            cmd = [
+                sys.executable,
+                "-m",
+                "studyctl.trial_process",
+                "--study",
+                spec.name,
+                "--storage",
+                "env:",
+                "--worker-id",
+                registration.worker_id,
+                "--max-trials",
+                str(per_process),
+                "--trials-done",
+                str(registration.trials_done),
+            ]
+            if spec.timeout is not None:
+                cmd += ["--timeout", str(max(0.0, spec.timeout - (time.monotonic() - started)))]
+            if opts.objectives_dir is not None:
+                cmd += ["--objectives-dir", str(opts.objectives_dir)]
+            if opts.quiet:
+                cmd.append("--quiet")
+            env = child_env(opts.gpus, opts.threads)
+            env["STUDYCTL_STORAGE"] = opts.storage_url  # not on the command line: ps shows it
+            forwarder.child = subprocess.Popen(cmd, env=env, start_new_session=True)
+            code = forwarder.child.wait()
+            forwarder.child = None
+            db.release_worker_claims(storage.engine, registration.worker_id)
+            with db.transaction(storage.engine) as conn:
+                row = [
+                    w
+                    for w in db.list_workers(conn, spec.name)
+                    if w["worker_id"] == registration.worker_id
+                ]
+            registration.trials_done = row[0]["trials_done"] if row else 0
+            if code == EXIT_RECYCLE:
+                crashes = 0
+                continue
+            if code in (EXIT_DONE, EXIT_FAILURES, EXIT_FATAL) or code >= 128:
+                break
+            crashes += 1
+            echo(
+                f"worker {registration.worker_id}: trial process exited with code {code} "
+                f"({_describe(code)}); crash {crashes} of {MAX_CHILD_CRASHES}"
+            )
+            if crashes >= MAX_CHILD_CRASHES:
+                code = EXIT_FAILURES
+                break
+        if forwarder.signum is not None and code < 128:
+            code = 128 + forwarder.signum
+        registration.final_state = {EXIT_DONE: db.WORKER_STOPPED}.get(code, f"exit {code}")
+    return code
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return "crashed"
