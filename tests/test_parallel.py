@@ -258,7 +258,11 @@ def test_ctrl_c_leaves_no_running_trial(
     assert proc.returncode == 130, out
     trials = optuna.load_study(study_name="par", storage=sqlite_url).trials
     assert [t for t in trials if t.state == TrialState.RUNNING] == []
-    assert [t.user_attrs.get("fail_reason") for t in trials] == ["interrupted"] * 2
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.user_attrs["fail_reason"] for t in failed] == ["interrupted"] * 2
+    # Interrupted trials are queued again with the same parameters, to be resumed.
+    retries = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted(t.params["x"] for t in retries) == sorted(t.params["x"] for t in failed)
 
 
 @pytest.mark.slow

@@ -12,7 +12,13 @@ from optuna.trial import TrialState
 
 from studyctl import db
 from studyctl.errors import StorageError
-from studyctl.storage import StudyctlStorage, mask_url, open_storage, resolve_storage_url
+from studyctl.storage import (
+    StudyctlStorage,
+    enable_heartbeat,
+    mask_url,
+    open_storage,
+    resolve_storage_url,
+)
 
 
 def test_storage_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,3 +130,20 @@ def test_claims_of_a_dead_worker_expire(sqlite_url: str) -> None:
     assert _claim(storage, study, 1) is None
     # Worker w1's last heartbeat is older than the staleness limit: its claim lapses.
     assert _claim(storage, study, 1, stale_after=-1.0) is not None
+
+
+def test_stale_retry_keeps_params_and_learning_curve(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    enable_heartbeat(storage, interval=1, grace_period=2, max_retries=1)
+    study = optuna.create_study(study_name="retry", storage=storage)
+    trial = study.ask()
+    trial.suggest_float("a", 0, 1)
+    trial.report(1.0, 0)
+    trial.report(0.5, 1)
+    callback = storage.heartbeat_stale_trial_callback
+    assert callback is not None
+    callback(study, storage.get_trial(trial._trial_id))
+    retry = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert retry.params == trial.params
+    assert retry.intermediate_values == {0: 1.0, 1: 0.5}
+    assert retry.system_attrs["failed_trial"] == trial.number

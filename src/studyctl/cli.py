@@ -59,6 +59,25 @@ StorageOpt = Annotated[
     ),
 ]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        "-w",
+        min=0,
+        help="Worker processes on the study's storage; 0 runs trials in this process.",
+    ),
+]
+GpusOpt = Annotated[
+    str | None, typer.Option("--gpus", help="GPUs to share out: 0,1,2,3 or 0-7 or all.")
+]
+GpusPerWorkerOpt = Annotated[
+    int, typer.Option("--gpus-per-worker", min=1, help="GPUs in each worker's set (with --gpus).")
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads-per-worker", min=1, help="Bound TensorFlow's threads in each worker."),
+]
 TrialsPerProcessOpt = Annotated[
     int | None,
     typer.Option(
@@ -122,28 +141,10 @@ def run(
     objectives_dir: ObjectivesDirOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-trial lines.")] = False,
     fmt: FormatOpt = OutputFormat.table,
-    workers: Annotated[
-        int,
-        typer.Option(
-            "--workers",
-            "-w",
-            min=0,
-            help="Worker processes on the study's storage; 0 runs trials in this process.",
-        ),
-    ] = 0,
-    gpus: Annotated[
-        str | None, typer.Option("--gpus", help="GPUs to share out: 0,1,2,3 or 0-7 or all.")
-    ] = None,
-    gpus_per_worker: Annotated[
-        int,
-        typer.Option("--gpus-per-worker", min=1, help="GPUs in each worker's set (with --gpus)."),
-    ] = 1,
-    threads_per_worker: Annotated[
-        int | None,
-        typer.Option(
-            "--threads-per-worker", min=1, help="Bound TensorFlow's threads in each worker."
-        ),
-    ] = None,
+    workers: WorkersOpt = 0,
+    gpus: GpusOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 1,
+    threads_per_worker: ThreadsOpt = None,
     trials_per_process: TrialsPerProcessOpt = None,
 ) -> None:
     """Run a study to its budget: create it or continue it.
@@ -151,15 +152,74 @@ def run(
     n_trials is the study's total: running the same spec again continues to the total.
     With --workers N, N worker processes share the budget, each with its own GPU set.
     """
-    from studyctl.progress import ProgressPrinter
-    from studyctl.sequential import prepare_study, run_sequential
     from studyctl.spec import load_spec
-    from studyctl.storage import mask_url, resolve_storage_url
-    from studyctl.summary import study_status
+    from studyctl.storage import resolve_storage_url
 
     spec = load_spec(spec_path)
-    gpu_sets = _gpu_sets(workers, gpus, gpus_per_worker)
-    url = resolve_storage_url(storage, spec.storage)
+    _run_study(
+        spec,
+        resolve_storage_url(storage, spec.storage),
+        objectives_dir,
+        quiet,
+        fmt,
+        workers,
+        _gpu_sets(workers, gpus, gpus_per_worker),
+        threads_per_worker,
+        trials_per_process,
+    )
+
+
+@command
+def resume(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = None,
+    objectives_dir: ObjectivesDirOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-trial lines.")] = False,
+    fmt: FormatOpt = OutputFormat.table,
+    workers: WorkersOpt = 0,
+    gpus: GpusOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 1,
+    threads_per_worker: ThreadsOpt = None,
+    trials_per_process: TrialsPerProcessOpt = None,
+) -> None:
+    """Continue an interrupted study with the spec it was run with, to its budget.
+
+    Stale trials (their worker died) are failed and retried from their last checkpoint.
+    """
+    from studyctl.storage import open_storage, resolve_storage_url
+    from studyctl.study import load_stored_spec
+
+    url = resolve_storage_url(storage)
+    spec = load_stored_spec(open_storage(url), study)
+    _run_study(
+        spec,
+        url,
+        objectives_dir,
+        quiet,
+        fmt,
+        workers,
+        _gpu_sets(workers, gpus, gpus_per_worker),
+        threads_per_worker,
+        trials_per_process,
+    )
+
+
+def _run_study(
+    spec: Any,
+    url: str,
+    objectives_dir: Path | None,
+    quiet: bool,
+    fmt: OutputFormat,
+    workers: int,
+    gpu_sets: list[str | None],
+    threads_per_worker: int | None,
+    trials_per_process: int | None,
+) -> None:
+    from studyctl.progress import ProgressPrinter
+    from studyctl.sequential import prepare_study, run_sequential
+    from studyctl.storage import mask_url
+    from studyctl.summary import study_status
+
     prepared = prepare_study(spec, url, objectives_dir)
     status = study_status(prepared.storage, spec.name, stale_after=spec.worker.grace_period)
     say = (lambda _m: None) if quiet or fmt == OutputFormat.json else typer.echo

@@ -39,6 +39,8 @@ def prepare_study(
         max_retries=spec.worker.max_retries,
     )
     opened = open_study(storage, spec, create=True)
+    # Trials whose worker died are failed now (and retried), not only when a trial starts.
+    optuna.storages.fail_stale_trials(opened.study)
     return PreparedStudy(storage=storage, study=opened.study, spec=spec, created=opened.created)
 
 

@@ -80,6 +80,15 @@ class WorkerSpec:
 
 
 @dataclass(frozen=True)
+class ArtifactsSpec:
+    """Where per-trial checkpoints live: `path/<study>/trial-<n>/` (relative to the
+    worker's working directory; on several machines, a shared file system path)."""
+
+    path: str = "artifacts"
+    checkpoints: bool = True
+
+
+@dataclass(frozen=True)
 class SpaceParam:
     """A search-space range from the spec that overrides the objective's default range."""
 
@@ -105,6 +114,7 @@ class StudySpec:
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     worker: WorkerSpec = field(default_factory=WorkerSpec)
+    artifacts: ArtifactsSpec = field(default_factory=ArtifactsSpec)
     params: dict[str, GridValue] = field(default_factory=dict)
     space: dict[str, SpaceParam] = field(default_factory=dict)
     enqueue: tuple[dict[str, GridValue], ...] = ()
@@ -134,6 +144,7 @@ class StudySpec:
         d["pruner"] = PrunerSpec(**d["pruner"])
         d["training"] = TrainingSpec(**d["training"])
         d["worker"] = WorkerSpec(**d["worker"])
+        d["artifacts"] = ArtifactsSpec(**d.get("artifacts", {}))
         d["space"] = {
             k: SpaceParam(**{**v, "choices": tuple(v.get("choices", ()))})
             for k, v in d.get("space", {}).items()
@@ -453,6 +464,12 @@ def parse_spec(data: dict[str, Any], path: str) -> StudySpec:
     pruner = _parse_pruner(top.table("pruner"))
     training = _parse_training(top.table("training"))
     worker = _parse_worker(top.table("worker"))
+    art = top.table("artifacts")
+    artifacts = ArtifactsSpec(
+        path=art.take("path", str, ArtifactsSpec.path),
+        checkpoints=art.take("checkpoints", bool, ArtifactsSpec.checkpoints),
+    )
+    art.finish(["path", "checkpoints"])
     params = _parse_params(top.table("params"))
     space = _parse_space(top.table("space"))
     options = top.table("options").data
@@ -481,6 +498,7 @@ def parse_spec(data: dict[str, Any], path: str) -> StudySpec:
             "pruner",
             "training",
             "worker",
+            "artifacts",
             "params",
             "space",
             "options",
@@ -525,6 +543,7 @@ def parse_spec(data: dict[str, Any], path: str) -> StudySpec:
         pruner=pruner,
         training=training,
         worker=worker,
+        artifacts=artifacts,
         params=params,
         space=space,
         enqueue=tuple(enqueue),

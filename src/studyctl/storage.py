@@ -215,7 +215,10 @@ def enable_heartbeat(
     up to `max_retries` times."""
     storage.heartbeat_interval = interval
     storage.grace_period = grace_period
-    storage.heartbeat_stale_trial_callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+    # The retry resumes from its original's checkpoint, so it keeps the original's curve.
+    storage.heartbeat_stale_trial_callback = RetryHeartbeatStaleTrialCallback(
+        max_retry=max_retries, inherit_intermediate_values=True
+    )
     storage.failed_trial_callback = storage.heartbeat_stale_trial_callback
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -88,6 +89,13 @@ def _make_epoch_callback(trial: optuna.Trial, metrics: tuple[str, ...], prune: b
             self.epochs_run = 0
             self.failure: str | None = None
             self.pruned_epoch: int | None = None
+            self.initial_epoch = 0
+
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            # BackupAndRestore (earlier in the list) sets this when it restored a checkpoint.
+            self.initial_epoch = int(getattr(self.model, "_initial_epoch", None) or 0)
+            if self.initial_epoch:
+                trial.set_user_attr("resumed_from_epoch", self.initial_epoch)
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = logs or {}
@@ -119,6 +127,15 @@ def _make_epoch_callback(trial: optuna.Trial, metrics: tuple[str, ...], prune: b
                     self.model.stop_training = True
 
     return EpochReporter()
+
+
+def checkpoint_dir(ctx: TrialContext) -> Path:
+    """Per-trial checkpoint folder; a retried trial uses its original's, so it resumes from
+    the original's last finished epoch."""
+    trial = ctx.trial
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    number = frozen.system_attrs.get("failed_trial", trial.number)
+    return Path(ctx.spec.artifacts.path) / ctx.spec.name / f"trial-{number}"
 
 
 def _fit_inputs(data: TrainingData, validation_split: float) -> dict[str, Any]:
@@ -159,6 +176,11 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
             trial, spec.metrics, prune=not spec.is_multi_objective and spec.pruner.type != "none"
         )
         batch_size = int(trial.params.get("batch_size", training.batch_size))
+        callbacks = [reporter]
+        if spec.artifacts.checkpoints:
+            backup_dir = checkpoint_dir(ctx)
+            trial.set_user_attr("checkpoint_dir", str(backup_dir))
+            callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup_dir)))
         try:
             model.fit(
                 **_fit_inputs(data, training.validation_split),
@@ -166,7 +188,7 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
                 epochs=training.epochs,
                 shuffle=training.shuffle,
                 verbose=training.verbose,
-                callbacks=[reporter],
+                callbacks=callbacks,
             )
         finally:
             trial.set_user_attr("epochs_run", reporter.epochs_run)

@@ -155,6 +155,10 @@ class _TrialRunner:
         if self.claim_id is not None:
             db.attach_claim(self.storage.engine, self.claim_id, trial._trial_id)
         self.registration.update(current_trial=trial.number)
+        for inherited in ("fail_reason", "traceback", "pruned_at_epoch", "resumed_from_epoch"):
+            # A retry carries its original's attributes; these describe the original only.
+            if trial.user_attrs.get(inherited) is not None:
+                trial.set_user_attr(inherited, None)
         info = self.registration.info
         trial.set_user_attr("worker", {**info, "worker_id": self.registration.worker_id})
         ctx = TrialContext(trial=trial, spec=self.spec, objective=self.objective, worker=info)
@@ -316,6 +320,8 @@ def run_trial_loop(
                     trial_id = _claim_trial(storage, claim)
                     db.release_claim(storage.engine, claim)
                     runner.claim_id = None
+                    if trial_id is not None:
+                        _retry_if_interrupted(storage, study, trial_id)
                 if trial_id is None:
                     continue
                 outcome = _trial_outcome(storage, trial_id)
@@ -347,6 +353,19 @@ def run_trial_loop(
             result.reason = "interrupted"
             result.signum = guard.signum or signal.SIGINT
     return result
+
+
+def _retry_if_interrupted(storage: StudyctlStorage, study: optuna.Study, trial_id: int) -> None:
+    """A trial stopped by SIGINT/SIGTERM is queued again (same params, its learning curve
+    and checkpoint), like a trial whose worker died; within `max_retries`."""
+    trial = storage.get_trial(trial_id)
+    callback = storage.heartbeat_stale_trial_callback
+    if (
+        trial.state == TrialState.FAIL
+        and trial.user_attrs.get("fail_reason") == "interrupted"
+        and callback is not None
+    ):
+        callback(study, trial)
 
 
 def _claim_trial(storage: StudyctlStorage, claim_id: int) -> int | None:

@@ -1,0 +1,127 @@
+"""Fault injection with real processes: kill -9 mid-trial, then resume from the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from studyctl.sequential import prepare_study
+from studyctl.spec import load_spec
+
+from .conftest import STUDYCTL, run_cli, write_objectives, write_spec
+
+pytestmark = pytest.mark.slow
+
+SLOW_DIGITS = """
+from studyctl import TrainingData, keras_objective
+
+
+def load_data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype("float32")
+    return TrainingData(x=x[:1400], y=d.target[:1400], x_val=x[1400:], y_val=d.target[1400:])
+
+
+@keras_objective("slow_digits", load_data=load_data)
+def build(trial, ctx):
+    import keras
+
+    units = trial.suggest_int("units", 8, 32)
+    model = keras.Sequential([keras.Input(shape=(64,)),
+                              keras.layers.Dense(units, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss="sparse_categorical_crossentropy")
+    return model
+"""
+
+
+def test_kill_9_mid_trial_then_resume_from_last_epoch(tmp_path: Path, sqlite_url: str) -> None:
+    folder = write_objectives(tmp_path / "objectives", SLOW_DIGITS, name="slow_digits.py")
+    spec_path = write_spec(
+        tmp_path / "slow.toml",
+        f"""
+        name = "slow"
+        objective = "slow_digits"
+        n_trials = 2
+        [sampler]
+        type = "random"
+        seed = 0
+        [training]
+        epochs = 8
+        batch_size = 8
+        [worker]
+        heartbeat_interval = 1
+        grace_period = 3
+        [artifacts]
+        path = "{tmp_path / "artifacts"}"
+    """,
+    )
+    prepare_study(load_spec(spec_path), sqlite_url, folder)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    worker = subprocess.Popen(
+        [*STUDYCTL, "worker", "slow", "-s", sqlite_url, "--objectives-dir", str(folder), "-q"],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+    )
+    study = optuna.load_study(study_name="slow", storage=sqlite_url)
+    try:
+        deadline = time.monotonic() + 180
+        victim = None
+        while time.monotonic() < deadline:
+            running = study.get_trials(states=(TrialState.RUNNING,))
+            if running and len(running[0].intermediate_values) >= 3:
+                victim = running[0]
+                break
+            time.sleep(0.2)
+        assert victim is not None, "the first trial never reached epoch 3"
+        # kill -9 the worker and its trial process: nothing gets to clean up.
+        os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    epochs_before_kill = len(study.trials[victim.number].intermediate_values)
+    assert study.trials[victim.number].state == TrialState.RUNNING
+
+    second = run_cli(
+        ["worker", "slow", "-s", sqlite_url, "--objectives-dir", str(folder)], cwd=tmp_path
+    )
+    assert second.returncode == 0, second.stderr
+
+    trials = optuna.load_study(study_name="slow", storage=sqlite_url).trials
+    assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 2
+    original = trials[victim.number]
+    assert original.state == TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == original.params
+    resumed = retry.user_attrs["resumed_from_epoch"]
+    assert 0 < resumed <= epochs_before_kill
+    # The learning curve continues the original's: epochs 0..7, no gap.
+    assert sorted(retry.intermediate_values) == list(range(8))
+    assert retry.user_attrs["epochs_run"] == 8
+    assert not Path(retry.user_attrs["checkpoint_dir"]).exists()  # removed when it finished
+    status = json.loads(
+        run_cli(["status", "slow", "-s", sqlite_url, "-f", "json"], cwd=tmp_path).stdout
+    )
+    assert sorted(w["state"] for w in status["workers"]) == ["dead", "stopped"]
+    assert status["retried"] == [
+        {"trial": retry.number, "retry_of": victim.number, "state": "COMPLETE"}
+    ]
+    print(
+        f"kill -9 after {epochs_before_kill} reported epochs; retry resumed at epoch "
+        f"{resumed}: {epochs_before_kill - resumed} epoch(s) re-run"
+    )
