@@ -138,6 +138,15 @@ def update_worker(conn: Connection, worker_id: str, **values: Any) -> None:
     )
 
 
+def get_worker(conn: Connection, worker_id: str) -> dict[str, Any] | None:
+    row = (
+        conn.execute(sa.select(workers_table).where(workers_table.c.worker_id == worker_id))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
 def list_workers(conn: Connection, study_name: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         sa.select(workers_table)

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import IO
 
 from studyctl.progress import format_duration
+from studyctl.signals import on_stop_signals
 from studyctl.storage import StudyctlStorage
 from studyctl.summary import best_trials, state_counts
 
@@ -99,11 +100,7 @@ def launch_workers(
             if slot.proc is not None and slot.proc.poll() is None:
                 slot.proc.send_signal(signum)
 
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, forward)
-    try:
+    with on_stop_signals(forward):
         for slot in slots:
             start(slot)
         started = time.monotonic()
@@ -135,9 +132,6 @@ def launch_workers(
             if finished != last_finished and not quiet:
                 last_finished = finished
                 echo(_totals_line(storage, study_name, counts, n_trials, started, at_start))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return result
 
 

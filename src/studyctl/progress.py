@@ -44,11 +44,6 @@ class ProgressPrinter:
         self.echo = echo
         self.started = time.monotonic()
         self.finished_here = 0
-        self.finished_at_start = self._finished()
-
-    def _finished(self) -> int:
-        counts = state_counts(self.storage, self.study._study_id)
-        return counts["COMPLETE"] + counts["PRUNED"]
 
     def __call__(self, outcome: TrialOutcome) -> None:
         counts = state_counts(self.storage, self.study._study_id)

@@ -177,13 +177,7 @@ def open_storage(url: str) -> StudyctlStorage:
     if backend == "sqlite":
         _prepare_sqlite(parsed, shown)
     try:
-        with warnings.catch_warnings():
-            # Heartbeat is experimental in Optuna 5; studyctl relies on it deliberately.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = StudyctlStorage(
-                url,
-                engine_kwargs=_engine_kwargs(parsed),
-            )
+        storage = StudyctlStorage(url, engine_kwargs=_engine_kwargs(parsed))
         db.create_tables(storage.engine)
     except sa_exc.NoSuchModuleError:
         raise StorageError(

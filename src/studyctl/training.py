@@ -133,8 +133,10 @@ def checkpoint_dir(ctx: TrialContext) -> Path:
     """Per-trial checkpoint folder; a retried trial uses its original's, so it resumes from
     the original's last finished epoch."""
     trial = ctx.trial
-    frozen = trial.study._storage.get_trial(trial._trial_id)
-    number = frozen.system_attrs.get("failed_trial", trial.number)
+    original = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(
+        trial.study._storage.get_trial(trial._trial_id)
+    )
+    number = trial.number if original is None else original
     return Path(ctx.spec.artifacts.path) / ctx.spec.name / f"trial-{number}"
 
 

@@ -21,11 +21,12 @@ from types import FrameType
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from studyctl import db
 from studyctl.errors import StudyctlError
 from studyctl.registry import KerasObjective, Objective, TrialContext
+from studyctl.signals import on_stop_signals
 from studyctl.spec import StudySpec
 from studyctl.storage import StudyctlStorage
 
@@ -213,31 +214,13 @@ def _is_fatal(exc: BaseException | None) -> bool:
     return isinstance(exc, StudyctlError)
 
 
-class _SignalGuard:
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     """SIGINT/SIGTERM raise `WorkerInterrupted` in the main thread, so the running trial is
     recorded FAIL ("interrupted") instead of being left RUNNING."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.signum = signum
-        raise WorkerInterrupted(signum)
-
-    def __enter__(self) -> _SignalGuard:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    raise WorkerInterrupted(signum)
 
 
-def _trial_outcome(storage: StudyctlStorage, trial_id: int) -> TrialOutcome:
-    t = storage.get_trial(trial_id)
+def _trial_outcome(t: FrozenTrial) -> TrialOutcome:
     duration = (
         (t.datetime_complete - t.datetime_start).total_seconds()
         if t.datetime_complete and t.datetime_start
@@ -282,7 +265,7 @@ def run_trial_loop(
     started = time.monotonic()
     consecutive_failures = 0
     stale_after = float(spec.worker.grace_period)
-    with _SignalGuard() as guard:
+    with on_stop_signals(_raise_interrupted):
         try:
             while True:
                 if max_trials is not None and result.trials_run >= max_trials:
@@ -310,6 +293,7 @@ def run_trial_loop(
                     continue
                 runner.claim_id = claim
                 trial_id: int | None = None
+                frozen: FrozenTrial | None = None
                 try:
                     study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
                 except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
@@ -320,11 +304,12 @@ def run_trial_loop(
                     trial_id = _claim_trial(storage, claim)
                     db.release_claim(storage.engine, claim)
                     runner.claim_id = None
-                    if trial_id is not None:
-                        _retry_if_interrupted(storage, study, trial_id)
-                if trial_id is None:
+                    frozen = None if trial_id is None else storage.get_trial(trial_id)
+                    if frozen is not None:
+                        _retry_if_interrupted(storage, study, frozen)
+                if frozen is None:
                     continue
-                outcome = _trial_outcome(storage, trial_id)
+                outcome = _trial_outcome(frozen)
                 result.trials_run += 1
                 result.outcomes.append(outcome)
                 registration.update(
@@ -351,14 +336,15 @@ def run_trial_loop(
             result.signum = exc.signum
         except KeyboardInterrupt:
             result.reason = "interrupted"
-            result.signum = guard.signum or signal.SIGINT
+            result.signum = signal.SIGINT  # no handler installed: not the main thread
     return result
 
 
-def _retry_if_interrupted(storage: StudyctlStorage, study: optuna.Study, trial_id: int) -> None:
+def _retry_if_interrupted(
+    storage: StudyctlStorage, study: optuna.Study, trial: FrozenTrial
+) -> None:
     """A trial stopped by SIGINT/SIGTERM is queued again (same params, its learning curve
     and checkpoint), like a trial whose worker died; within `max_retries`."""
-    trial = storage.get_trial(trial_id)
     callback = storage.heartbeat_stale_trial_callback
     if (
         trial.state == TrialState.FAIL

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from studyctl import db
+from studyctl.signals import on_stop_signals
 from studyctl.storage import open_storage
 from studyctl.study import load_stored_spec
 from studyctl.training import THREADS_ENV
@@ -60,22 +60,11 @@ class _Forwarder:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.child: subprocess.Popen[bytes] | None = None
-        self._previous: dict[int, object] = {}
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.signum = self.signum or signum
         if self.child is not None and self.child.poll() is None:
             self.child.send_signal(signum)
-
-    def __enter__(self) -> _Forwarder:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
@@ -89,7 +78,8 @@ def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
     )
     crashes = 0
     code = EXIT_DONE
-    with registration, _Forwarder() as forwarder:
+    forwarder = _Forwarder()
+    with registration, on_stop_signals(forwarder):
         while forwarder.signum is None:
             cmd = [
                 sys.executable,
@@ -119,12 +109,8 @@ def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
             forwarder.child = None
             db.release_worker_claims(storage.engine, registration.worker_id)
             with db.transaction(storage.engine) as conn:
-                row = [
-                    w
-                    for w in db.list_workers(conn, spec.name)
-                    if w["worker_id"] == registration.worker_id
-                ]
-            registration.trials_done = row[0]["trials_done"] if row else 0
+                row = db.get_worker(conn, registration.worker_id)
+            registration.trials_done = row["trials_done"] if row else 0
             if code == EXIT_RECYCLE:
                 crashes = 0
                 continue
