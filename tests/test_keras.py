@@ -101,6 +101,44 @@ def test_complete_pruned_and_nan_trials(tmp_path: Path, sqlite_url: str, tiny_di
     assert "2/2 finished" in result.output
 
 
+def test_out_of_memory_is_a_recorded_trial_failure(tmp_path: Path, sqlite_url: str) -> None:
+    folder = write_objectives(
+        tmp_path / "objectives",
+        """
+        from studyctl import TrainingData, keras_objective
+
+        def load_data():
+            import numpy as np
+            return TrainingData(x=np.zeros((8, 2)), y=np.zeros(8))
+
+        @keras_objective("oom_model", load_data=load_data)
+        def build(trial, ctx):
+            import tensorflow as tf
+            trial.suggest_int("units", 1, 2)
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+    """,
+        name="oom_model.py",
+    )
+    spec = write_spec(
+        tmp_path / "oom.toml",
+        """
+        name = "oom"
+        objective = "oom_model"
+        n_trials = 3
+        [worker]
+        max_consecutive_failures = 2
+    """,
+    )
+    result = runner.invoke(
+        app, ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(folder)]
+    )
+    assert result.exit_code == 1
+    trials = optuna.load_study(study_name="oom", storage=sqlite_url).trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert trials[0].user_attrs["fail_reason"].startswith("out of memory: ")
+    assert "OOM when allocating tensor" in trials[0].user_attrs["fail_reason"]
+
+
 def test_two_replica_mirrored_strategy_on_cpu(
     tmp_path: Path, sqlite_url: str, tiny_dir: Path
 ) -> None:

@@ -26,6 +26,13 @@ import time
 from studyctl import function_objective
 
 
+@function_objective("env_sleep")
+def env_sleep(trial, ctx):
+    x = trial.suggest_float("x", -1, 1)
+    time.sleep(float(os.environ.get("STUDYCTL_TEST_SLEEP", "0")))
+    return x * x
+
+
 @function_objective("records_env")
 def records_env(trial, ctx):
     trial.set_user_attr("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -263,6 +270,60 @@ def test_ctrl_c_leaves_no_running_trial(
     # Interrupted trials are queued again with the same parameters, to be resumed.
     retries = [t for t in trials if t.state == TrialState.WAITING]
     assert sorted(t.params["x"] for t in retries) == sorted(t.params["x"] for t in failed)
+
+
+def test_sigterm_then_resume_completes(tmp_path: Path, sqlite_url: str) -> None:
+    folder = write_objectives(tmp_path / "objectives", ENV_OBJECTIVE, name="records_env.py")
+    spec = fast_spec(tmp_path, 6, objective="env_sleep")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "STUDYCTL_TEST_SLEEP": "30"}
+    proc = subprocess.Popen(
+        [
+            *STUDYCTL,
+            "run",
+            str(spec),
+            "--workers",
+            "2",
+            "-s",
+            sqlite_url,
+            "--objectives-dir",
+            str(folder),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        running: list[optuna.trial.FrozenTrial] = []
+        while time.monotonic() < deadline and len(running) < 2:
+            time.sleep(0.3)
+            if optuna.get_all_study_names(storage=sqlite_url):
+                running = optuna.load_study(study_name="par", storage=sqlite_url).get_trials(
+                    states=(TrialState.RUNNING,)
+                )
+        assert len(running) == 2
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 143, out
+    study = optuna.load_study(study_name="par", storage=sqlite_url)
+    assert study.get_trials(states=(TrialState.RUNNING,)) == []
+    resumed = run_cli(
+        ["resume", "par", "-s", sqlite_url, "--objectives-dir", str(folder)],
+        cwd=tmp_path,
+        env={"STUDYCTL_TEST_SLEEP": "0"},
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    study = optuna.load_study(study_name="par", storage=sqlite_url)
+    assert len(finished(study)) == 6
+    # The two interrupted trials were retried with their parameters.
+    interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
+    retried = {t.system_attrs.get("failed_trial") for t in finished(study)}
+    assert {t.number for t in interrupted} <= retried
 
 
 @pytest.mark.slow

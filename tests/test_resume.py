@@ -125,3 +125,91 @@ def test_kill_9_mid_trial_then_resume_from_last_epoch(tmp_path: Path, sqlite_url
         f"kill -9 after {epochs_before_kill} reported epochs; retry resumed at epoch "
         f"{resumed}: {epochs_before_kill - resumed} epoch(s) re-run"
     )
+
+
+def test_sigint_stops_at_a_batch_end_and_resume_continues_on_two_replicas(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """First Ctrl-C: the fit stops at the end of the batch, the trial is recorded
+    "interrupted" and queued again; `studyctl resume` resumes it from its last epoch under
+    a two-replica MirroredStrategy (CPU logical devices)."""
+    folder = write_objectives(tmp_path / "objectives", SLOW_DIGITS, name="slow_digits.py")
+    spec_path = write_spec(
+        tmp_path / "slow.toml",
+        f"""
+        name = "slow"
+        objective = "slow_digits"
+        n_trials = 1
+        [training]
+        epochs = 6
+        batch_size = 8
+        [artifacts]
+        path = "{tmp_path / "artifacts"}"
+    """,
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "STUDYCTL_CPU_REPLICAS": "2"}
+    run = subprocess.Popen(
+        [*STUDYCTL, "run", str(spec_path), "-s", sqlite_url, "--objectives-dir", str(folder), "-q"],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        epochs_seen = 0
+        while time.monotonic() < deadline and epochs_seen < 2:
+            time.sleep(0.2)
+            if optuna.get_all_study_names(storage=sqlite_url):
+                trials = optuna.load_study(study_name="slow", storage=sqlite_url).trials
+                epochs_seen = len(trials[0].intermediate_values) if trials else 0
+        assert epochs_seen >= 2
+        run.send_signal(signal.SIGINT)
+        out, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, out
+    study = optuna.load_study(study_name="slow", storage=sqlite_url)
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
+    assert first.user_attrs["replicas"] == 2
+    assert Path(first.user_attrs["checkpoint_dir"]).is_dir()
+    assert [t.state for t in study.trials[1:]] == [TrialState.WAITING]
+
+    resumed = run_cli(
+        ["resume", "slow", "-s", sqlite_url, "--objectives-dir", str(folder)],
+        cwd=tmp_path,
+        env={"STUDYCTL_CPU_REPLICAS": "2"},
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    retry = optuna.load_study(study_name="slow", storage=sqlite_url).trials[1]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == first.params and retry.user_attrs["replicas"] == 2
+    assert retry.user_attrs["resumed_from_epoch"] >= 2
+    assert sorted(retry.intermediate_values) == list(range(6))
+    again = run_cli(["resume", "slow", "-s", sqlite_url], cwd=tmp_path)
+    assert "budget met (1/1 finished); nothing to run" in again.stdout
+
+
+def test_worker_stops_at_once_when_objective_cannot_import(tmp_path: Path, sqlite_url: str) -> None:
+    folder = write_objectives(tmp_path / "objectives", SLOW_DIGITS, name="slow_digits.py")
+    spec_path = write_spec(
+        tmp_path / "slow.toml",
+        """
+        name = "slow"
+        objective = "slow_digits"
+        n_trials = 3
+    """,
+    )
+    prepare_study(load_spec(spec_path), sqlite_url, folder)
+    (folder / "slow_digits.py").write_text("import a_module_that_does_not_exist_zz\n")
+    result = run_cli(
+        ["worker", "slow", "-s", sqlite_url, "--objectives-dir", str(folder)], cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "slow_digits.py failed to import" in result.stderr
+    assert "a_module_that_does_not_exist_zz" in result.stderr
+    assert optuna.load_study(study_name="slow", storage=sqlite_url).trials == []

@@ -1,4 +1,9 @@
-"""SIGINT/SIGTERM routing shared by the trial loop, the worker and the launcher."""
+"""SIGINT/SIGTERM handling shared by the trial loop, the worker and the launcher.
+
+In a process that trains, the first signal asks the running Keras fit to stop at the end
+of the current batch (a safe point: the trial is then recorded "interrupted" and keeps its
+last epoch's checkpoint); outside a fit, or on a second signal, it raises at once.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,14 @@ from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 Handler = Callable[[int, FrameType | None], None]
+
+
+class WorkerInterrupted(KeyboardInterrupt):
+    """A stop signal reached the trial loop; Optuna records the running trial FAIL."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @contextmanager
@@ -26,3 +39,41 @@ def on_stop_signals(handler: Handler) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+class _StopState:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.safe_point_armed = False
+
+
+_STOP = _StopState()
+
+
+def reset_stop() -> None:
+    _STOP.signum = None
+    _STOP.safe_point_armed = False
+
+
+def stop_requested() -> int | None:
+    """The signal that asked this process to stop, if any."""
+    return _STOP.signum
+
+
+def stop_at_safe_point(signum: int, frame: FrameType | None) -> None:
+    """Signal handler: the first signal during an armed fit is a request; else raise."""
+    if _STOP.signum is None and _STOP.safe_point_armed:
+        _STOP.signum = signum
+        return
+    _STOP.signum = _STOP.signum or signum
+    raise WorkerInterrupted(signum)
+
+
+@contextmanager
+def safe_points() -> Iterator[None]:
+    """Mark a block (a Keras fit) that checks `stop_requested()` at every batch end."""
+    _STOP.safe_point_armed = True
+    try:
+        yield
+    finally:
+        _STOP.safe_point_armed = False

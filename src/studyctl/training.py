@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from studyctl.errors import StudyctlError
+from studyctl.signals import WorkerInterrupted, safe_points, stop_requested
 
 if TYPE_CHECKING:
     from studyctl.registry import KerasObjective, TrainingData, TrialContext
@@ -91,6 +93,10 @@ def _make_epoch_callback(trial: optuna.Trial, metrics: tuple[str, ...], prune: b
             self.pruned_epoch: int | None = None
             self.initial_epoch = 0
 
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if stop_requested() is not None:  # SIGINT/SIGTERM: stop at this safe point
+                self.model.stop_training = True
+
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
             # BackupAndRestore (earlier in the list) sets this when it restored a checkpoint.
             self.initial_epoch = int(getattr(self.model, "_initial_epoch", None) or 0)
@@ -140,6 +146,11 @@ def checkpoint_dir(ctx: TrialContext) -> Path:
     return Path(ctx.spec.artifacts.path) / ctx.spec.name / f"trial-{number}"
 
 
+def _remove_checkpoint(folder: Path | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _fit_inputs(data: TrainingData, validation_split: float) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"x": data.x, "y": data.y}
     if data.has_validation:
@@ -179,22 +190,34 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
         )
         batch_size = int(trial.params.get("batch_size", training.batch_size))
         callbacks = [reporter]
-        if spec.artifacts.checkpoints:
-            backup_dir = checkpoint_dir(ctx)
+        backup_dir = checkpoint_dir(ctx) if spec.artifacts.checkpoints else None
+        if backup_dir is not None:
             trial.set_user_attr("checkpoint_dir", str(backup_dir))
-            callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup_dir)))
-        try:
-            model.fit(
-                **_fit_inputs(data, training.validation_split),
-                batch_size=batch_size,
-                epochs=training.epochs,
-                shuffle=training.shuffle,
-                verbose=training.verbose,
-                callbacks=callbacks,
+            # Kept when the trial is interrupted (its retry resumes from it); removed below
+            # once the trial has an outcome.
+            callbacks.insert(
+                0, keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
             )
+        try:
+            with safe_points():
+                model.fit(
+                    **_fit_inputs(data, training.validation_split),
+                    batch_size=batch_size,
+                    epochs=training.epochs,
+                    shuffle=training.shuffle,
+                    verbose=training.verbose,
+                    callbacks=callbacks,
+                )
+        except Exception:
+            _remove_checkpoint(backup_dir)
+            raise
         finally:
             trial.set_user_attr("epochs_run", reporter.epochs_run)
             trial.set_user_attr("history", reporter.history)
+        signum = stop_requested()
+        if signum is not None:
+            raise WorkerInterrupted(signum)  # the checkpoint stays for the retry
+        _remove_checkpoint(backup_dir)
         if reporter.failure is not None:
             raise TrialFailed(reporter.failure)
         if reporter.pruned_epoch is not None:

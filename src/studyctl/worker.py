@@ -17,7 +17,6 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 import optuna
@@ -26,20 +25,18 @@ from optuna.trial import FrozenTrial, TrialState
 from studyctl import db
 from studyctl.errors import StudyctlError
 from studyctl.registry import KerasObjective, Objective, TrialContext
-from studyctl.signals import on_stop_signals
+from studyctl.signals import (
+    WorkerInterrupted,
+    on_stop_signals,
+    reset_stop,
+    stop_at_safe_point,
+    stop_requested,
+)
 from studyctl.spec import StudySpec
 from studyctl.storage import StudyctlStorage
 
 # How long a worker without a claim waits before looking again while others' trials run.
 IDLE_POLL_S = 2.0
-
-
-class WorkerInterrupted(KeyboardInterrupt):
-    """Raised in the worker's main thread by SIGINT/SIGTERM; Optuna records the trial FAIL."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 @dataclass
@@ -181,11 +178,17 @@ class _TrialRunner:
             raise
         except Exception as exc:
             self.last_error = exc
-            trial.set_user_attr("fail_reason", _one_line(exc)[:1000])
+            trial.set_user_attr("fail_reason", _failure_reason(exc)[:1000])
             trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
             raise
         finally:
             trial.set_user_attr("duration_s", round(time.monotonic() - start, 3))
+
+
+def _failure_reason(exc: BaseException) -> str:
+    if type(exc).__name__ == "ResourceExhaustedError":  # tf.errors, without importing TF
+        return f"out of memory: {_one_line(exc)}"
+    return _one_line(exc)
 
 
 def _check_result(result: Any, spec: StudySpec) -> float | list[float]:
@@ -212,12 +215,6 @@ def _check_result(result: Any, spec: StudySpec) -> float | list[float]:
 def _is_fatal(exc: BaseException | None) -> bool:
     """Errors no retry can fix: the objective or its data cannot be loaded."""
     return isinstance(exc, StudyctlError)
-
-
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    """SIGINT/SIGTERM raise `WorkerInterrupted` in the main thread, so the running trial is
-    recorded FAIL ("interrupted") instead of being left RUNNING."""
-    raise WorkerInterrupted(signum)
 
 
 def _trial_outcome(t: FrozenTrial) -> TrialOutcome:
@@ -265,9 +262,13 @@ def run_trial_loop(
     started = time.monotonic()
     consecutive_failures = 0
     stale_after = float(spec.worker.grace_period)
-    with on_stop_signals(_raise_interrupted):
+    reset_stop()
+    with on_stop_signals(stop_at_safe_point):
         try:
             while True:
+                signum = stop_requested()
+                if signum is not None:
+                    raise WorkerInterrupted(signum)
                 if max_trials is not None and result.trials_run >= max_trials:
                     result.reason = "max-trials"
                     break
