@@ -70,7 +70,8 @@ def objectives_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    monkeypatch.chdir(tmp_path)  # artifacts/ and studyctl.db defaults land in tmp_path
     monkeypatch.delenv("STUDYCTL_STORAGE", raising=False)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     yield

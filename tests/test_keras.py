@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from sklearn.datasets import load_digits
 from typer.testing import CliRunner
 
 from studyctl.cli import app
@@ -97,6 +98,14 @@ def test_complete_pruned_and_nan_trials(tmp_path: Path, sqlite_url: str, tiny_di
     assert done.user_attrs["worker"]["host"]
     assert pruned.user_attrs["pruned_at_epoch"] == 0
     assert "loss became nan at epoch 0" in nan.user_attrs["fail_reason"]
+    # The best (only) complete trial's model is kept and gives its recorded final metric.
+    import keras
+
+    model = keras.models.load_model(done.user_attrs["model_path"])
+    data = load_digits()
+    x = (data.data / 16.0).astype("float32")
+    val_loss = model.evaluate(x[1400:], data.target[1400:], verbose=0)[0]
+    assert val_loss == pytest.approx(done.user_attrs["final_metrics"]["val_loss"], rel=1e-4)
     # A failed trial does not count: the budget of 2 is met by the complete and pruned ones.
     assert "2/2 finished" in result.output
 
@@ -191,3 +200,7 @@ def test_demo_spec_runs_with_shipped_objective(tmp_path: Path, sqlite_url: str) 
     assert "3/3 finished" in first.output and "best trial #" in first.output
     again = runner.invoke(app, ["run", str(spec), *common])
     assert "budget met (3/3 finished); nothing to run" in again.output
+    best = optuna.load_study(study_name="digits-mlp", storage=sqlite_url).best_trial
+    kept = sorted(p.name for p in (tmp_path / "artifacts" / "digits-mlp" / "models").iterdir())
+    assert kept == [f"trial-{best.number}.keras"]
+    assert not (tmp_path / "artifacts" / "digits-mlp" / f"trial-{best.number}").exists()

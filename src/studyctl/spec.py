@@ -86,6 +86,9 @@ class ArtifactsSpec:
 
     path: str = "artifacts"
     checkpoints: bool = True
+    # Save the best trial's trained model as <path>/<study>/models/trial-<n>.keras
+    # (single-objective studies).
+    keep_best_model: bool = True
 
 
 @dataclass(frozen=True)
@@ -468,8 +471,9 @@ def parse_spec(data: dict[str, Any], path: str) -> StudySpec:
     artifacts = ArtifactsSpec(
         path=art.take("path", str, ArtifactsSpec.path),
         checkpoints=art.take("checkpoints", bool, ArtifactsSpec.checkpoints),
+        keep_best_model=art.take("keep_best_model", bool, ArtifactsSpec.keep_best_model),
     )
-    art.finish(["path", "checkpoints"])
+    art.finish(ArtifactsSpec.__dataclass_fields__)
     params = _parse_params(top.table("params"))
     space = _parse_space(top.table("space"))
     options = top.table("options").data

@@ -21,6 +21,7 @@ from studyctl.signals import WorkerInterrupted, safe_points, stop_requested
 
 if TYPE_CHECKING:
     from studyctl.registry import KerasObjective, TrainingData, TrialContext
+    from studyctl.spec import StudySpec
 
 THREADS_ENV = "STUDYCTL_THREADS"
 CPU_REPLICAS_ENV = "STUDYCTL_CPU_REPLICAS"
@@ -146,6 +147,38 @@ def checkpoint_dir(ctx: TrialContext) -> Path:
     return Path(ctx.spec.artifacts.path) / ctx.spec.name / f"trial-{number}"
 
 
+def models_dir(spec: StudySpec) -> Path:
+    return Path(spec.artifacts.path) / spec.name / "models"
+
+
+def keep_if_best(ctx: TrialContext, model: Any, value: float) -> None:
+    """Save the trained model (`models/trial-<n>.keras`) when it beats every completed
+    trial, and delete saved models of completed trials it beats: they can never be best."""
+    from optuna.trial import TrialState
+
+    trial, spec = ctx.trial, ctx.spec
+    minimize = spec.directions[0] == "minimize"
+
+    def better(a: float, b: float) -> bool:
+        return a < b if minimize else a > b
+
+    completed = {
+        t.number: t.values[0]
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    }
+    if any(not better(value, v) for v in completed.values()):
+        return
+    folder = models_dir(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"trial-{trial.number}.keras"
+    model.save(path)
+    trial.set_user_attr("model_path", str(path))
+    for old in folder.glob("trial-*.keras"):
+        number = int(old.stem.removeprefix("trial-"))
+        if number in completed and better(value, completed[number]):
+            old.unlink(missing_ok=True)
+
+
 def _remove_checkpoint(folder: Path | None) -> None:
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
@@ -231,6 +264,8 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
             else:
                 values.append(min(series) if direction == "minimize" else max(series))
         trial.set_user_attr("final_metrics", {k: v[-1] for k, v in reporter.history.items() if v})
+        if spec.artifacts.keep_best_model and len(values) == 1:
+            keep_if_best(ctx, model, values[0])
         return values[0] if len(values) == 1 else values
     finally:
         keras.backend.clear_session()
