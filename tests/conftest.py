@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from studyctl.storage import close_storage
 
 REPO = Path(__file__).resolve().parent.parent
 STUDYCTL = [sys.executable, "-m", "studyctl.cli"]
@@ -59,9 +62,44 @@ def write_spec(path: Path, body: str) -> Path:
     return path
 
 
+PG_DSN = "host=127.0.0.1 port=5432 user=root dbname=postgres"
+PG_URL = "postgresql+psycopg://root@127.0.0.1:5432/{name}"
+
+
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'studies.db'}"
+def sqlite_url(tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    yield url
+    close_storage(url)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new database on the local PostgreSQL server, dropped afterwards."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable: {exc}")
+    name = f"studyctl_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_URL.format(name=name)
+    try:
+        yield url
+    finally:
+        close_storage(url)
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every storage-level test runs on both backends."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(fixture))
 
 
 @pytest.fixture

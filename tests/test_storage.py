@@ -68,10 +68,10 @@ def test_sqlite_is_wal_and_has_studyctl_tables(sqlite_url: str, tmp_path: Path) 
     assert {"studyctl_studies", "studyctl_workers", "studyctl_claims", "trials"} <= tables
 
 
-def test_waiting_trial_is_taken_by_exactly_one_process(sqlite_url: str) -> None:
+def test_waiting_trial_is_taken_by_exactly_one_process(storage_url: str) -> None:
     """Two storage objects (two engines, as two processes have) race for one WAITING trial."""
-    a = StudyctlStorage(sqlite_url)
-    b = StudyctlStorage(sqlite_url)
+    a = StudyctlStorage(storage_url)
+    b = StudyctlStorage(storage_url)
     study = optuna.create_study(study_name="race", storage=a)
     study.enqueue_trial({"x": 1.0})
     waiting = study.get_trials(states=(TrialState.WAITING,))[0]
@@ -104,8 +104,8 @@ def _claim(
     )
 
 
-def test_claims_never_exceed_budget(sqlite_url: str) -> None:
-    storage = open_storage(sqlite_url)
+def test_claims_never_exceed_budget(storage_url: str) -> None:
+    storage = open_storage(storage_url)
     study = _new_budget_study(storage, "budget", 3)
     claims = [_claim(storage, study, 3) for _ in range(5)]
     assert [c is not None for c in claims] == [True, True, True, False, False]
@@ -123,8 +123,8 @@ def test_claims_never_exceed_budget(sqlite_url: str) -> None:
     assert _claim(storage, study, 3) is not None
 
 
-def test_claims_of_a_dead_worker_expire(sqlite_url: str) -> None:
-    storage = open_storage(sqlite_url)
+def test_claims_of_a_dead_worker_expire(storage_url: str) -> None:
+    storage = open_storage(storage_url)
     study = _new_budget_study(storage, "dead", 1)
     assert _claim(storage, study, 1) is not None
     assert _claim(storage, study, 1) is None
@@ -132,8 +132,8 @@ def test_claims_of_a_dead_worker_expire(sqlite_url: str) -> None:
     assert _claim(storage, study, 1, stale_after=-1.0) is not None
 
 
-def test_stale_retry_keeps_params_and_learning_curve(sqlite_url: str) -> None:
-    storage = open_storage(sqlite_url)
+def test_stale_retry_keeps_params_and_learning_curve(storage_url: str) -> None:
+    storage = open_storage(storage_url)
     enable_heartbeat(storage, interval=1, grace_period=2, max_retries=1)
     study = optuna.create_study(study_name="retry", storage=storage)
     trial = study.ask()

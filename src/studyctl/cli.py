@@ -29,18 +29,30 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def command(func: F) -> F:
-    """Register a command whose StudyctlError becomes one line on stderr and exit code 2."""
+def _commands_of(target: typer.Typer) -> Callable[[F], F]:
+    """Register commands on `target`; a StudyctlError becomes one line on stderr and exit
+    code 2."""
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except StudyctlError as exc:
-            _fail(str(exc), exc.exit_code)
+    def register(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except StudyctlError as exc:
+                _fail(str(exc), exc.exit_code)
 
-    app.command()(wrapper)
-    return func
+        target.command()(wrapper)
+        return func
+
+    return register
+
+
+db_app = typer.Typer(
+    help="Schema versions of a storage (Optuna's and studyctl's).", no_args_is_help=True
+)
+app.add_typer(db_app, name="db")
+command = _commands_of(app)
+db_command = _commands_of(db_app)
 
 
 class OutputFormat(StrEnum):
@@ -566,6 +578,52 @@ def delete(
         _fail("not deleted", code=1)
     delete_study(st, study)
     typer.echo(f"deleted study {study}")
+
+
+def _versions_out(v: Any, fmt: OutputFormat) -> None:
+    data = {
+        "optuna": {"current": v.optuna_current, "head": v.optuna_head},
+        "studyctl": {"current": v.studyctl_current, "head": v.studyctl_head},
+    }
+    if fmt == OutputFormat.json:
+        _echo_json(data)
+        return
+    for name, d in data.items():
+        state = "up to date" if d["current"] == d["head"] else "needs `studyctl db upgrade`"
+        typer.echo(f"{name}: {d['current'] or 'none'} (head {d['head']}; {state})")
+
+
+@db_command
+def upgrade(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table) -> None:
+    """Bring Optuna's schema and studyctl's tables to this version's head."""
+    from studyctl.storage import resolve_storage_url, upgrade_storage
+
+    _versions_out(upgrade_storage(resolve_storage_url(storage)), fmt)
+
+
+@db_command
+def current(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table) -> None:
+    """Show the schema versions of Optuna and studyctl in a storage."""
+    from studyctl.storage import resolve_storage_url, schema_versions
+
+    _versions_out(schema_versions(resolve_storage_url(storage)), fmt)
+
+
+@command
+def copy(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    source: Annotated[str, typer.Option("--from", help="Storage URL to copy from.")],
+    target: Annotated[str, typer.Option("--to", help="Storage URL to copy to.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a study of the same name in the target.")
+    ] = False,
+) -> None:
+    """Copy a study with all its trials to another storage (e.g. SQLite to PostgreSQL)."""
+    from studyctl.storage import mask_url, open_storage
+    from studyctl.study import copy_study
+
+    n = copy_study(study, open_storage(source), open_storage(target), overwrite=overwrite)
+    typer.echo(f"copied study {study} ({n} trials) from {mask_url(source)} to {mask_url(target)}")
 
 
 def main() -> None:

@@ -6,6 +6,8 @@
 * ``studyctl_claims``: budget reservations; a worker holds one while its trial runs.
 
 All access goes through `transaction(engine)`; queries take the connection explicitly.
+The tables are created and changed only by the Alembic revisions in `migrations/`
+(`studyctl.schema`); this metadata describes the head revision.
 Optuna's tables are read (never written) only in `count_finished_trials`, whose columns
 have not changed since Optuna's schema v3.2.0.a.
 """
@@ -33,6 +35,7 @@ studies_table = sa.Table(
     # Bumped by every claim: the UPDATE takes the row lock (PostgreSQL) or the write lock
     # (SQLite) that makes counting and reserving one atomic step.
     sa.Column("claim_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_by", sa.String(64), nullable=False, server_default="unknown"),
 )
 
 workers_table = sa.Table(
@@ -57,7 +60,7 @@ claims_table = sa.Table(
     sa.Column("claim_id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("study_name", sa.String(512), nullable=False, index=True),
     sa.Column("worker_id", sa.String(64), nullable=False),
-    sa.Column("trial_id", sa.Integer, nullable=True),
+    sa.Column("trial_id", sa.Integer, nullable=True, index=True),
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
@@ -75,10 +78,6 @@ def transaction(engine: Engine) -> Iterator[Connection]:
     """The one transaction helper: commit on success, roll back on any error."""
     with engine.begin() as conn:
         yield conn
-
-
-def create_tables(engine: Engine) -> None:
-    metadata.create_all(engine, checkfirst=True)
 
 
 # --- studies -----------------------------------------------------------------------------
@@ -111,8 +110,15 @@ def upsert_study_record(
                 created_at=now,
                 updated_at=now,
                 claim_seq=0,
+                created_by=_version(),
             )
         )
+
+
+def _version() -> str:
+    from studyctl import __version__
+
+    return f"studyctl {__version__}"
 
 
 def delete_study_records(conn: Connection, study_name: str) -> None:
@@ -158,40 +164,38 @@ def list_workers(conn: Connection, study_name: str) -> list[dict[str, Any]]:
 
 # --- budget claims -----------------------------------------------------------------------
 
-_FINISHED_STATES = ("COMPLETE", "PRUNED")
-_LIVE_TRIAL_STATES = ("RUNNING", "WAITING")
+
+_FINISHED_SQL = (
+    "SELECT count(*) FROM trials WHERE study_id = :sid AND state IN ('COMPLETE', 'PRUNED')"
+)
+# A claim counts while its trial is running (even if its worker died: the trial stays
+# RUNNING until the heartbeat marks it failed, and its retry then takes a claim of its own),
+# or, before its trial exists, while its worker is alive.
+_LIVE_CLAIMS_SQL = (
+    "SELECT count(*) FROM studyctl_claims c "
+    "LEFT JOIN trials t ON t.trial_id = c.trial_id "
+    "LEFT JOIN studyctl_workers w ON w.worker_id = c.worker_id "
+    "WHERE c.study_name = :name AND ("
+    "  (c.trial_id IS NOT NULL AND t.state IN ('RUNNING', 'WAITING'))"
+    "  OR (c.trial_id IS NULL AND w.heartbeat_at >= :stale_before))"
+)
 
 
 def count_finished_trials(conn: Connection, study_id: int) -> int:
-    return int(
-        conn.execute(
-            sa.text(
-                "SELECT count(*) FROM trials WHERE study_id = :sid AND state IN "
-                "('COMPLETE', 'PRUNED')"
-            ),
-            {"sid": study_id},
-        ).scalar_one()
-    )
+    return int(conn.execute(sa.text(_FINISHED_SQL), {"sid": study_id}).scalar_one())
 
 
-def count_live_claims(conn: Connection, study_name: str, stale_before: datetime) -> int:
-    """Claims that may still produce a finished trial.
+def count_taken(conn: Connection, study_id: int, study_name: str, stale_before: datetime) -> int:
+    """Finished trials plus live claims, read in ONE statement.
 
-    A claim counts while its trial is running (even if its worker died: the trial stays
-    RUNNING until the heartbeat marks it failed, and its retry then takes a claim of its
-    own), or, before its trial exists, while its worker is alive.
+    Under PostgreSQL's READ COMMITTED each statement has its own snapshot: counting finished
+    trials and live claims in two statements misses a trial that finished (and released its
+    claim) between them, and lets one trial too many start (seen: 41 of 40 with 8 workers).
     """
     return int(
         conn.execute(
-            sa.text(
-                "SELECT count(*) FROM studyctl_claims c "
-                "LEFT JOIN trials t ON t.trial_id = c.trial_id "
-                "LEFT JOIN studyctl_workers w ON w.worker_id = c.worker_id "
-                "WHERE c.study_name = :name AND ("
-                "  (c.trial_id IS NOT NULL AND t.state IN ('RUNNING', 'WAITING'))"
-                "  OR (c.trial_id IS NULL AND w.heartbeat_at >= :stale_before))"
-            ),
-            {"name": study_name, "stale_before": stale_before},
+            sa.text(f"SELECT ({_FINISHED_SQL}) + ({_LIVE_CLAIMS_SQL})"),
+            {"sid": study_id, "name": study_name, "stale_before": stale_before},
         ).scalar_one()
     )
 
@@ -219,10 +223,7 @@ def try_claim(
         )
         if n_trials is not None:
             stale_before = utcnow() - timedelta(seconds=stale_after)
-            taken = count_finished_trials(conn, study_id) + count_live_claims(
-                conn, study_name, stale_before
-            )
-            if taken >= n_trials:
+            if count_taken(conn, study_id, study_name, stale_before) >= n_trials:
                 return None
         result = conn.execute(
             sa.insert(claims_table).values(

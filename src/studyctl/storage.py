@@ -19,8 +19,14 @@ from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from studyctl import db
 from studyctl.errors import StorageError
+from studyctl.schema import (
+    SchemaVersions,
+    current_revision,
+    ensure_schema,
+    head_revision,
+    upgrade_studyctl,
+)
 
 # studyctl relies on Optuna's heartbeat and stale-trial retry deliberately; their
 # "experimental" warnings would only repeat in every worker's output.
@@ -153,12 +159,14 @@ def _engine_kwargs(url: sa.engine.URL) -> dict[str, Any]:
 _STORAGES: dict[str, StudyctlStorage] = {}
 
 
-def open_storage(url: str) -> StudyctlStorage:
-    """Open (once per process) the storage at `url`, creating the schema of a new database.
+def open_storage(url: str, *, for_upgrade: bool = False) -> StudyctlStorage:
+    """Open (once per process) the storage at `url`, creating the schema of a new database
+    and refusing one whose schema (Optuna's or studyctl's) is at another version.
+    `for_upgrade` skips both checks, for `studyctl db upgrade` only.
 
     Raises `StorageError` with the URL's password masked for every problem a user can fix.
     """
-    if url in _STORAGES:
+    if url in _STORAGES and not for_upgrade:
         return _STORAGES[url]
     shown = mask_url(url)
     try:
@@ -177,8 +185,11 @@ def open_storage(url: str) -> StudyctlStorage:
     if backend == "sqlite":
         _prepare_sqlite(parsed, shown)
     try:
-        storage = StudyctlStorage(url, engine_kwargs=_engine_kwargs(parsed))
-        db.create_tables(storage.engine)
+        storage = StudyctlStorage(
+            url, engine_kwargs=_engine_kwargs(parsed), skip_compatibility_check=for_upgrade
+        )
+        if not for_upgrade:
+            ensure_schema(storage.engine, shown)
     except sa_exc.NoSuchModuleError:
         raise StorageError(
             f"storage URL {shown!r}: unknown database driver {parsed.drivername!r}",
@@ -196,10 +207,46 @@ def open_storage(url: str) -> StudyctlStorage:
         # Optuna's schema check: the database was written by another Optuna version.
         raise StorageError(
             f"storage {shown}: {_one_line(exc)}",
-            hint=f"run `optuna storage upgrade --storage {shown}`",
+            hint=f"run `studyctl db upgrade --storage {shown}`",
         ) from None
-    _STORAGES[url] = storage
+    if not for_upgrade:
+        _STORAGES[url] = storage
     return storage
+
+
+def close_storage(url: str) -> None:
+    """Forget this process's storage for `url` and close its connections."""
+    storage = _STORAGES.pop(url, None)
+    if storage is not None:
+        storage.engine.dispose()
+
+
+def schema_versions(url: str) -> SchemaVersions:
+    storage = open_storage(url, for_upgrade=True)
+    try:
+        with storage.engine.connect() as conn:
+            ours = current_revision(conn)
+        return SchemaVersions(
+            optuna_current=storage.get_current_version(),
+            optuna_head=storage.get_head_version(),
+            studyctl_current=ours,
+            studyctl_head=head_revision(),
+        )
+    finally:
+        storage.engine.dispose()
+
+
+def upgrade_storage(url: str) -> SchemaVersions:
+    """Bring Optuna's schema (through Optuna) and studyctl's (through our Alembic) to head."""
+    storage = open_storage(url, for_upgrade=True)
+    try:
+        if storage.get_current_version() != storage.get_head_version():
+            storage.upgrade()
+        upgrade_studyctl(storage.engine)
+    finally:
+        storage.engine.dispose()
+    close_storage(url)
+    return schema_versions(url)
 
 
 def enable_heartbeat(

@@ -146,3 +146,35 @@ def delete_study(storage: StudyctlStorage, study_name: str) -> None:
     with db.transaction(storage.engine) as conn:
         db.delete_study_records(conn, study_name)
     optuna.delete_study(study_name=study_name, storage=storage)
+
+
+def copy_study(
+    study_name: str, source: StudyctlStorage, target: StudyctlStorage, *, overwrite: bool
+) -> int:
+    """Copy a study with all its trials (params, values, intermediate values, attributes,
+    states, times) and its studyctl record; return the number of trials copied.
+
+    An existing study of the same name in `target` is replaced only with `overwrite`; a copy
+    that fails half-way is deleted again.
+    """
+    if not study_exists(source, study_name):
+        raise unknown_study(source, study_name)
+    if study_exists(target, study_name):
+        if not overwrite:
+            raise StudyctlError(
+                f"study {study_name!r} already exists in {mask_url(target.url)}",
+                hint="pass --overwrite to replace it",
+            )
+        delete_study(target, study_name)
+    with db.transaction(source.engine) as conn:
+        record = db.get_study_record(conn, study_name)
+    try:
+        optuna.copy_study(from_study_name=study_name, from_storage=source, to_storage=target)
+        if record is not None:
+            with db.transaction(target.engine) as conn:
+                db.upsert_study_record(conn, study_name, record["n_trials"], record["spec_json"])
+    except BaseException:
+        if study_exists(target, study_name):
+            delete_study(target, study_name)
+        raise
+    return len(optuna.load_study(study_name=study_name, storage=target).trials)

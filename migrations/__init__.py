@@ -1,0 +1,1 @@
+"""studyctl's Alembic environment (installed as the package `studyctl.migrations`)."""
