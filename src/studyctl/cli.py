@@ -610,6 +610,35 @@ def current(storage: StorageOpt = None, fmt: FormatOpt = OutputFormat.table) -> 
 
 
 @command
+def dashboard(
+    storage: StorageOpt = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to bind. The dashboard has NO authentication: anything "
+            "other than 127.0.0.1 exposes every study to the network.",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8080,
+    artifact_dir: Annotated[
+        Path, typer.Option("--artifact-dir", help="Artifact store (the studies' [artifacts] path).")
+    ] = Path("artifacts"),
+) -> None:
+    """Serve optuna-dashboard on the storage (no authentication; 127.0.0.1 by default)."""
+    from studyctl.dashboard import serve_dashboard
+    from studyctl.storage import resolve_storage_url
+
+    serve_dashboard(
+        resolve_storage_url(storage),
+        host=host,
+        port=port,
+        artifact_dir=artifact_dir,
+        echo=typer.echo,
+    )
+
+
+@command
 def copy(
     study: Annotated[str, typer.Argument(help="Study name.")],
     source: Annotated[str, typer.Option("--from", help="Storage URL to copy from.")],
