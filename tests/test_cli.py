@@ -87,6 +87,20 @@ def test_inspection_commands_json(tmp_path: Path, sqlite_url: str, objectives_di
     assert all("x" in t["params"] and t["user_attrs"]["worker"]["pid"] for t in trials)
     best = json.loads(runner.invoke(app, ["best", "quad", "-s", sqlite_url, "-f", "json"]).output)
     assert best[0]["values"][0] == min(t["values"][0] for t in trials)
+    csv_text = runner.invoke(app, ["trials", "quad", "-s", sqlite_url, "-f", "csv"]).output
+    import csv
+    import io
+
+    csv_rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert [int(r["number"]) for r in csv_rows] == [0, 1, 2]
+    assert float(csv_rows[0]["params_x"]) == trials[0]["params"]["x"]
+    assert float(csv_rows[0]["value"]) == trials[0]["values"][0]
+    assert json.loads(csv_rows[0]["user_attrs_worker"])["pid"] > 0
+    no_model = runner.invoke(
+        app, ["best", "quad", "-s", sqlite_url, "--export-model", str(tmp_path / "m.keras")]
+    )
+    assert no_model.exit_code == 2 and "has no saved model" in no_model.output
+    assert not (tmp_path / "m.keras").exists()
     table = runner.invoke(app, ["trials", "quad", "-s", sqlite_url])
     assert table.exit_code == 0 and "COMPLETE" in table.output
 

@@ -101,11 +101,20 @@ def test_complete_pruned_and_nan_trials(tmp_path: Path, sqlite_url: str, tiny_di
     # The best (only) complete trial's model is kept and gives its recorded final metric.
     import keras
 
-    model = keras.models.load_model(done.user_attrs["model_path"])
+    exported = tmp_path / "best.keras"
+    export = runner.invoke(app, ["best", "tiny", "-s", sqlite_url, "--export-model", str(exported)])
+    assert export.exit_code == 0, export.output
+    model = keras.models.load_model(exported)
     data = load_digits()
     x = (data.data / 16.0).astype("float32")
     val_loss = model.evaluate(x[1400:], data.target[1400:], verbose=0)[0]
     assert val_loss == pytest.approx(done.user_attrs["final_metrics"]["val_loss"], rel=1e-4)
+    # ...and it is an artifact of its trial (downloadable from optuna-dashboard), and the
+    # trial has a dashboard note with the model summary.
+    assert any(k.startswith("artifacts:") for k in done.system_attrs)
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    notes = study._storage.get_study_system_attrs(study._study_id)
+    assert any("Total params" in str(v) for k, v in notes.items() if "note" in k)
     # A failed trial does not count: the budget of 2 is met by the complete and pruned ones.
     assert "2/2 finished" in result.output
 

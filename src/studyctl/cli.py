@@ -60,6 +60,12 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
+class TrialsFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
 StorageOpt = Annotated[
     str | None,
     typer.Option(
@@ -483,17 +489,23 @@ def trials(
             "running, waiting.",
         ),
     ] = None,
-    fmt: FormatOpt = OutputFormat.table,
+    fmt: Annotated[
+        TrialsFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = TrialsFormat.table,
 ) -> None:
-    """List a study's trials with params, values, state, duration and attributes."""
-    from studyctl.summary import STATES, list_trials
+    """List a study's trials with params, values, state, duration and attributes
+    (--format csv or json exports them all)."""
+    from studyctl.summary import STATES, list_trials, trials_csv
 
     for s in state or []:
         if s.upper() not in STATES:
             _fail(f"--state {s!r}: expected one of {', '.join(x.lower() for x in STATES)}")
     rows = list_trials(_storage(storage), study, state)
-    if fmt == OutputFormat.json:
+    if fmt == TrialsFormat.json:
         _echo_json(rows)
+        return
+    if fmt == TrialsFormat.csv:
+        typer.echo(trials_csv(rows), nl=False)
         return
     _table(
         ["#", "state", "value", "duration", "params", "note"],
@@ -521,11 +533,20 @@ def best(
     study: Annotated[str, typer.Argument(help="Study name.")],
     storage: StorageOpt = None,
     fmt: FormatOpt = OutputFormat.table,
+    export_model: Annotated[
+        Path | None,
+        typer.Option("--export-model", help="Write the best trial's trained model (.keras) here."),
+    ] = None,
 ) -> None:
-    """The best trial (the Pareto front for several objectives)."""
-    from studyctl.summary import best_summary
+    """The best trial (the Pareto front for several objectives); --export-model writes its
+    trained Keras model."""
+    from studyctl.summary import best_summary, export_best_model
 
-    rows = best_summary(_storage(storage), study)
+    st = _storage(storage)
+    if export_model is not None:
+        number = export_best_model(st, study, str(export_model))
+        typer.echo(f"wrote the model of trial #{number} to {export_model}", err=True)
+    rows = best_summary(st, study)
     if fmt == OutputFormat.json:
         _echo_json(rows)
         return

@@ -144,3 +144,73 @@ def list_trials(
 
 def best_summary(storage: StudyctlStorage, name: str) -> list[dict[str, Any]]:
     return [trial_dict(t) for t in best_trials(_load(storage, name))]
+
+
+def trials_csv(rows: list[dict[str, Any]]) -> str:
+    """`list_trials` rows as CSV: one column per value, parameter and user attribute
+    (non-scalar attributes as JSON)."""
+    import csv
+    import io
+    import json
+
+    n_values = max((len(r["values"] or []) for r in rows), default=1)
+    params = sorted({k for r in rows for k in r["params"]})
+    attrs = sorted({k for r in rows for k in r["user_attrs"]})
+    value_cols = ["value"] if n_values <= 1 else [f"values_{i}" for i in range(n_values)]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        [
+            "number",
+            "state",
+            *value_cols,
+            "datetime_start",
+            "datetime_complete",
+            "duration_s",
+            *(f"params_{p}" for p in params),
+            *(f"user_attrs_{a}" for a in attrs),
+        ]
+    )
+
+    def cell(v: Any) -> Any:
+        return json.dumps(v) if isinstance(v, dict | list) else ("" if v is None else v)
+
+    for r in rows:
+        values = list(r["values"] or []) + [None] * (len(value_cols) - len(r["values"] or []))
+        writer.writerow(
+            [
+                r["number"],
+                r["state"],
+                *map(cell, values),
+                cell(r["datetime_start"]),
+                cell(r["datetime_complete"]),
+                cell(r["duration_s"]),
+                *(cell(r["params"].get(p)) for p in params),
+                *(cell(r["user_attrs"].get(a)) for a in attrs),
+            ]
+        )
+    return out.getvalue()
+
+
+def export_best_model(storage: StudyctlStorage, name: str, destination: str) -> int:
+    """Copy the best trial's saved Keras model to `destination`; return the trial number."""
+    import shutil
+    from pathlib import Path
+
+    from studyctl.errors import StudyctlError
+
+    best = best_trials(_load(storage, name))
+    if len(best) != 1:
+        raise StudyctlError(
+            f"study {name!r} has no single best trial to export"
+            + (" (it has several objectives)" if best else " yet")
+        )
+    path = best[0].user_attrs.get("model_path")
+    if not path or not Path(path).is_file():
+        where = f" (expected at {path}, on the machine that trained it)" if path else ""
+        raise StudyctlError(
+            f"best trial #{best[0].number} of study {name!r} has no saved model{where}",
+            hint="keep_best_model in the spec's [artifacts] saves it",
+        )
+    shutil.copyfile(path, destination)
+    return best[0].number

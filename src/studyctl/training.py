@@ -147,6 +147,28 @@ def checkpoint_dir(ctx: TrialContext) -> Path:
     return Path(ctx.spec.artifacts.path) / ctx.spec.name / f"trial-{number}"
 
 
+def _save_trial_note(trial: optuna.Trial, spec: StudySpec, model: Any) -> None:
+    """A dashboard note: the model summary and the spec settings the trial trained with."""
+    import json
+
+    from optuna_dashboard import save_note
+
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+    settings = {
+        "training": spec.to_dict()["training"],
+        "params": trial.params,
+        "fixed": dict(spec.params),
+        "sampler": spec.sampler.type,
+        "pruner": spec.pruner.type,
+    }
+    save_note(
+        trial,
+        "## Model\n\n```\n" + "\n".join(lines) + "\n```\n\n## Settings\n\n"
+        "```json\n" + json.dumps(settings, indent=2, default=str) + "\n```\n",
+    )
+
+
 def models_dir(spec: StudySpec) -> Path:
     return Path(spec.artifacts.path) / spec.name / "models"
 
@@ -173,6 +195,15 @@ def keep_if_best(ctx: TrialContext, model: Any, value: float) -> None:
     path = folder / f"trial-{trial.number}.keras"
     model.save(path)
     trial.set_user_attr("model_path", str(path))
+    # Also an Optuna artifact of the trial, downloadable from optuna-dashboard.
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    upload_artifact(
+        artifact_store=FileSystemArtifactStore(base_path=spec.artifacts.path),
+        file_path=str(path),
+        study_or_trial=trial,
+        mimetype="application/octet-stream",
+    )
     for old in folder.glob("trial-*.keras"):
         number = int(old.stem.removeprefix("trial-"))
         if number in completed and better(value, completed[number]):
@@ -217,6 +248,7 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
                 f"build_model of {objective.name!r} must return a compiled keras.Model"
             )
         trial.set_user_attr("n_params", int(model.count_params()))
+        _save_trial_note(trial, spec, model)
         trial.set_user_attr("replicas", int(strategy.num_replicas_in_sync))
         reporter = _make_epoch_callback(
             trial, spec.metrics, prune=not spec.is_multi_objective and spec.pruner.type != "none"
