@@ -15,7 +15,12 @@ if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
 fi
 
-.venv/bin/ruff check src objectives tests scripts
-.venv/bin/ruff format --check src objectives tests scripts
+# Browser tests use Debian's Chromium (never a browser download).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+.venv/bin/ruff check src objectives tests scripts migrations
+.venv/bin/ruff format --check src objectives tests scripts migrations
 .venv/bin/mypy
 .venv/bin/pytest "$@"

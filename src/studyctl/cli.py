@@ -660,6 +660,34 @@ def dashboard(
 
 
 @command
+def report(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="report.html (one self-contained page), report.png (the "
+            "optimization history) or a folder (PNGs of the main plots).",
+        ),
+    ],
+    storage: StorageOpt = None,
+) -> None:
+    """Write a report: optimization history, parameter importances, parallel coordinates,
+    learning curves and a trials table."""
+    from studyctl.report import write_html, write_pngs
+
+    st = _storage(storage)
+    if output.suffix == ".html":
+        typer.echo(f"wrote {write_html(st, study, output)}")
+        return
+    if output.suffix and output.suffix != ".png":
+        _fail(f"--output {output}: expected a .html or .png file, or a folder")
+    for path in write_pngs(st, study, output):
+        typer.echo(f"wrote {path}")
+
+
+@command
 def copy(
     study: Annotated[str, typer.Argument(help="Study name.")],
     source: Annotated[str, typer.Option("--from", help="Storage URL to copy from.")],
