@@ -157,6 +157,38 @@ def test_out_of_memory_is_a_recorded_trial_failure(tmp_path: Path, sqlite_url: s
     assert "OOM when allocating tensor" in trials[0].user_attrs["fail_reason"]
 
 
+def test_tensorboard_logs_and_hparams(tmp_path: Path, sqlite_url: str, tiny_dir: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spec = write_spec(
+        tmp_path / "tb.toml",
+        f"""
+        name = "tb"
+        objective = "tiny_digits"
+        n_trials = 1
+        [training]
+        epochs = 2
+        [logging]
+        tensorboard = "{tmp_path / "runs"}"
+        [[enqueue]]
+        lr = 0.01
+        poison = false
+    """,
+    )
+    result = runner.invoke(
+        app, ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(tiny_dir), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "tb" / "trial-0"
+    summary = EventAccumulator(str(run_dir))
+    summary.Reload()
+    assert "_hparams_/session_start_info" in summary.Tags()["tensors"]
+    assert "objective/val_loss" in summary.Tags()["tensors"]
+    epochs = EventAccumulator(str(run_dir / "validation"))
+    epochs.Reload()
+    assert len(epochs.Tensors("epoch_loss")) == 2  # Keras's own per-epoch logs
+
+
 def test_two_replica_mirrored_strategy_on_cpu(
     tmp_path: Path, sqlite_url: str, tiny_dir: Path
 ) -> None:

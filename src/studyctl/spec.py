@@ -92,6 +92,14 @@ class ArtifactsSpec:
 
 
 @dataclass(frozen=True)
+class LoggingSpec:
+    """TensorBoard logs per trial (`<tensorboard>/<study>/trial-<n>/`) with the HParams
+    summary, so TensorBoard's HParams dashboard compares trials."""
+
+    tensorboard: str | None = None
+
+
+@dataclass(frozen=True)
 class SpaceParam:
     """A search-space range from the spec that overrides the objective's default range."""
 
@@ -118,6 +126,7 @@ class StudySpec:
     training: TrainingSpec = field(default_factory=TrainingSpec)
     worker: WorkerSpec = field(default_factory=WorkerSpec)
     artifacts: ArtifactsSpec = field(default_factory=ArtifactsSpec)
+    logging: LoggingSpec = field(default_factory=LoggingSpec)
     params: dict[str, GridValue] = field(default_factory=dict)
     space: dict[str, SpaceParam] = field(default_factory=dict)
     enqueue: tuple[dict[str, GridValue], ...] = ()
@@ -148,6 +157,7 @@ class StudySpec:
         d["training"] = TrainingSpec(**d["training"])
         d["worker"] = WorkerSpec(**d["worker"])
         d["artifacts"] = ArtifactsSpec(**d.get("artifacts", {}))
+        d["logging"] = LoggingSpec(**d.get("logging", {}))
         d["space"] = {
             k: SpaceParam(**{**v, "choices": tuple(v.get("choices", ()))})
             for k, v in d.get("space", {}).items()
@@ -474,6 +484,9 @@ def parse_spec(data: dict[str, Any], path: str) -> StudySpec:
         keep_best_model=art.take("keep_best_model", bool, ArtifactsSpec.keep_best_model),
     )
     art.finish(ArtifactsSpec.__dataclass_fields__)
+    log_table = top.table("logging")
+    logging_spec = LoggingSpec(tensorboard=log_table.take("tensorboard", str))
+    log_table.finish(LoggingSpec.__dataclass_fields__)
     params = _parse_params(top.table("params"))
     space = _parse_space(top.table("space"))
     options = top.table("options").data
@@ -503,6 +516,7 @@ def parse_spec(data: dict[str, Any], path: str) -> StudySpec:
             "training",
             "worker",
             "artifacts",
+            "logging",
             "params",
             "space",
             "options",
@@ -548,6 +562,7 @@ def parse_spec(data: dict[str, Any], path: str) -> StudySpec:
         training=training,
         worker=worker,
         artifacts=artifacts,
+        logging=logging_spec,
         params=params,
         space=space,
         enqueue=tuple(enqueue),

@@ -169,6 +169,26 @@ def _save_trial_note(trial: optuna.Trial, spec: StudySpec, model: Any) -> None:
     )
 
 
+def tensorboard_dir(spec: StudySpec, number: int) -> Path | None:
+    if spec.logging.tensorboard is None:
+        return None
+    return Path(spec.logging.tensorboard) / spec.name / f"trial-{number}"
+
+
+def _write_hparams(
+    log_dir: Path, trial: optuna.Trial, spec: StudySpec, values: list[float]
+) -> None:
+    """The HParams summary (the trial's parameters and objective values) that TensorBoard's
+    HParams dashboard compares across trials, as KerasTuner users know it."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    with tf.summary.create_file_writer(str(log_dir)).as_default():
+        hp.hparams(dict(trial.params), trial_id=f"trial-{trial.number}")
+        for metric, value in zip(spec.metrics, values, strict=True):
+            tf.summary.scalar(f"objective/{metric}", value, step=0)
+
+
 def models_dir(spec: StudySpec) -> Path:
     return Path(spec.artifacts.path) / spec.name / "models"
 
@@ -263,6 +283,9 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
             callbacks.insert(
                 0, keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
             )
+        log_dir = tensorboard_dir(spec, trial.number)
+        if log_dir is not None:
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
         try:
             with safe_points():
                 model.fit(
@@ -296,6 +319,8 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
             else:
                 values.append(min(series) if direction == "minimize" else max(series))
         trial.set_user_attr("final_metrics", {k: v[-1] for k, v in reporter.history.items() if v})
+        if log_dir is not None:
+            _write_hparams(log_dir, trial, spec, values)
         if spec.artifacts.keep_best_model and len(values) == 1:
             keep_if_best(ctx, model, values[0])
         return values[0] if len(values) == 1 else values
