@@ -1,7 +1,7 @@
 """SIGINT/SIGTERM handling shared by the trial loop, the worker and the launcher.
 
-In a process that trains, the first signal asks the running Keras fit to stop at the end
-of the current batch (a safe point: the trial is then recorded "interrupted" and keeps its
+In a process that trains, the first signal asks the running Keras fit to stop after the
+current batch (a safe point: the trial is then recorded "interrupted" and keeps its
 last epoch's checkpoint); outside a fit, or on a second signal, it raises at once.
 """
 
@@ -44,7 +44,7 @@ def on_stop_signals(handler: Handler) -> Iterator[None]:
 class _StopState:
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.safe_point_armed = False
+        self.on_request: Callable[[], None] | None = None  # set while a fit runs
 
 
 _STOP = _StopState()
@@ -52,7 +52,7 @@ _STOP = _StopState()
 
 def reset_stop() -> None:
     _STOP.signum = None
-    _STOP.safe_point_armed = False
+    _STOP.on_request = None
 
 
 def stop_requested() -> int | None:
@@ -62,18 +62,20 @@ def stop_requested() -> int | None:
 
 def stop_at_safe_point(signum: int, frame: FrameType | None) -> None:
     """Signal handler: the first signal during an armed fit is a request; else raise."""
-    if _STOP.signum is None and _STOP.safe_point_armed:
+    if _STOP.signum is None and _STOP.on_request is not None:
         _STOP.signum = signum
+        _STOP.on_request()
         return
     _STOP.signum = _STOP.signum or signum
     raise WorkerInterrupted(signum)
 
 
 @contextmanager
-def safe_points() -> Iterator[None]:
-    """Mark a block (a Keras fit) that checks `stop_requested()` at every batch end."""
-    _STOP.safe_point_armed = True
+def safe_points(request_stop: Callable[[], None]) -> Iterator[None]:
+    """Within the block (a Keras fit) the first signal calls `request_stop` (which sets
+    `model.stop_training`, honoured by Keras after the current batch) instead of raising."""
+    _STOP.on_request = request_stop
     try:
         yield
     finally:
-        _STOP.safe_point_armed = False
+        _STOP.on_request = None

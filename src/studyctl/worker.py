@@ -296,7 +296,8 @@ def run_trial_loop(
                 trial_id: int | None = None
                 frozen: FrozenTrial | None = None
                 try:
-                    study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=True)
+                    # gc_after_trial off: Keras's clear_session at the next trial collects already.
+                    study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=False)
                 except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
                     # Another process failed this trial as stale while it ran (its retry is
                     # queued); the value cannot be stored. Go on with the next trial.

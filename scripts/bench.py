@@ -1,0 +1,606 @@
+"""What studyctl costs and what it saves, measured side by side in one run.
+
+    python scripts/bench.py            # full run: writes benchmarks/results.json,
+                                       # BENCHMARKS.md and benchmarks/pruning.png
+    python scripts/bench.py --quick    # a few minutes; a smoke run (CI), asserts no timing
+
+Figures (ratios within one run: these machines are shared and noisy):
+1. per-trial overhead: the same model/data/epochs/params by a bare Keras loop and by
+   `studyctl run` (sequential, SQLite);
+2. parallel speedup: a fixed study with 1 and 2 workers at one thread each;
+3. memory: worker RSS after 10/100/300 trials, recycled trial processes vs. a plain
+   in-process Optuna loop;
+4. pruning: epochs trained and best val_loss with no pruning, median, Hyperband (TPE) and
+   random search, over seeds;
+5. start-up: `studyctl --help` vs `python -c pass`; a worker's time to its first trial;
+6. storage under load: 1/4/8 workers, near-zero objective, SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+STUDYCTL = [sys.executable, "-m", "studyctl.cli"]
+PG_ADMIN = "host=127.0.0.1 port=5432 user=root dbname=postgres"
+
+MLP = """
+from studyctl import TrainingData, keras_objective
+
+
+def load_data():
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = (d.data / 16.0).astype("float32")
+    return TrainingData(x=x[:1400], y=d.target[:1400], x_val=x[1400:], y_val=d.target[1400:])
+
+
+def build(units, lr):
+    import keras
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(units, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
+    return model
+
+
+@keras_objective("bench_mlp", load_data=load_data)
+def build_model(trial, ctx):
+    return build(trial.suggest_int("units", 8, 128, log=True),
+                 trial.suggest_float("lr", 1e-4, 3e-2, log=True))
+
+
+def load_small():
+    d = load_data()
+    return TrainingData(x=d.x[:300], y=d.y[:300], x_val=d.x_val, y_val=d.y_val)
+
+
+@keras_objective("bench_tiny", load_data=load_small)
+def build_tiny(trial, ctx):
+    return build(trial.suggest_int("units", 8, 64), 0.01)
+"""
+
+NOOP = """
+from studyctl import function_objective
+
+
+@function_objective("noop")
+def noop(trial, ctx):
+    return trial.suggest_float("x", 0, 1)
+"""
+
+BARE_LOOP = """
+import json, sys, time
+sys.path.insert(0, {folder!r})
+from bench_objectives import build, load_data
+import keras
+data = load_data()
+start = time.perf_counter()
+for _ in range({n}):
+    keras.backend.clear_session()
+    model = build(32, 0.01)
+    model.fit(data.x, data.y, validation_data=(data.x_val, data.y_val), batch_size=64,
+              epochs={epochs}, verbose=0)
+print(json.dumps((time.perf_counter() - start) / {n}))
+"""
+
+PLAIN_OPTUNA = """
+import json, os, sys, psutil, optuna
+sys.path.insert(0, {folder!r})
+from bench_objectives import build, load_data
+import keras
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+from bench_objectives import load_small
+data = load_small()
+marks, rss = {marks!r}, {{}}
+def objective(trial):
+    keras.backend.clear_session()
+    model = build(trial.suggest_int("units", 8, 64), 0.01)
+    h = model.fit(data.x, data.y, validation_data=(data.x_val, data.y_val),
+                  batch_size=100, epochs=1, verbose=0)
+    if trial.number + 1 in marks:
+        rss[trial.number + 1] = psutil.Process().memory_info().rss / 2**20
+    return h.history["val_loss"][-1]
+optuna.create_study().optimize(objective, n_trials=max(marks))
+print(json.dumps(rss))
+"""
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+
+
+class Bench:
+    def __init__(self, work: Path, quick: bool) -> None:
+        self.work = work
+        self.quick = quick
+        self.objectives = work / "objectives"
+        self.objectives.mkdir()
+        (self.objectives / "bench_objectives.py").write_text(textwrap.dedent(MLP))
+        (self.objectives / "noop.py").write_text(textwrap.dedent(NOOP))
+        self.n = 0
+
+    def spec(self, body: str) -> tuple[Path, str, str]:
+        self.n += 1
+        name = f"bench-{self.n}"
+        path = self.work / f"{name}.toml"
+        path.write_text(f'name = "{name}"\n' + textwrap.dedent(body))
+        return path, name, f"sqlite:///{self.work / name}.db"
+
+    def studyctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`studyctl run|worker ...` with the bench objectives."""
+        return subprocess.run(
+            [*STUDYCTL, *args, "--objectives-dir", str(self.objectives)],
+            env=env(),
+            cwd=self.work,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+
+    def python(self, code: str) -> Any:
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env(),
+            cwd=self.work,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    # 1 ---------------------------------------------------------------------------------
+    def overhead(self) -> dict[str, Any]:
+        n, epochs = (3, 2) if self.quick else (10, 8)
+        bare = self.python(BARE_LOOP.format(folder=str(self.objectives), n=n, epochs=epochs))
+        out: dict[str, Any] = {"trials": n, "epochs": epochs, "bare_keras_s": round(bare, 3)}
+        for label, artifacts in [
+            ("studyctl", ""),
+            ("studyctl_no_checkpoints", "checkpoints = false\nkeep_best_model = false"),
+        ]:
+            spec, name, url = self.spec(f"""
+                objective = "bench_mlp"
+                n_trials = {n}
+                [params]
+                units = 32
+                lr = 0.01
+                [training]
+                epochs = {epochs}
+                batch_size = 64
+                [artifacts]
+                path = "{self.work / "artifacts"}"
+                {artifacts}
+            """)
+            self.studyctl("run", str(spec), "-q", "-s", url)
+            import optuna
+
+            trials = optuna.load_study(study_name=name, storage=url).trials
+            # Per trial: the loop's wall time over n trials after the process and TF
+            # started (first trial's start to last trial's end), so studyctl's work between
+            # trials (budget claims, bookkeeping) counts too.
+            first = min(t.datetime_start for t in trials if t.datetime_start)
+            last = max(t.datetime_complete for t in trials if t.datetime_complete)
+            ours = (last - first).total_seconds() / n
+            out[f"{label}_s"] = round(ours, 3)
+            out[f"{label}_ratio"] = round(ours / bare, 3)
+        return out
+
+    # 2 ---------------------------------------------------------------------------------
+    def speedup(self) -> dict[str, Any]:
+        trials, epochs = (4, 1) if self.quick else (16, 4)
+        walls = {}
+        for workers in (1, 2):
+            spec, _, url = self.spec(f"""
+                objective = "bench_mlp"
+                n_trials = {trials}
+                [sampler]
+                type = "random"
+                seed = 0
+                [training]
+                epochs = {epochs}
+                batch_size = 64
+                [artifacts]
+                path = "{self.work / "artifacts"}"
+            """)
+            start = time.perf_counter()
+            self.studyctl(
+                "run",
+                str(spec),
+                "-q",
+                "-s",
+                url,
+                "--workers",
+                str(workers),
+                "--threads-per-worker",
+                "1",
+            )
+            walls[workers] = time.perf_counter() - start
+        return {
+            "trials": trials,
+            "epochs": epochs,
+            "wall_1_worker_s": round(walls[1], 1),
+            "wall_2_workers_s": round(walls[2], 1),
+            "speedup": round(walls[1] / walls[2], 2),
+            "efficiency": round(walls[1] / walls[2] / 2, 2),
+        }
+
+    # 3 ---------------------------------------------------------------------------------
+    def memory(self) -> dict[str, Any]:
+        marks = [3, 6] if self.quick else [10, 100, 300]
+        spec, name, url = self.spec(f"""
+            objective = "bench_tiny"
+            n_trials = {max(marks) + 1}
+            [sampler]
+            type = "random"
+            seed = 0
+            [training]
+            epochs = 1
+            batch_size = 100
+            [worker]
+            trials_per_process = 25
+            [artifacts]
+            path = "{self.work / "artifacts"}"
+            checkpoints = false
+            keep_best_model = false
+        """)
+        create = (
+            f"from studyctl.sequential import prepare_study\n"
+            f"from studyctl.spec import load_spec\n"
+            f"prepare_study(load_spec({str(spec)!r}), {url!r}, {str(self.objectives)!r})"
+        )
+        subprocess.run([sys.executable, "-c", create], env=env(), cwd=self.work, check=True)
+        proc = subprocess.Popen(
+            [
+                *STUDYCTL,
+                "worker",
+                name,
+                "-s",
+                url,
+                "-q",
+                "--threads",
+                "1",
+                "--objectives-dir",
+                str(self.objectives),
+            ],
+            env=env(),
+            cwd=self.work,
+            stdout=subprocess.DEVNULL,
+        )
+        import optuna
+
+        storage = optuna.storages.RDBStorage(url)
+        study_id = storage.get_study_id_from_name(name)
+        rss: dict[int, float] = {}
+        pending = list(marks)
+        while proc.poll() is None and pending:
+            if len(storage.get_all_trials(study_id, deepcopy=False)) > pending[0]:
+                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
+                rss[pending.pop(0)] = sum(p.memory_info().rss for p in tree) / 2**20
+            time.sleep(0.1)
+        proc.wait()
+        plain = self.python(PLAIN_OPTUNA.format(folder=str(self.objectives), marks=marks))
+        return {
+            "trials": marks,
+            "studyctl_worker_mib": {str(k): round(v, 1) for k, v in rss.items()},
+            "plain_optuna_loop_mib": {k: round(v, 1) for k, v in plain.items()},
+        }
+
+    # 4 ---------------------------------------------------------------------------------
+    def pruning(self) -> dict[str, Any]:
+        seeds, trials, epochs = ([0], 6, 3) if self.quick else ([0, 1, 2], 24, 10)
+        configs = {
+            "tpe, no pruning": ("tpe", "none"),
+            "tpe + median": ("tpe", "median"),
+            "tpe + hyperband": ("tpe", "hyperband"),
+            "random (KerasTuner default), no pruning": ("random", "none"),
+        }
+        import optuna
+
+        out: dict[str, Any] = {}
+        curves: dict[str, list[list[tuple[int, float]]]] = {}
+        for label, (sampler, pruner) in configs.items():
+            runs: list[dict[str, Any]] = []
+            for seed in seeds:
+                pruner_opts = {
+                    "median": "n_startup_trials = 3\nn_warmup_steps = 1",
+                    "hyperband": "min_resource = 1\nreduction_factor = 3",
+                }
+                spec, name, url = self.spec(f"""
+                    objective = "bench_mlp"
+                    n_trials = {trials}
+                    [sampler]
+                    type = "{sampler}"
+                    seed = {seed}
+                    [pruner]
+                    type = "{pruner}"
+                    {pruner_opts.get(pruner, "")}
+                    [training]
+                    epochs = {epochs}
+                    batch_size = 64
+                    objective_value = "best"
+                    [artifacts]
+                    path = "{self.work / "artifacts"}"
+                    checkpoints = false
+                    keep_best_model = false
+                """)
+                self.studyctl("run", str(spec), "-q", "-s", url)
+                study = optuna.load_study(study_name=name, storage=url)
+                spent, best, curve = 0, float("inf"), []
+                for t in sorted(study.trials, key=lambda t: t.number):
+                    spent += len(t.intermediate_values)
+                    if t.intermediate_values:
+                        best = min(best, min(t.intermediate_values.values()))
+                    curve.append((spent, best))
+                runs.append(
+                    {"seed": seed, "epochs": spent, "best_val_loss": round(best, 4), "curve": curve}
+                )
+            curves[label] = [r["curve"] for r in runs]
+            out[label] = {
+                "epochs_mean": round(statistics.mean(r["epochs"] for r in runs), 1),
+                "best_val_loss_mean": round(statistics.mean(r["best_val_loss"] for r in runs), 4),
+                "runs": [{k: v for k, v in r.items() if k != "curve"} for r in runs],
+            }
+        # Epochs each configuration needed to reach the no-pruning study's best value.
+        reference = [c[-1][1] for c in curves["tpe, no pruning"]]
+        for label in configs:
+            needed = []
+            for curve, target in zip(curves[label], reference, strict=True):
+                hit = next((spent for spent, best in curve if best <= target), None)
+                needed.append(hit)
+            base = [c[-1][0] for c in curves["tpe, no pruning"]]
+            ratios = [n / b for n, b in zip(needed, base, strict=True) if n is not None]
+            out[label]["epochs_to_reach_no_pruning_best_ratio"] = (
+                round(statistics.mean(ratios), 2) if len(ratios) == len(needed) else None
+            )
+            out[label]["reached_in"] = f"{len(ratios)}/{len(needed)} seeds"
+        out["_curves"] = curves
+        return out
+
+    # 5 ---------------------------------------------------------------------------------
+    def startup(self) -> dict[str, Any]:
+        reps = 3 if self.quick else 7
+
+        def median_time(cmd: list[str]) -> float:
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                subprocess.run(cmd, env=env(), check=True, capture_output=True)
+                times.append(time.perf_counter() - start)
+            return statistics.median(times)
+
+        bare = median_time([sys.executable, "-c", "pass"])
+        helped = median_time([*STUDYCTL, "--help"])
+        spec, name, url = self.spec(f"""
+            objective = "bench_mlp"
+            n_trials = 1
+            [training]
+            epochs = 1
+            [artifacts]
+            path = "{self.work / "artifacts"}"
+        """)
+        create = (
+            f"from studyctl.sequential import prepare_study\n"
+            f"from studyctl.spec import load_spec\n"
+            f"prepare_study(load_spec({str(spec)!r}), {url!r}, {str(self.objectives)!r})"
+        )
+        subprocess.run([sys.executable, "-c", create], env=env(), cwd=self.work, check=True)
+        launched = datetime.now()
+        self.studyctl("worker", name, "-s", url, "-q")
+        import optuna
+
+        first = optuna.load_study(study_name=name, storage=url).trials[0].datetime_start
+        assert first is not None
+        return {
+            "python_pass_s": round(bare, 3),
+            "studyctl_help_s": round(helped, 3),
+            "help_over_python_s": round(helped - bare, 3),
+            "worker_to_first_trial_s": round((first - launched).total_seconds(), 2),
+        }
+
+    # 6 ---------------------------------------------------------------------------------
+    def storage_load(self) -> dict[str, Any]:
+        trials = 20 if self.quick else 120
+        counts = [1, 4] if self.quick else [1, 4, 8]
+        out: dict[str, Any] = {}
+        for backend in ("sqlite", "postgresql"):
+            for workers in counts:
+                url, drop = self._url(backend)
+                try:
+                    spec, name, _ = self.spec(f"""
+                        objective = "noop"
+                        n_trials = {trials}
+                        [sampler]
+                        type = "random"
+                        [worker]
+                        trials_per_process = 100000
+                    """)
+                    run = subprocess.run(
+                        [
+                            *STUDYCTL,
+                            "run",
+                            str(spec),
+                            "-q",
+                            "-s",
+                            url,
+                            "--workers",
+                            str(workers),
+                            "--objectives-dir",
+                            str(self.objectives),
+                        ],
+                        env=env(),
+                        cwd=self.work,
+                        capture_output=True,
+                        text=True,
+                    )
+                    import optuna
+
+                    study = optuna.load_study(study_name=name, storage=url)
+                    ts = study.trials
+                    start = min(t.datetime_start for t in ts if t.datetime_start)
+                    end = max(t.datetime_complete for t in ts if t.datetime_complete)
+                    errors = (
+                        sum(1 for t in ts if t.state.name != "COMPLETE")
+                        + (run.returncode != 0)
+                        + (len(ts) != trials)
+                    )
+                    out[f"{backend} x{workers}"] = {
+                        "trials_per_s": round(len(ts) / (end - start).total_seconds(), 1),
+                        "errors": errors,
+                    }
+                finally:
+                    drop()
+        return out
+
+    def _url(self, backend: str) -> tuple[str, Any]:
+        if backend == "sqlite":
+            self.n += 1
+            return f"sqlite:///{self.work}/load{self.n}.db", lambda: None
+        import psycopg
+
+        name = f"studyctl_bench_{os.getpid()}_{self.n}"
+        self.n += 1
+        admin = psycopg.connect(PG_ADMIN, autocommit=True)
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+        def drop() -> None:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            admin.close()
+
+        return f"postgresql+psycopg://root@127.0.0.1:5432/{name}", drop
+
+
+def plot_pruning(curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, runs in curves.items():
+        for i, run in enumerate(runs):
+            xs, ys = zip(*run, strict=True)
+            ax.step(
+                xs,
+                ys,
+                where="post",
+                alpha=0.8,
+                label=label if i == 0 else None,
+                color={"tpe, no pruning": "C0", "tpe + median": "C1", "tpe + hyperband": "C2"}.get(
+                    label, "C3"
+                ),
+            )
+    ax.set_xlabel("epochs trained (cumulative)")
+    ax.set_ylabel("best val_loss so far")
+    ax.set_yscale("log")
+    ax.set_title("Best value against epochs spent (one line per seed)")
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    o, s, m, st = r["overhead"], r["speedup"], r["memory"], r["startup"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Machine: {r['machine']}. Date: {r['date']}. Command: `{r['command']}`. "
+        "Raw results: [benchmarks/results.json](benchmarks/results.json).",
+        "",
+        "| # | figure | result | target |",
+        "|---|---|---|---|",
+        f"| 1 | time per trial, studyctl run vs a bare Keras loop ({o['trials']} trials of "
+        f"{o['epochs']} epochs, digits MLP) | {o['studyctl_s']} s vs {o['bare_keras_s']} s = "
+        f"**{o['studyctl_ratio']}x**; without per-epoch checkpoints and best-model saving "
+        f"{o['studyctl_no_checkpoints_s']} s = **{o['studyctl_no_checkpoints_ratio']}x** "
+        "| <= 1.05x |",
+        f"| 2 | {s['trials']} trials, 1 vs 2 workers at 1 thread | {s['wall_1_worker_s']} s vs "
+        f"{s['wall_2_workers_s']} s: speedup {s['speedup']}x, **efficiency {s['efficiency']}**"
+        " | >= 0.85 |",
+        f"| 3 | worker RSS (MiB) after {m['trials']} trials: studyctl (recycling every 25) / "
+        f"plain in-process Optuna | {list(m['studyctl_worker_mib'].values())} / "
+        f"{list(m['plain_optuna_loop_mib'].values())} | growth 10->300 <= 150 MiB |",
+    ]
+    for label, p in r["pruning"].items():
+        if label.startswith("_"):
+            continue
+        lines.append(
+            f"| 4 | {label} | {p['epochs_mean']} epochs, best val_loss {p['best_val_loss_mean']}"
+            f", epochs to reach the no-pruning best: "
+            f"{p['epochs_to_reach_no_pruning_best_ratio']}x ({p['reached_in']}) | "
+            "Hyperband <= 0.5x |"
+        )
+    lines.append(
+        f"| 5 | `studyctl --help` vs `python -c pass` | {st['studyctl_help_s']} s vs "
+        f"{st['python_pass_s']} s (+{st['help_over_python_s']} s); worker start to first "
+        f"trial {st['worker_to_first_trial_s']} s | <= 0.5 s over |"
+    )
+    for label, v in r["storage"].items():
+        lines.append(
+            f"| 6 | near-zero objective, {label} workers | {v['trials_per_s']} trials/s, "
+            f"{v['errors']} errors | 0 errors |"
+        )
+    lines += [
+        "",
+        "![best value against epochs](benchmarks/pruning.png)",
+        "",
+        "More workers or GPUs: run the same figure 2 study with "
+        "`studyctl run SPEC --workers N --gpus 0-7 --gpus-per-worker K` on the bigger "
+        "machine; efficiency = wall(1 worker) / wall(N workers) / N.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few minutes; smoke run")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO,
+        help="folder for BENCHMARKS.md and benchmarks/ (default: repo)",
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="studyctl-bench-") as tmp:
+        bench = Bench(Path(tmp), args.quick)
+        results: dict[str, Any] = {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+            f"{psutil.virtual_memory().total / 2**30:.0f} GiB, no GPU",
+            "command": "python scripts/bench.py" + (" --quick" if args.quick else ""),
+        }
+        for key, fn in [
+            ("overhead", bench.overhead),
+            ("speedup", bench.speedup),
+            ("memory", bench.memory),
+            ("pruning", bench.pruning),
+            ("startup", bench.startup),
+            ("storage", bench.storage_load),
+        ]:
+            start = time.perf_counter()
+            results[key] = fn()
+            print(f"{key}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    folder = args.out / "benchmarks"
+    folder.mkdir(parents=True, exist_ok=True)
+    curves = results["pruning"].pop("_curves")
+    plot_pruning(curves, folder / "pruning.png")
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "BENCHMARKS.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
