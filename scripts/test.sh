@@ -12,12 +12,19 @@ fi
 
 # PostgreSQL-backed tests need the local server; start it if it is installed and down.
 if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+  for version in /etc/postgresql/*/; do
+    pg_ctlcluster --skip-systemctl-redirect "$(basename "$version")" main start || true
+    break
+  done
 fi
 
-# Browser tests use Debian's Chromium (never a browser download).
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# Browser tests use Debian's Chromium (never a browser download); the launcher scripts are
+# checked with shellcheck.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 .venv/bin/ruff check src objectives tests scripts migrations

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 
+from studyctl.artifacts import check_artifact_path
 from studyctl.registry import resolve_objective
 from studyctl.spec import StudySpec
 from studyctl.storage import StudyctlStorage, enable_heartbeat, open_storage
@@ -31,6 +32,7 @@ def prepare_study(
     The objective is resolved first, so an unknown objective never creates a study.
     """
     resolve_objective(spec.objective, objectives_dir)
+    check_artifact_path(spec)
     storage = open_storage(storage_url)
     enable_heartbeat(
         storage,

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from studyctl import db
+from studyctl.artifacts import check_artifact_path
 from studyctl.signals import on_stop_signals
 from studyctl.storage import open_storage
 from studyctl.study import load_stored_spec
@@ -71,6 +72,7 @@ def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
     """Run trial processes until the budget is met; return the exit code."""
     storage = open_storage(opts.storage_url)
     spec = load_stored_spec(storage, opts.study_name)
+    check_artifact_path(spec)
     per_process = opts.trials_per_process or spec.worker.trials_per_process
     started = time.monotonic()
     registration = WorkerRegistration(
