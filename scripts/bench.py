@@ -151,6 +151,15 @@ class Bench:
             text=True,
         )
 
+    def create(self, spec: Path, url: str) -> None:
+        """Create the study (as `run` would) without running a trial."""
+        code = (
+            "from studyctl.sequential import prepare_study\n"
+            "from studyctl.spec import load_spec\n"
+            f"prepare_study(load_spec({str(spec)!r}), {url!r}, {str(self.objectives)!r})"
+        )
+        subprocess.run([sys.executable, "-c", code], env=env(), cwd=self.work, check=True)
+
     def python(self, code: str) -> Any:
         out = subprocess.run(
             [sys.executable, "-c", code],
@@ -256,12 +265,7 @@ class Bench:
             checkpoints = false
             keep_best_model = false
         """)
-        create = (
-            f"from studyctl.sequential import prepare_study\n"
-            f"from studyctl.spec import load_spec\n"
-            f"prepare_study(load_spec({str(spec)!r}), {url!r}, {str(self.objectives)!r})"
-        )
-        subprocess.run([sys.executable, "-c", create], env=env(), cwd=self.work, check=True)
+        self.create(spec, url)
         proc = subprocess.Popen(
             [
                 *STUDYCTL,
@@ -393,12 +397,7 @@ class Bench:
             [artifacts]
             path = "{self.work / "artifacts"}"
         """)
-        create = (
-            f"from studyctl.sequential import prepare_study\n"
-            f"from studyctl.spec import load_spec\n"
-            f"prepare_study(load_spec({str(spec)!r}), {url!r}, {str(self.objectives)!r})"
-        )
-        subprocess.run([sys.executable, "-c", create], env=env(), cwd=self.work, check=True)
+        self.create(spec, url)
         launched = datetime.now()
         self.studyctl("worker", name, "-s", url, "-q")
         import optuna

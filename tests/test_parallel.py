@@ -224,11 +224,12 @@ def test_worker_joins_a_running_study(
     assert len(done) == 2 and all(d > 0 for d in done) and sum(done) == 16
 
 
-def test_ctrl_c_leaves_no_running_trial(
-    tmp_path: Path, sqlite_url: str, objectives_dir: Path
-) -> None:
-    spec = fast_spec(tmp_path, 10, sleep=30)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+def _signal_two_running_workers(
+    spec: Path, url: str, objectives: Path, signum: int, extra_env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Start `run --workers 2`, wait until both workers run a trial, send `signum` to the
+    launcher; return its exit code and output."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(extra_env or {})}
     proc = subprocess.Popen(
         [
             *STUDYCTL,
@@ -237,11 +238,11 @@ def test_ctrl_c_leaves_no_running_trial(
             "--workers",
             "2",
             "-s",
-            sqlite_url,
+            url,
             "--objectives-dir",
-            str(objectives_dir),
+            str(objectives),
         ],
-        cwd=tmp_path,
+        cwd=spec.parent,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -253,16 +254,24 @@ def test_ctrl_c_leaves_no_running_trial(
         running: list[optuna.trial.FrozenTrial] = []
         while time.monotonic() < deadline and len(running) < 2:
             time.sleep(0.3)
-            if optuna.get_all_study_names(storage=sqlite_url):
-                running = optuna.load_study(study_name="par", storage=sqlite_url).get_trials(
+            if optuna.get_all_study_names(storage=url):
+                running = optuna.load_study(study_name="par", storage=url).get_trials(
                     states=(TrialState.RUNNING,)
                 )
         assert len(running) == 2
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill() if proc.poll() is None else None
-    assert proc.returncode == 130, out
+    return proc.returncode, out
+
+
+def test_ctrl_c_leaves_no_running_trial(
+    tmp_path: Path, sqlite_url: str, objectives_dir: Path
+) -> None:
+    spec = fast_spec(tmp_path, 10, sleep=30)
+    code, out = _signal_two_running_workers(spec, sqlite_url, objectives_dir, signal.SIGINT)
+    assert code == 130, out
     trials = optuna.load_study(study_name="par", storage=sqlite_url).trials
     assert [t for t in trials if t.state == TrialState.RUNNING] == []
     failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -275,41 +284,10 @@ def test_ctrl_c_leaves_no_running_trial(
 def test_sigterm_then_resume_completes(tmp_path: Path, sqlite_url: str) -> None:
     folder = write_objectives(tmp_path / "objectives", ENV_OBJECTIVE, name="records_env.py")
     spec = fast_spec(tmp_path, 6, objective="env_sleep")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "STUDYCTL_TEST_SLEEP": "30"}
-    proc = subprocess.Popen(
-        [
-            *STUDYCTL,
-            "run",
-            str(spec),
-            "--workers",
-            "2",
-            "-s",
-            sqlite_url,
-            "--objectives-dir",
-            str(folder),
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    code, out = _signal_two_running_workers(
+        spec, sqlite_url, folder, signal.SIGTERM, {"STUDYCTL_TEST_SLEEP": "30"}
     )
-    try:
-        deadline = time.monotonic() + 120
-        running: list[optuna.trial.FrozenTrial] = []
-        while time.monotonic() < deadline and len(running) < 2:
-            time.sleep(0.3)
-            if optuna.get_all_study_names(storage=sqlite_url):
-                running = optuna.load_study(study_name="par", storage=sqlite_url).get_trials(
-                    states=(TrialState.RUNNING,)
-                )
-        assert len(running) == 2
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        proc.kill() if proc.poll() is None else None
-    assert proc.returncode == 143, out
+    assert code == 143, out
     study = optuna.load_study(study_name="par", storage=sqlite_url)
     assert study.get_trials(states=(TrialState.RUNNING,)) == []
     resumed = run_cli(
