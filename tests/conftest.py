@@ -51,6 +51,50 @@ def returns_nan(trial, ctx):
 """
 
 
+SLEEPY_OBJECTIVE = """
+import time
+
+from studyctl import function_objective
+
+
+@function_objective("sleepy")
+def sleepy(trial, ctx):
+    x = trial.suggest_float("x", -1, 1)
+    for step in range(4):
+        time.sleep(0.5)
+        trial.report(x * x + 1 / (step + 1), step)
+    return x * x
+"""
+
+
+def prepare_sleepy_study(
+    tmp_path: Path, name: str, url: str, n_trials: int, artifacts: Path
+) -> Path:
+    """A study of 4 half-second steps per trial whose lost trials go stale after 3 s;
+    returns its objectives folder."""
+    from studyctl.sequential import prepare_study
+    from studyctl.spec import load_spec
+
+    objectives = write_objectives(tmp_path / "shared" / "objectives", SLEEPY_OBJECTIVE, "sleepy.py")
+    spec = write_spec(
+        tmp_path / f"{name}.toml",
+        f"""
+        name = "{name}"
+        objective = "sleepy"
+        n_trials = {n_trials}
+        [sampler]
+        type = "random"
+        [worker]
+        heartbeat_interval = 1
+        grace_period = 3
+        [artifacts]
+        path = "{artifacts}"
+        """,
+    )
+    prepare_study(load_spec(spec), url, objectives)
+    return objectives
+
+
 def write_objectives(folder: Path, source: str = FAST_OBJECTIVES, name: str = "fast.py") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(textwrap.dedent(source))

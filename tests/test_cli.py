@@ -54,6 +54,36 @@ def test_run_reaches_budget_and_rerun_adds_nothing(
     assert len(study.trials) == 4
 
 
+def test_create_records_the_study_and_runs_nothing(
+    tmp_path: Path, sqlite_url: str, objectives_dir: Path
+) -> None:
+    common = ["--storage", sqlite_url, "--objectives-dir", str(objectives_dir)]
+    first = runner.invoke(app, ["create", str(quad_spec(tmp_path, 3)), *common, "-f", "json"])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output) == {
+        "study": "quad",
+        "storage": sqlite_url,
+        "created": True,
+        "n_trials": 3,
+    }
+    assert optuna.load_study(study_name="quad", storage=sqlite_url).trials == []
+    again = runner.invoke(app, ["create", str(quad_spec(tmp_path, 5)), *common])
+    assert again.exit_code == 0 and "already exists" in again.output
+    status = json.loads(
+        runner.invoke(app, ["status", "quad", "-s", sqlite_url, "-f", "json"]).output
+    )
+    assert status["n_trials"] == 5 and status["finished"] == 0
+    # A worker needs nothing but the name: the spec was recorded by create.
+    ran = run_cli(
+        ["worker", "quad", "-s", sqlite_url, "--objectives-dir", str(objectives_dir), "-q"],
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert len(optuna.load_study(study_name="quad", storage=sqlite_url).trials) == 5
+    bad = runner.invoke(app, ["create", str(quad_spec(tmp_path, 3, objective="nope")), *common])
+    assert bad.exit_code == 2 and "nope" in bad.output
+
+
 def test_raising_budget_continues_to_new_total(
     tmp_path: Path, sqlite_url: str, objectives_dir: Path
 ) -> None:

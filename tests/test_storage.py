@@ -4,6 +4,7 @@ and the budget claims that keep n_trials a study-wide total."""
 from __future__ import annotations
 
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import optuna
@@ -94,8 +95,7 @@ def _new_budget_study(storage: StudyctlStorage, name: str, n_trials: int) -> opt
 def _claim(
     storage: StudyctlStorage, study: optuna.Study, n_trials: int, stale_after: float = 60.0
 ) -> int | None:
-    return db.try_claim(
-        storage.engine,
+    return storage.control.try_claim(
         study_name=study.study_name,
         study_id=study._study_id,
         worker_id="w1",
@@ -113,12 +113,12 @@ def test_claims_never_exceed_budget(storage_url: str) -> None:
     assert first is not None and second is not None
     # A finished trial keeps its slot; a failed one frees it.
     done = study.ask()
-    db.attach_claim(storage.engine, first, done._trial_id)
+    storage.control.attach_claim(first, done._trial_id)
     study.tell(done, 1.0)
-    db.release_claim(storage.engine, first)
+    storage.control.release_claim(first)
     assert _claim(storage, study, 3) is None
     failed = study.ask()
-    db.attach_claim(storage.engine, second, failed._trial_id)
+    storage.control.attach_claim(second, failed._trial_id)
     study.tell(failed, state=TrialState.FAIL)
     assert _claim(storage, study, 3) is not None
 
@@ -147,3 +147,47 @@ def test_stale_retry_keeps_params_and_learning_curve(storage_url: str) -> None:
     assert retry.params == trial.params
     assert retry.intermediate_values == {0: 1.0, 1: 0.5}
     assert retry.system_attrs["failed_trial"] == trial.number
+
+
+def test_trials_of_lost_workers_are_failed_and_retried_once(storage_url: str) -> None:
+    """studyctl's own staleness rule (the one behind the gRPC proxy): a RUNNING trial whose
+    worker's heartbeat is too old is failed and queued again, exactly once however many
+    sweeps race; a live worker's trial is left alone."""
+    storage = open_storage(storage_url)
+    study = _new_budget_study(storage, "lost", 4)
+    with db.transaction(storage.engine) as conn:
+        db.insert_worker(conn, worker_id="w2", study_name="lost", host="h", pid=2, gpus="")
+    trials = {}
+    for worker in ("w1", "w2"):
+        claim = storage.control.try_claim(
+            study_name="lost",
+            study_id=study._study_id,
+            worker_id=worker,
+            n_trials=4,
+            stale_after=60.0,
+        )
+        assert claim is not None
+        trial = study.ask()
+        trial.suggest_float("a", 0, 1)
+        trial.report(0.7, 0)
+        storage.control.attach_claim(claim, trial._trial_id)
+        trials[worker] = trial
+    with db.transaction(storage.engine) as conn:  # w1 stopped beating a minute ago
+        db.update_worker(conn, "w1", heartbeat_at=db.utcnow() - timedelta(seconds=60))
+
+    def sweep(worker_id: str | None = None) -> list[int]:
+        return storage.control.fail_lost_trials(
+            study_name="lost", grace_s=30.0, max_retries=2, worker_id=worker_id
+        )
+
+    assert sweep() == [trials["w1"].number]
+    assert sweep() == []  # already failed: no second retry
+    assert study.trials[trials["w1"].number].state == TrialState.FAIL
+    assert study.trials[trials["w2"].number].state == TrialState.RUNNING
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.params == trials["w1"].params
+    assert retry.intermediate_values == {0: 0.7}
+    assert retry.system_attrs["failed_trial"] == trials["w1"].number
+    # The worker_id form: w2's trial process died while w2 itself still beats.
+    assert sweep(worker_id="w2") == [trials["w2"].number]
+    assert study.trials[trials["w2"].number].state == TrialState.FAIL

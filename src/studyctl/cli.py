@@ -71,8 +71,8 @@ StorageOpt = Annotated[
     typer.Option(
         "--storage",
         "-s",
-        help="Database URL. Default: $STUDYCTL_STORAGE, then the "
-        "spec's storage, then sqlite:///studyctl.db.",
+        help="Database URL (a worker also takes grpc://HOST:PORT, a `studyctl proxy`). "
+        "Default: $STUDYCTL_STORAGE, then the spec's storage, then sqlite:///studyctl.db.",
         show_default=False,
     ),
 ]
@@ -185,6 +185,37 @@ def run(
         threads_per_worker,
         trials_per_process,
     )
+
+
+@command
+def create(
+    spec_path: Annotated[Path, typer.Argument(help="Study spec (TOML).", metavar="SPEC")],
+    storage: StorageOpt = None,
+    objectives_dir: ObjectivesDirOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+) -> None:
+    """Create the study (or record a changed spec and budget) without running a trial.
+
+    For clusters: create it once, then start `studyctl worker STUDY` on the nodes.
+    """
+    from studyctl.sequential import prepare_study
+    from studyctl.spec import load_spec
+    from studyctl.storage import mask_url, resolve_storage_url
+
+    spec = load_spec(spec_path)
+    url = resolve_storage_url(storage, spec.storage)
+    prepared = prepare_study(spec, url, objectives_dir)
+    out = {
+        "study": spec.name,
+        "storage": mask_url(url),
+        "created": prepared.created,
+        "n_trials": spec.n_trials,
+    }
+    if fmt == OutputFormat.json:
+        _echo_json(out)
+    else:
+        what = "created" if prepared.created else "already exists; spec and budget recorded"
+        typer.echo(f"study {spec.name!r} {what} in {out['storage']} (n_trials {spec.n_trials})")
 
 
 @command
@@ -495,7 +526,8 @@ def trials(
 ) -> None:
     """List a study's trials with params, values, state, duration and attributes
     (--format csv or json exports them all)."""
-    from studyctl.summary import STATES, list_trials, trials_csv
+    from studyctl.control import STATES
+    from studyctl.summary import list_trials, trials_csv
 
     for s in state or []:
         if s.upper() not in STATES:
@@ -657,6 +689,30 @@ def dashboard(
         artifact_dir=artifact_dir,
         echo=typer.echo,
     )
+
+
+@command
+def proxy(
+    storage: StorageOpt = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to bind. The proxy has NO authentication: bind an address that "
+            "only the cluster's nodes reach.",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 13000,
+) -> None:
+    """Serve the storage to workers over gRPC (`worker STUDY -s grpc://HOST:PORT`).
+
+    Optuna's gRPC storage proxy plus studyctl's claims and worker heartbeats: however many
+    workers connect, the database sees only the proxy's pool (at most 9 connections).
+    """
+    from studyctl.proxy import serve
+    from studyctl.storage import resolve_storage_url
+
+    serve(resolve_storage_url(storage), host, port, ready=typer.echo)
 
 
 @command

@@ -8,15 +8,16 @@
 All access goes through `transaction(engine)`; queries take the connection explicitly.
 The tables are created and changed only by the Alembic revisions in `migrations/`
 (`studyctl.schema`); this metadata describes the head revision.
-Optuna's tables are read (never written) only in `count_finished_trials`, whose columns
-have not changed since Optuna's schema v3.2.0.a.
+Optuna's `trials` table is read (never written) here and in `studyctl.control`, which holds
+the operations a worker makes on these tables; its columns there (trial_id, study_id,
+state) have not changed since Optuna's schema v3.2.0.a.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -198,65 +199,3 @@ def count_taken(conn: Connection, study_id: int, study_name: str, stale_before: 
             {"sid": study_id, "name": study_name, "stale_before": stale_before},
         ).scalar_one()
     )
-
-
-def try_claim(
-    engine: Engine,
-    *,
-    study_name: str,
-    study_id: int,
-    worker_id: str,
-    n_trials: int | None,
-    stale_after: float,
-) -> int | None:
-    """Reserve one trial of the budget for `worker_id`; None when the budget is taken.
-
-    The first statement updates the study's row, which serialises claims of one study on
-    both SQLite (write lock) and PostgreSQL (row lock), so the count and the insert that
-    follow cannot interleave with another worker's.
-    """
-    with transaction(engine) as conn:
-        conn.execute(
-            sa.update(studies_table)
-            .where(studies_table.c.study_name == study_name)
-            .values(claim_seq=studies_table.c.claim_seq + 1)
-        )
-        if n_trials is not None:
-            stale_before = utcnow() - timedelta(seconds=stale_after)
-            if count_taken(conn, study_id, study_name, stale_before) >= n_trials:
-                return None
-        result = conn.execute(
-            sa.insert(claims_table).values(
-                study_name=study_name, worker_id=worker_id, created_at=utcnow()
-            )
-        )
-        key = result.inserted_primary_key
-        assert key is not None
-        return int(key[0])
-
-
-def attach_claim(engine: Engine, claim_id: int, trial_id: int) -> None:
-    with transaction(engine) as conn:
-        conn.execute(
-            sa.update(claims_table)
-            .where(claims_table.c.claim_id == claim_id)
-            .values(trial_id=trial_id)
-        )
-
-
-def release_claim(engine: Engine, claim_id: int) -> None:
-    with transaction(engine) as conn:
-        conn.execute(sa.delete(claims_table).where(claims_table.c.claim_id == claim_id))
-
-
-def release_worker_claims(engine: Engine, worker_id: str) -> None:
-    """Drop the claims a worker's trial process left behind (it exited or crashed); a claim
-    whose trial is still RUNNING stays until the heartbeat marks that trial stale."""
-    with transaction(engine) as conn:
-        conn.execute(
-            sa.text(
-                "DELETE FROM studyctl_claims WHERE worker_id = :wid AND (trial_id IS NULL OR "
-                "trial_id NOT IN (SELECT trial_id FROM trials WHERE state = 'RUNNING'))"
-            ),
-            {"wid": worker_id},
-        )

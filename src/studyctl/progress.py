@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
-from studyctl.summary import best_trials, state_counts
+from studyctl.summary import best_trials
 
 if TYPE_CHECKING:
     import optuna
 
-    from studyctl.storage import StudyctlStorage
-    from studyctl.worker import TrialOutcome
+    from studyctl.worker import TrialOutcome, WorkerStorage
 
 
 def format_duration(seconds: float) -> str:
@@ -33,7 +32,7 @@ class ProgressPrinter:
 
     def __init__(
         self,
-        storage: StudyctlStorage,
+        storage: WorkerStorage,
         study: optuna.Study,
         n_trials: int | None,
         echo: Callable[[str], None],
@@ -46,7 +45,7 @@ class ProgressPrinter:
         self.finished_here = 0
 
     def __call__(self, outcome: TrialOutcome) -> None:
-        counts = state_counts(self.storage, self.study._study_id)
+        counts = self.storage.control.state_counts(self.study._study_id)
         finished = counts["COMPLETE"] + counts["PRUNED"]
         if outcome.state in (TrialState.COMPLETE, TrialState.PRUNED):
             self.finished_here += 1

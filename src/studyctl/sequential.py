@@ -43,6 +43,11 @@ def prepare_study(
     opened = open_study(storage, spec, create=True)
     # Trials whose worker died are failed now (and retried), not only when a trial starts.
     optuna.storages.fail_stale_trials(opened.study)
+    storage.control.fail_lost_trials(
+        study_name=spec.name,
+        grace_s=float(spec.worker.grace_period),
+        max_retries=spec.worker.max_retries,
+    )
     return PreparedStudy(storage=storage, study=opened.study, spec=spec, created=opened.created)
 
 

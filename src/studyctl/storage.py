@@ -3,13 +3,14 @@ process, and every connection problem turned into one clear `StorageError`."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sqlite3
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
+from studyctl.control import SqlControl
 from studyctl.errors import StorageError
 from studyctl.schema import (
     SchemaVersions,
@@ -31,6 +33,9 @@ from studyctl.schema import (
 # studyctl relies on Optuna's heartbeat and stale-trial retry deliberately; their
 # "experimental" warnings would only repeat in every worker's output.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+if TYPE_CHECKING:
+    from studyctl.proxy import ProxyStorage
 
 DEFAULT_STORAGE = "sqlite:///studyctl.db"
 STORAGE_ENV = "STUDYCTL_STORAGE"
@@ -68,6 +73,11 @@ class StudyctlStorage(RDBStorage):
     trial and enqueue two retries. Here the write is one conditional UPDATE, so exactly one
     process wins each transition, on every backend.
     """
+
+    @functools.cached_property
+    def control(self) -> SqlControl:
+        """studyctl's own tables, for the worker's claims and heartbeats."""
+        return SqlControl(self)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         if state == TrialState.RUNNING:
@@ -152,13 +162,13 @@ def _tune_sqlite_connections(engine: sa.Engine) -> None:
     engine.dispose()  # connections made before the listener reconnect with it
 
 
-def _engine_kwargs(url: sa.engine.URL) -> dict[str, Any]:
+def _engine_kwargs(url: sa.engine.URL, pool_size: int) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"hide_parameters": True}
     if url.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     else:
         kwargs.update(
-            pool_size=POSTGRES_POOL_SIZE,
+            pool_size=pool_size,
             max_overflow=POSTGRES_MAX_OVERFLOW,
             pool_pre_ping=True,
             pool_recycle=1800,
@@ -171,10 +181,13 @@ def _engine_kwargs(url: sa.engine.URL) -> dict[str, Any]:
 _STORAGES: dict[str, StudyctlStorage] = {}
 
 
-def open_storage(url: str, *, for_upgrade: bool = False) -> StudyctlStorage:
+def open_storage(
+    url: str, *, for_upgrade: bool = False, pool_size: int = POSTGRES_POOL_SIZE
+) -> StudyctlStorage:
     """Open (once per process) the storage at `url`, creating the schema of a new database
     and refusing one whose schema (Optuna's or studyctl's) is at another version.
-    `for_upgrade` skips both checks, for `studyctl db upgrade` only.
+    `for_upgrade` skips both checks, for `studyctl db upgrade` only. `pool_size` bounds a
+    PostgreSQL engine's pool (plus `POSTGRES_MAX_OVERFLOW`); the storage proxy takes more.
 
     Raises `StorageError` with the URL's password masked for every problem a user can fix.
     """
@@ -189,6 +202,11 @@ def open_storage(url: str, *, for_upgrade: bool = False) -> StudyctlStorage:
             hint="expected e.g. sqlite:///studyctl.db or postgresql+psycopg://user@host/db",
         ) from None
     backend = parsed.get_backend_name()
+    if backend == "grpc":
+        raise StorageError(
+            f"storage URL {shown!r} is a studyctl storage proxy, which serves workers only",
+            hint="give this command the database URL the proxy was started with",
+        )
     if backend not in ("sqlite", "postgresql"):
         raise StorageError(
             f"storage URL {shown!r}: unsupported database {backend!r}",
@@ -198,7 +216,9 @@ def open_storage(url: str, *, for_upgrade: bool = False) -> StudyctlStorage:
         _prepare_sqlite(parsed, shown)
     try:
         storage = StudyctlStorage(
-            url, engine_kwargs=_engine_kwargs(parsed), skip_compatibility_check=for_upgrade
+            url,
+            engine_kwargs=_engine_kwargs(parsed, pool_size),
+            skip_compatibility_check=for_upgrade,
         )
         if backend == "sqlite":
             _tune_sqlite_connections(storage.engine)
@@ -226,6 +246,15 @@ def open_storage(url: str, *, for_upgrade: bool = False) -> StudyctlStorage:
     if not for_upgrade:
         _STORAGES[url] = storage
     return storage
+
+
+def open_worker_storage(url: str) -> StudyctlStorage | ProxyStorage:
+    """A worker's storage: the database itself, or a `studyctl proxy` at grpc://HOST:PORT."""
+    if url.startswith("grpc://"):
+        from studyctl.proxy import connect_proxy
+
+        return connect_proxy(url)
+    return open_storage(url)
 
 
 def close_storage(url: str) -> None:
@@ -264,20 +293,28 @@ def upgrade_storage(url: str) -> SchemaVersions:
 
 
 def enable_heartbeat(
-    storage: StudyctlStorage, *, interval: int, grace_period: int, max_retries: int
+    storage: StudyctlStorage | ProxyStorage,
+    *,
+    interval: int,
+    grace_period: int,
+    max_retries: int,
 ) -> None:
     """Turn on Optuna's trial heartbeat; a stale trial is failed and retried (same params)
-    up to `max_retries` times."""
-    storage.heartbeat_interval = interval
-    storage.grace_period = grace_period
+    up to `max_retries` times. Behind the proxy, which carries no trial heartbeat, only the
+    retry is set: there studyctl's worker heartbeat finds lost trials
+    (`SqlControl.fail_lost_trials`)."""
     # The retry resumes from its original's checkpoint, so it keeps the original's curve.
-    storage.heartbeat_stale_trial_callback = RetryHeartbeatStaleTrialCallback(
+    retry = RetryHeartbeatStaleTrialCallback(
         max_retry=max_retries, inherit_intermediate_values=True
     )
-    storage.failed_trial_callback = storage.heartbeat_stale_trial_callback
+    storage.heartbeat_stale_trial_callback = retry
+    if isinstance(storage, StudyctlStorage):
+        storage.heartbeat_interval = interval
+        storage.grace_period = grace_period
+        storage.failed_trial_callback = retry
 
 
-def study_exists(storage: StudyctlStorage, name: str) -> bool:
+def study_exists(storage: StudyctlStorage | ProxyStorage, name: str) -> bool:
     try:
         storage.get_study_id_from_name(name)
     except KeyError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.study import StudyDirection
@@ -14,6 +14,9 @@ from studyctl import db
 from studyctl.errors import StudyctlError
 from studyctl.spec import StudySpec
 from studyctl.storage import StudyctlStorage, mask_url, study_exists
+
+if TYPE_CHECKING:
+    from studyctl.proxy import ProxyStorage
 
 
 def build_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -61,10 +64,9 @@ def spec_json(spec: StudySpec) -> str:
     return json.dumps(spec.to_dict(), sort_keys=True)
 
 
-def load_stored_spec(storage: StudyctlStorage, study_name: str) -> StudySpec:
+def load_stored_spec(storage: StudyctlStorage | ProxyStorage, study_name: str) -> StudySpec:
     """The spec a study was last run with, as kept in studyctl's table."""
-    with db.transaction(storage.engine) as conn:
-        record = db.get_study_record(conn, study_name)
+    record = storage.control.study_spec(study_name)
     if record is None:
         if study_exists(storage, study_name):
             raise StudyctlError(
@@ -75,7 +77,7 @@ def load_stored_spec(storage: StudyctlStorage, study_name: str) -> StudySpec:
     return StudySpec.from_dict(json.loads(record["spec_json"]))
 
 
-def unknown_study(storage: StudyctlStorage, study_name: str) -> StudyctlError:
+def unknown_study(storage: StudyctlStorage | ProxyStorage, study_name: str) -> StudyctlError:
     names = sorted(s.study_name for s in storage.get_all_studies())
     return StudyctlError(
         f"no study {study_name!r} in {mask_url(storage.url)}; studies there: "
@@ -100,7 +102,18 @@ class OpenedStudy:
     created: bool
 
 
-def open_study(storage: StudyctlStorage, spec: StudySpec, *, create: bool) -> OpenedStudy:
+def _database(storage: StudyctlStorage | ProxyStorage) -> StudyctlStorage:
+    if not isinstance(storage, StudyctlStorage):
+        raise StudyctlError(
+            f"{mask_url(storage.url)}: creating or changing a study needs the database URL, "
+            "not a storage proxy"
+        )
+    return storage
+
+
+def open_study(
+    storage: StudyctlStorage | ProxyStorage, spec: StudySpec, *, create: bool
+) -> OpenedStudy:
     """Load the spec's study, or create it (with its budget record and enqueued trials).
 
     A new study is deleted again if anything after its creation fails, so a failed `run`
@@ -114,11 +127,12 @@ def open_study(storage: StudyctlStorage, spec: StudySpec, *, create: bool) -> Op
         )
         _check_directions(study, spec)
         if create:
-            with db.transaction(storage.engine) as conn:
+            with db.transaction(_database(storage).engine) as conn:
                 db.upsert_study_record(conn, spec.name, spec.n_trials, spec_json(spec))
         return OpenedStudy(study=study, spec=spec, created=False)
     if not create:
         raise unknown_study(storage, spec.name)
+    storage = _database(storage)
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,

@@ -14,8 +14,6 @@ from studyctl import db
 from studyctl.storage import StudyctlStorage, study_exists
 from studyctl.study import unknown_study
 
-STATES = [s.name for s in TrialState]
-
 
 def _json_value(value: float | None) -> float | str | None:
     if value is None:
@@ -24,17 +22,7 @@ def _json_value(value: float | None) -> float | str | None:
 
 
 def state_counts(storage: StudyctlStorage, study_id: int) -> dict[str, int]:
-    import sqlalchemy as sa
-
-    counts = dict.fromkeys(STATES, 0)
-    with db.transaction(storage.engine) as conn:
-        rows = conn.execute(
-            sa.text("SELECT state, count(*) FROM trials WHERE study_id = :sid GROUP BY state"),
-            {"sid": study_id},
-        )
-        for state, n in rows:
-            counts[str(getattr(state, "name", state))] = int(n)
-    return counts
+    return storage.control.state_counts(study_id)
 
 
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -36,12 +36,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from studyctl.progress import ProgressPrinter
     from studyctl.registry import resolve_objective
-    from studyctl.storage import enable_heartbeat, open_storage
+    from studyctl.storage import enable_heartbeat, open_worker_storage
     from studyctl.study import load_stored_spec, open_study
     from studyctl.worker import WorkerRegistration, run_trial_loop
 
     try:
-        storage = open_storage(args.storage)
+        storage = open_worker_storage(args.storage)
         spec = load_stored_spec(storage, args.study)
         if args.timeout is not None:
             spec = dataclasses.replace(spec, timeout=args.timeout)

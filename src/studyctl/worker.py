@@ -17,7 +17,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -34,6 +34,14 @@ from studyctl.signals import (
 )
 from studyctl.spec import StudySpec
 from studyctl.storage import StudyctlStorage
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from studyctl.proxy import ProxyStorage
+
+    # The database itself, or a `studyctl proxy` in front of it.
+    WorkerStorage: TypeAlias = StudyctlStorage | ProxyStorage
 
 # How long a worker without a claim waits before looking again while others' trials run.
 IDLE_POLL_S = 2.0
@@ -75,7 +83,7 @@ class WorkerRegistration:
 
     def __init__(
         self,
-        storage: StudyctlStorage,
+        storage: WorkerStorage,
         study_name: str,
         *,
         interval: float,
@@ -83,7 +91,7 @@ class WorkerRegistration:
         worker_id: str | None = None,
         trials_done: int = 0,
     ) -> None:
-        self.engine = storage.engine
+        self.control = storage.control
         self.study_name = study_name
         self.interval = interval
         self.info = worker_info(gpus)
@@ -96,15 +104,13 @@ class WorkerRegistration:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> WorkerRegistration:
-        with db.transaction(self.engine) as conn:
-            db.insert_worker(
-                conn,
-                worker_id=self.worker_id,
-                study_name=self.study_name,
-                host=self.info["host"],
-                pid=self.info["pid"],
-                gpus=self.info["gpus"],
-            )
+        self.control.insert_worker(
+            worker_id=self.worker_id,
+            study_name=self.study_name,
+            host=self.info["host"],
+            pid=self.info["pid"],
+            gpus=self.info["gpus"],
+        )
         self._thread = threading.Thread(target=self._beat, name="studyctl-heartbeat", daemon=True)
         self._thread.start()
         return self
@@ -112,17 +118,16 @@ class WorkerRegistration:
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
             with contextlib.suppress(Exception):  # a missed beat is retried next interval
-                self.update(heartbeat_at=db.utcnow())
+                self.update(beat=True)
 
-    def update(self, **values: Any) -> None:
-        with db.transaction(self.engine) as conn:
-            db.update_worker(conn, self.worker_id, **values)
+    def update(self, *, beat: bool = False, **values: Any) -> None:
+        self.control.update_worker(self.worker_id, beat=beat, **values)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.update(state=self.final_state, heartbeat_at=db.utcnow(), current_trial=None)
+        self.update(state=self.final_state, beat=True, current_trial=None)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -138,7 +143,7 @@ class _TrialRunner:
         self,
         spec: StudySpec,
         objective: Objective,
-        storage: StudyctlStorage,
+        storage: WorkerStorage,
         registration: WorkerRegistration,
     ) -> None:
         self.spec = spec
@@ -151,7 +156,7 @@ class _TrialRunner:
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.last_error = None
         if self.claim_id is not None:
-            db.attach_claim(self.storage.engine, self.claim_id, trial._trial_id)
+            self.storage.control.attach_claim(self.claim_id, trial._trial_id)
         self.registration.update(current_trial=trial.number)
         for inherited in ("fail_reason", "traceback", "pruned_at_epoch", "resumed_from_epoch"):
             # A retry carries its original's attributes; these describe the original only.
@@ -231,21 +236,30 @@ def _trial_outcome(t: FrozenTrial) -> TrialOutcome:
     )
 
 
-def _budget_met(storage: StudyctlStorage, study: optuna.Study, n_trials: int | None) -> bool:
+def _budget_met(storage: WorkerStorage, study: optuna.Study, n_trials: int | None) -> bool:
     if n_trials is None:
         return False
-    with db.transaction(storage.engine) as conn:
-        return db.count_finished_trials(conn, study._study_id) >= n_trials
+    return storage.control.count_finished(study._study_id) >= n_trials
 
 
-def current_budget(storage: StudyctlStorage, study_name: str) -> int | None:
-    with db.transaction(storage.engine) as conn:
-        record = db.get_study_record(conn, study_name)
+def current_budget(storage: WorkerStorage, study_name: str) -> int | None:
+    record = storage.control.study_spec(study_name)
     return None if record is None else record["n_trials"]
 
 
+def sweep_lost_trials(storage: WorkerStorage, study: optuna.Study, spec: StudySpec) -> None:
+    """Fail and retry the trials of dead workers: by Optuna's trial heartbeat (database
+    storage) and by studyctl's worker heartbeat (every storage, the proxy included)."""
+    optuna.storages.fail_stale_trials(study)
+    storage.control.fail_lost_trials(
+        study_name=spec.name,
+        grace_s=float(spec.worker.grace_period),
+        max_retries=spec.worker.max_retries,
+    )
+
+
 def run_trial_loop(
-    storage: StudyctlStorage,
+    storage: WorkerStorage,
     study: optuna.Study,
     spec: StudySpec,
     objective: Objective,
@@ -276,8 +290,8 @@ def run_trial_loop(
                     result.reason = "timeout"
                     break
                 n_trials = current_budget(storage, spec.name)
-                claim = db.try_claim(
-                    storage.engine,
+                sweep_lost_trials(storage, study, spec)
+                claim = storage.control.try_claim(
                     study_name=spec.name,
                     study_id=study._study_id,
                     worker_id=registration.worker_id,
@@ -289,7 +303,6 @@ def run_trial_loop(
                         break
                     # Other workers hold the rest of the budget; a trial of theirs may still
                     # fail (and free its slot) or go stale (and be retried here).
-                    optuna.storages.fail_stale_trials(study)
                     time.sleep(IDLE_POLL_S)
                     continue
                 runner.claim_id = claim
@@ -303,8 +316,7 @@ def run_trial_loop(
                     # queued); the value cannot be stored. Go on with the next trial.
                     pass
                 finally:
-                    trial_id = _claim_trial(storage, claim)
-                    db.release_claim(storage.engine, claim)
+                    trial_id = storage.control.release_claim(claim)
                     runner.claim_id = None
                     frozen = None if trial_id is None else storage.get_trial(trial_id)
                     if frozen is not None:
@@ -342,9 +354,7 @@ def run_trial_loop(
     return result
 
 
-def _retry_if_interrupted(
-    storage: StudyctlStorage, study: optuna.Study, trial: FrozenTrial
-) -> None:
+def _retry_if_interrupted(storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial) -> None:
     """A trial stopped by SIGINT/SIGTERM is queued again (same params, its learning curve
     and checkpoint), like a trial whose worker died; within `max_retries`."""
     callback = storage.heartbeat_stale_trial_callback
@@ -354,13 +364,3 @@ def _retry_if_interrupted(
         and callback is not None
     ):
         callback(study, trial)
-
-
-def _claim_trial(storage: StudyctlStorage, claim_id: int) -> int | None:
-    import sqlalchemy as sa
-
-    with db.transaction(storage.engine) as conn:
-        value = conn.execute(
-            sa.select(db.claims_table.c.trial_id).where(db.claims_table.c.claim_id == claim_id)
-        ).scalar_one_or_none()
-    return None if value is None else int(value)

@@ -23,7 +23,7 @@ from types import FrameType
 from studyctl import db
 from studyctl.artifacts import check_artifact_path
 from studyctl.signals import on_stop_signals
-from studyctl.storage import open_storage
+from studyctl.storage import open_worker_storage
 from studyctl.study import load_stored_spec
 from studyctl.training import THREADS_ENV
 from studyctl.trial_process import EXIT_DONE, EXIT_FAILURES, EXIT_FATAL, EXIT_RECYCLE
@@ -70,7 +70,7 @@ class _Forwarder:
 
 def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
     """Run trial processes until the budget is met; return the exit code."""
-    storage = open_storage(opts.storage_url)
+    storage = open_worker_storage(opts.storage_url)
     spec = load_stored_spec(storage, opts.study_name)
     check_artifact_path(spec)
     per_process = opts.trials_per_process or spec.worker.trials_per_process
@@ -109,10 +109,16 @@ def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
             forwarder.child = subprocess.Popen(cmd, env=env, start_new_session=True)
             code = forwarder.child.wait()
             forwarder.child = None
-            db.release_worker_claims(storage.engine, registration.worker_id)
-            with db.transaction(storage.engine) as conn:
-                row = db.get_worker(conn, registration.worker_id)
-            registration.trials_done = row["trials_done"] if row else 0
+            # A trial still RUNNING under this worker's claim lost its only process: fail it
+            # and queue its retry now instead of waiting for a heartbeat to go stale.
+            storage.control.fail_lost_trials(
+                study_name=spec.name,
+                grace_s=0.0,
+                max_retries=spec.worker.max_retries,
+                worker_id=registration.worker_id,
+            )
+            storage.control.release_worker_claims(registration.worker_id)
+            registration.trials_done = storage.control.worker_trials_done(registration.worker_id)
             if code == EXIT_RECYCLE:
                 crashes = 0
                 continue

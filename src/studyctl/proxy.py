@@ -1,0 +1,193 @@
+"""`studyctl proxy`: Optuna's gRPC storage proxy plus studyctl's own operations, one port.
+
+Hundreds of workers through one proxy hold no database connection of their own: the proxy
+keeps one bounded pool. Workers reach it with ``--storage grpc://HOST:PORT``.
+
+Beside Optuna's ``optuna.storage.StorageService`` the server carries one method,
+``/studyctl.Control/Call``, whose request is ``{"op": NAME, "kwargs": {...}}`` in JSON and
+whose reply is ``{"result": ...}``: the claims, worker rows and lost-trial sweep of
+`studyctl.control.Control`, run by `SqlControl` in the proxy. Optuna's trial heartbeat does
+not pass through the proxy; workers behind it find lost trials by studyctl's worker
+heartbeat instead (`SqlControl.fail_lost_trials`).
+
+Like optuna-dashboard, the proxy has no authentication: bind it to an address that only
+the cluster's nodes reach.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import grpc
+from optuna.storages import GrpcStorageProxy
+from optuna.storages._grpc.server import make_server
+
+from studyctl.control import OPERATIONS, SqlControl
+from studyctl.errors import StorageError
+from studyctl.storage import mask_url, open_storage
+
+METHOD = "/studyctl.Control/Call"
+HELLO = "hello"
+# Database connections the proxy holds at most (pool plus overflow), whatever the number
+# of workers; gRPC threads beyond that wait for a free connection.
+PROXY_POOL_SIZE = 8
+PROXY_THREADS = 32
+CALL_TIMEOUT_S = 120.0
+CONNECT_TIMEOUT_S = 15.0
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _loads(data: bytes) -> Any:
+    return json.loads(data.decode())
+
+
+def _handler(control: SqlControl) -> grpc.GenericRpcHandler:
+    from studyctl import __version__
+
+    def call(request: dict[str, Any], context: grpc.ServicerContext) -> Any:
+        op = request.get("op")
+        if op == HELLO:
+            return {"result": {"studyctl": __version__}}
+        if op not in OPERATIONS:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"unknown operation {op!r}")
+        try:
+            return {"result": getattr(control, str(op))(**request.get("kwargs", {}))}
+        except Exception as exc:  # the worker gets the reason as one line
+            context.abort(grpc.StatusCode.INTERNAL, f"{op}: {type(exc).__name__}: {exc}")
+
+    return grpc.method_handlers_generic_handler(
+        "studyctl.Control",
+        {
+            "Call": grpc.unary_unary_rpc_method_handler(
+                call, request_deserializer=_loads, response_serializer=_dumps
+            )
+        },
+    )
+
+
+def serve(
+    storage_url: str, host: str, port: int, *, ready: Callable[[str], None] | None = None
+) -> int:
+    """Serve until SIGINT/SIGTERM; return the exit code (0 after a signal)."""
+    storage = open_storage(storage_url, pool_size=PROXY_POOL_SIZE)
+    server = make_server(storage, host, port, ThreadPoolExecutor(max_workers=PROXY_THREADS))
+    server.add_generic_rpc_handlers((_handler(storage.control),))
+    try:
+        server.start()
+    except RuntimeError as exc:
+        raise StorageError(
+            f"storage proxy cannot listen on {host}:{port}: {exc}",
+            hint="choose a free --port",
+        ) from None
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if ready is not None:
+            ready(f"storage proxy for {mask_url(storage_url)} listening on grpc://{host}:{port}")
+        stop.wait()
+    finally:
+        server.stop(grace=5).wait()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        storage.engine.dispose()
+    return 0
+
+
+class RemoteControl:
+    """`SqlControl`'s operations, run by a `studyctl proxy`: each call is bound to
+    `SqlControl`'s signature here (a wrong argument fails in the worker, not the proxy)
+    and sent as keyword arguments."""
+
+    def __init__(self, target: str, shown: str) -> None:
+        self.shown = shown
+        self._channel = grpc.insecure_channel(target)
+        self._call = self._channel.unary_unary(
+            METHOD, request_serializer=_dumps, response_deserializer=_loads
+        )
+
+    def rpc(self, op: str, **kwargs: Any) -> Any:
+        try:
+            reply = self._call({"op": op, "kwargs": kwargs}, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            details = exc.details() or code.name
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                raise StorageError(
+                    f"{self.shown} is not a studyctl storage proxy ({details})",
+                    hint="start it with `studyctl proxy --storage URL --port PORT`",
+                ) from None
+            raise StorageError(f"storage proxy {self.shown}: {details}") from None
+        return reply["result"]
+
+    def __getattr__(self, op: str) -> Callable[..., Any]:
+        if op not in OPERATIONS:
+            raise AttributeError(op)
+        signature = inspect.signature(getattr(SqlControl, op))
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(None, *args, **kwargs)
+            arguments = dict(bound.arguments)
+            del arguments["self"]
+            arguments.update(arguments.pop("values", {}))  # update_worker's **values
+            return self.rpc(op, **arguments)
+
+        return call
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class ProxyStorage(GrpcStorageProxy):
+    """Optuna's gRPC storage client with studyctl's operations beside it (`control`)."""
+
+    def __init__(self, url: str, host: str, port: int) -> None:
+        super().__init__(host=host, port=port)
+        self.url = url
+        self.remote = RemoteControl(f"{host}:{port}", url)
+        # Same operations and signatures as SqlControl (RemoteControl binds each call to them).
+        self.control = cast(SqlControl, self.remote)
+        self.heartbeat_stale_trial_callback: Callable[..., None] | None = None
+
+
+def parse_proxy_url(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "grpc" or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise StorageError(f"storage URL {url!r} is malformed", hint="expected grpc://HOST:PORT")
+    return parts.hostname, port
+
+
+_PROXIES: dict[str, ProxyStorage] = {}
+
+
+def connect_proxy(url: str) -> ProxyStorage:
+    """Connect (once per process) to the `studyctl proxy` at grpc://HOST:PORT, or raise a
+    `StorageError` naming the address when it cannot be reached or is not studyctl's."""
+    if url in _PROXIES:
+        return _PROXIES[url]
+    host, port = parse_proxy_url(url)
+    storage = ProxyStorage(url, host, port)
+    try:
+        storage.wait_server_ready(timeout=CONNECT_TIMEOUT_S)
+    except Exception:
+        storage.close()
+        raise StorageError(
+            f"cannot reach the storage proxy at {url} within {CONNECT_TIMEOUT_S:.0f} s",
+            hint="check that `studyctl proxy` runs there and the port is open",
+        ) from None
+    storage.remote.rpc(HELLO)
+    _PROXIES[url] = storage
+    return storage
