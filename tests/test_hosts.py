@@ -1,55 +1,55 @@
 """Workers on different hosts sharing one PostgreSQL study.
 
-Each "host" is a worker process in its own UTS namespace (its own hostname) and working
-directory; the artifacts path is shared, as a cluster's shared file system would be. One
-host's worker is killed mid-trial; the other finishes the study and retries that trial.
+Each "host" is a network namespace (`ip netns`, a veth pair to this machine) with its own
+hostname (a UTS namespace) and working directory. PostgreSQL listens on loopback only, so
+the test forwards each host's gateway address (10.233.N.1:5432) to it, the way a host
+reaches a database server across a network. The artifacts path is shared, as a cluster's
+shared file system would be. One host's worker is killed mid-trial; the other finishes the
+study and retries that trial.
+
+Where the sandbox does not allow network namespaces, that test skips with the reason and
+the same scenario runs with processes that differ only in hostname and working directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from studyctl.sequential import prepare_study
-from studyctl.spec import load_spec
-
-from .conftest import run_cli, write_objectives, write_spec
+from .conftest import prepare_sleepy_study, run_cli
 
 pytestmark = pytest.mark.slow
 
-SLEEPY = """
-import time
-
-from studyctl import function_objective
+# A host's command line: (hostname, working directory, storage URL, objectives) -> argv.
+Launch = Callable[[str, Path, str, Path], list[str]]
 
 
-@function_objective("sleepy")
-def sleepy(trial, ctx):
-    x = trial.suggest_float("x", -1, 1)
-    for step in range(4):
-        time.sleep(0.5)
-        trial.report(x * x + 1 / (step + 1), step)
-    return x * x
-"""
-
-
-def _host_worker(host: str, cwd: Path, url: str, objectives: Path) -> subprocess.Popen[str]:
-    command = (
+def _worker_command(host: str, cwd: Path, url: str, objectives: Path) -> str:
+    return (
         f"hostname {host} && cd {cwd} && exec {sys.executable} -m studyctl.cli worker "
         f"hosts -s {url} --objectives-dir {objectives}"
     )
+
+
+def _start(argv: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        ["unshare", "--uts", "sh", "-c", command],
+        argv,
         text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         stdout=subprocess.PIPE,
@@ -58,33 +58,17 @@ def _host_worker(host: str, cwd: Path, url: str, objectives: Path) -> subprocess
     )
 
 
-def test_two_hosts_one_killed_mid_trial(tmp_path: Path, postgres_url: str) -> None:
-    if (
-        shutil.which("unshare") is None
-        or subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode != 0
-    ):
-        pytest.skip("this sandbox does not allow UTS namespaces (unshare --uts)")
-    objectives = write_objectives(tmp_path / "shared" / "objectives", SLEEPY, name="sleepy.py")
-    spec = write_spec(
-        tmp_path / "hosts.toml",
-        f"""
-        name = "hosts"
-        objective = "sleepy"
-        n_trials = 6
-        [sampler]
-        type = "random"
-        [worker]
-        heartbeat_interval = 1
-        grace_period = 3
-        [artifacts]
-        path = "{tmp_path / "shared" / "artifacts"}"
-    """,
+def _two_hosts_scenario(
+    tmp_path: Path, postgres_url: str, urls: dict[str, str], launch: Launch
+) -> None:
+    """Both hosts' workers join one study; host-a's is killed mid-trial; host-b finishes."""
+    objectives = prepare_sleepy_study(
+        tmp_path, "hosts", postgres_url, 6, tmp_path / "shared" / "artifacts"
     )
-    prepare_study(load_spec(spec), postgres_url, objectives)
-    homes = {h: tmp_path / h for h in ("host-a", "host-b")}
+    homes = {h: tmp_path / h for h in urls}
     for home in homes.values():
         home.mkdir()
-    workers = {h: _host_worker(h, home, postgres_url, objectives) for h, home in homes.items()}
+    workers = {h: _start(launch(h, homes[h], urls[h], objectives)) for h in urls}
     study = optuna.load_study(study_name="hosts", storage=postgres_url)
     try:
         victim = None
@@ -118,3 +102,115 @@ def test_two_hosts_one_killed_mid_trial(tmp_path: Path, postgres_url: str) -> No
     )
     hosts = {w["host"]: w["state"] for w in status["workers"]}
     assert hosts == {"host-a": "dead", "host-b": "stopped"}
+
+
+def _relay(a: socket.socket, b: socket.socket) -> None:
+    with a, b:
+        while True:
+            ready, _, _ = select.select([a, b], [], [], 1.0)
+            for src in ready:
+                data = src.recv(65536)
+                if not data:
+                    return
+                (b if src is a else a).sendall(data)
+
+
+@contextmanager
+def _forward(listen: tuple[str, int], target: tuple[str, int]) -> Iterator[None]:
+    """A TCP forwarder on this machine's side of a veth pair, to the loopback-only server."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(listen)
+    server.listen()
+    server.settimeout(0.5)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(target)
+            threading.Thread(target=_relay, args=(client, upstream), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@contextmanager
+def _network_host(index: int) -> Iterator[tuple[str, str]]:
+    """A network namespace joined to this machine by a veth pair; yields (netns, gateway)."""
+    tag = uuid.uuid4().hex[:6]
+    netns, outside, inside = f"sctl-{tag}", f"sco{tag}", f"sci{tag}"
+    gateway, address = f"10.233.{index}.1", f"10.233.{index}.2"
+    _ip("netns", "add", netns)
+    try:
+        _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        _ip("link", "set", inside, "netns", netns)
+        _ip("addr", "add", f"{gateway}/24", "dev", outside)
+        _ip("link", "set", outside, "up")
+        _ip("-n", netns, "addr", "add", f"{address}/24", "dev", inside)
+        _ip("-n", netns, "link", "set", inside, "up")
+        _ip("-n", netns, "link", "set", "lo", "up")
+        yield netns, gateway
+    finally:
+        subprocess.run(["ip", "link", "del", outside], capture_output=True)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+
+
+def _netns_unavailable() -> str | None:
+    if shutil.which("ip") is None or shutil.which("unshare") is None:
+        return "iproute2 (ip) or unshare is not installed"
+    probe = f"sctl-probe-{uuid.uuid4().hex[:6]}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"this sandbox does not allow network namespaces ({made.stderr.strip()})"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def test_two_network_hosts_one_killed_mid_trial(tmp_path: Path, postgres_url: str) -> None:
+    reason = _netns_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    urls = {}
+    netns_of = {}
+    with ExitStack() as stack:
+        for index, host in enumerate(("host-a", "host-b"), start=1):
+            netns, gateway = stack.enter_context(_network_host(index))
+            stack.enter_context(_forward((gateway, 5432), ("127.0.0.1", 5432)))
+            netns_of[host] = netns
+            # The same database, reached across the veth pair from inside the namespace.
+            urls[host] = postgres_url.replace("127.0.0.1:5432", f"{gateway}:5432")
+
+        def launch(host: str, cwd: Path, url: str, objectives: Path) -> list[str]:
+            command = _worker_command(host, cwd, url, objectives)
+            return ["ip", "netns", "exec", netns_of[host], "unshare", "--uts", "sh", "-c", command]
+
+        _two_hosts_scenario(tmp_path, postgres_url, urls, launch)
+
+
+def test_two_hostnames_one_killed_mid_trial(tmp_path: Path, postgres_url: str) -> None:
+    """The same scenario without network namespaces: hostname and working directory only."""
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode != 0
+    ):
+        pytest.skip("this sandbox does not allow UTS namespaces (unshare --uts)")
+
+    def launch(host: str, cwd: Path, url: str, objectives: Path) -> list[str]:
+        return ["unshare", "--uts", "sh", "-c", _worker_command(host, cwd, url, objectives)]
+
+    urls = {host: postgres_url for host in ("host-a", "host-b")}
+    _two_hosts_scenario(tmp_path, postgres_url, urls, launch)
