@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from studyctl.sequential import prepare_study
 from studyctl.spec import load_spec
@@ -46,12 +47,12 @@ def build(trial, ctx):
 """
 
 
-def test_kill_9_mid_trial_then_resume_from_last_epoch(tmp_path: Path, sqlite_url: str) -> None:
-    folder = write_objectives(tmp_path / "objectives", SLOW_DIGITS, name="slow_digits.py")
-    spec_path = write_spec(
-        tmp_path / "slow.toml",
+def slow_digits_spec(path: Path, name: str, artifacts: str) -> Path:
+    """2 trials of 8 epochs (batch 8: about a second each); lost trials stale after 3 s."""
+    return write_spec(
+        path,
         f"""
-        name = "slow"
+        name = "{name}"
         objective = "slow_digits"
         n_trials = 2
         [sampler]
@@ -64,8 +65,42 @@ def test_kill_9_mid_trial_then_resume_from_last_epoch(tmp_path: Path, sqlite_url
         heartbeat_interval = 1
         grace_period = 3
         [artifacts]
-        path = "{tmp_path / "artifacts"}"
+        {artifacts}
     """,
+    )
+
+
+def kill_mid_trial(
+    study: optuna.Study,
+    worker: subprocess.Popen[bytes],
+    before_kill: Callable[[FrozenTrial], None] | None = None,
+) -> FrozenTrial:
+    """Once a trial has reported 3 epochs, kill -9 the worker and its trial process:
+    nothing gets to clean up. Returns the trial as it was just before."""
+    try:
+        deadline = time.monotonic() + 180
+        victim = None
+        while time.monotonic() < deadline and victim is None:
+            running = study.get_trials(states=(TrialState.RUNNING,))
+            if running and len(running[0].intermediate_values) >= 3:
+                victim = running[0]
+            time.sleep(0.2)
+        assert victim is not None, "the first trial never reached epoch 3"
+        if before_kill is not None:
+            before_kill(victim)
+        os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    return victim
+
+
+def test_kill_9_mid_trial_then_resume_from_last_epoch(tmp_path: Path, sqlite_url: str) -> None:
+    folder = write_objectives(tmp_path / "objectives", SLOW_DIGITS, name="slow_digits.py")
+    spec_path = slow_digits_spec(
+        tmp_path / "slow.toml", "slow", f'path = "{tmp_path / "artifacts"}"'
     )
     prepare_study(load_spec(spec_path), sqlite_url, folder)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -76,23 +111,7 @@ def test_kill_9_mid_trial_then_resume_from_last_epoch(tmp_path: Path, sqlite_url
         start_new_session=True,
     )
     study = optuna.load_study(study_name="slow", storage=sqlite_url)
-    try:
-        deadline = time.monotonic() + 180
-        victim = None
-        while time.monotonic() < deadline:
-            running = study.get_trials(states=(TrialState.RUNNING,))
-            if running and len(running[0].intermediate_values) >= 3:
-                victim = running[0]
-                break
-            time.sleep(0.2)
-        assert victim is not None, "the first trial never reached epoch 3"
-        # kill -9 the worker and its trial process: nothing gets to clean up.
-        os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait(timeout=30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    victim = kill_mid_trial(study, worker)
     epochs_before_kill = len(study.trials[victim.number].intermediate_values)
     assert study.trials[victim.number].state == TrialState.RUNNING
 

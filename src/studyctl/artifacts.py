@@ -26,4 +26,8 @@ def check_artifact_path(spec: StudySpec) -> Path:
             f"({exc.strerror})",
             hint="workers on several machines need a shared file system path there",
         ) from None
+    if spec.artifacts.store is not None:
+        from studyctl.objectstore import ObjectStore
+
+        ObjectStore.parse(spec.artifacts.store).check(spec.name)
     return path

@@ -675,8 +675,12 @@ def dashboard(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8080,
     artifact_dir: Annotated[
-        Path, typer.Option("--artifact-dir", help="Artifact store (the studies' [artifacts] path).")
-    ] = Path("artifacts"),
+        str,
+        typer.Option(
+            "--artifact-dir",
+            help="Artifact store: the studies' [artifacts] path, or their s3://BUCKET store.",
+        ),
+    ] = "artifacts",
 ) -> None:
     """Serve optuna-dashboard on the storage (no authentication; 127.0.0.1 by default)."""
     from studyctl.dashboard import serve_dashboard

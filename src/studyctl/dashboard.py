@@ -11,6 +11,7 @@ import errno
 from collections.abc import Callable
 from pathlib import Path
 from socketserver import ThreadingMixIn
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from studyctl.errors import StudyctlError
@@ -31,7 +32,7 @@ def serve_dashboard(
     *,
     host: str,
     port: int,
-    artifact_dir: Path,
+    artifact_dir: str,
     echo: Callable[[str], None],
 ) -> None:
     """Serve optuna-dashboard until interrupted."""
@@ -39,10 +40,15 @@ def serve_dashboard(
     from optuna.artifacts import FileSystemArtifactStore
 
     storage = open_storage(storage_url)
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    app = optuna_dashboard.wsgi(
-        storage, artifact_store=FileSystemArtifactStore(base_path=str(artifact_dir))
-    )
+    artifact_store: Any
+    if artifact_dir.startswith("s3://"):
+        from studyctl.objectstore import ObjectStore
+
+        artifact_store = ObjectStore.parse(artifact_dir, where="--artifact-dir").optuna_store()
+    else:
+        Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+        artifact_store = FileSystemArtifactStore(base_path=artifact_dir)
+    app = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
     try:
         server = make_server(
             host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler

@@ -89,6 +89,9 @@ class ArtifactsSpec:
     # Save the best trial's trained model as <path>/<study>/models/trial-<n>.keras
     # (single-objective studies).
     keep_best_model: bool = True
+    # s3://bucket/prefix: checkpoints and kept models are mirrored there (studyctl.objectstore)
+    # for workers without a shared file system; `path` is then each machine's local copy.
+    store: str | None = None
 
 
 @dataclass(frozen=True)
@@ -482,7 +485,12 @@ def parse_spec(data: dict[str, Any], path: str) -> StudySpec:
         path=art.take("path", str, ArtifactsSpec.path),
         checkpoints=art.take("checkpoints", bool, ArtifactsSpec.checkpoints),
         keep_best_model=art.take("keep_best_model", bool, ArtifactsSpec.keep_best_model),
+        store=art.take("store", str),
     )
+    if artifacts.store is not None and (
+        not artifacts.store.startswith("s3://") or len(artifacts.store.rstrip("/")) <= len("s3://")
+    ):
+        raise art.error("store", f"expected s3://BUCKET[/PREFIX], got {artifacts.store!r}")
     art.finish(ArtifactsSpec.__dataclass_fields__)
     log_table = top.table("logging")
     logging_spec = LoggingSpec(tensorboard=log_table.take("tensorboard", str))

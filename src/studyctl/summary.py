@@ -194,6 +194,11 @@ def export_best_model(storage: StudyctlStorage, name: str, destination: str) -> 
             + (" (it has several objectives)" if best else " yet")
         )
     path = best[0].user_attrs.get("model_path")
+    if path and path.startswith("s3://"):
+        from studyctl.objectstore import download
+
+        download(path, Path(destination))
+        return best[0].number
     if not path or not Path(path).is_file():
         where = f" (expected at {path}, on the machine that trained it)" if path else ""
         raise StudyctlError(

@@ -20,6 +20,7 @@ from studyctl.errors import StudyctlError
 from studyctl.signals import WorkerInterrupted, safe_points, stop_requested
 
 if TYPE_CHECKING:
+    from studyctl.objectstore import ObjectStore
     from studyctl.registry import KerasObjective, TrainingData, TrialContext
     from studyctl.spec import StudySpec
 
@@ -132,15 +133,38 @@ def _make_epoch_callback(trial: optuna.Trial, metrics: tuple[str, ...], prune: b
     return EpochReporter()
 
 
-def checkpoint_dir(ctx: TrialContext) -> Path:
-    """Per-trial checkpoint folder; a retried trial uses its original's, so it resumes from
-    the original's last finished epoch."""
+def checkpoint_name(ctx: TrialContext) -> str:
+    """The trial's checkpoint folder name; a retried trial uses its original's, so it
+    resumes from the original's last finished epoch."""
     trial = ctx.trial
     original = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(
         trial.study._storage.get_trial(trial._trial_id)
     )
-    number = trial.number if original is None else original
-    return Path(ctx.spec.artifacts.path) / ctx.spec.name / f"trial-{number}"
+    return f"trial-{trial.number if original is None else original}"
+
+
+def checkpoint_dir(ctx: TrialContext) -> Path:
+    return Path(ctx.spec.artifacts.path) / ctx.spec.name / checkpoint_name(ctx)
+
+
+def object_store(spec: StudySpec) -> ObjectStore | None:
+    if spec.artifacts.store is None:
+        return None
+    from studyctl.objectstore import ObjectStore
+
+    return ObjectStore.parse(spec.artifacts.store)
+
+
+def _make_mirror_callback(store: ObjectStore, local: Path, study: str, name: str) -> Any:
+    """Uploads the checkpoint BackupAndRestore has just written (it runs first) at every
+    epoch end, so a retry on another machine can resume from it."""
+    import keras
+
+    class CheckpointMirror(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            store.push_dir(local, study, name)
+
+    return CheckpointMirror()
 
 
 def _save_trial_note(trial: optuna.Trial, spec: StudySpec, model: Any) -> None:
@@ -190,8 +214,10 @@ def models_dir(spec: StudySpec) -> Path:
 
 
 def keep_if_best(ctx: TrialContext, model: Any, value: float) -> None:
-    """Save the trained model (`models/trial-<n>.keras`) when it beats every completed
-    trial, and delete saved models of completed trials it beats: they can never be best."""
+    """Save the trained model (`models/trial-<n>.keras`, mirrored to the object store if
+    the spec has one) when it beats every completed trial, and delete the saved models of
+    completed trials it beats: they can never be best."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
     from optuna.trial import TrialState
 
     trial, spec = ctx.trial, ctx.spec
@@ -200,35 +226,42 @@ def keep_if_best(ctx: TrialContext, model: Any, value: float) -> None:
     def better(a: float, b: float) -> bool:
         return a < b if minimize else a > b
 
-    completed = {
-        t.number: t.values[0]
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    }
-    if any(not better(value, v) for v in completed.values()):
+    completed = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if any(not better(value, t.values[0]) for t in completed):
         return
     folder = models_dir(spec)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"trial-{trial.number}.keras"
-    model.save(path)
-    trial.set_user_attr("model_path", str(path))
+    name = f"trial-{trial.number}.keras"
+    model.save(folder / name)
+    store = object_store(spec)
     # Also an Optuna artifact of the trial, downloadable from optuna-dashboard.
-    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-
     upload_artifact(
-        artifact_store=FileSystemArtifactStore(base_path=spec.artifacts.path),
-        file_path=str(path),
+        artifact_store=FileSystemArtifactStore(spec.artifacts.path)
+        if store is None
+        else store.optuna_store(),
+        file_path=str(folder / name),
         study_or_trial=trial,
         mimetype="application/octet-stream",
     )
-    for old in folder.glob("trial-*.keras"):
-        number = int(old.stem.removeprefix("trial-"))
-        if number in completed and better(value, completed[number]):
-            old.unlink(missing_ok=True)
+    if store is None:
+        model_path = str(folder / name)
+    else:
+        model_path = store.put_file(folder / name, spec.name, "models", name)
+        (folder / name).unlink()
+    trial.set_user_attr("model_path", model_path)
+    for old in completed:  # beaten: their saved models can never be best again
+        path = old.user_attrs.get("model_path")
+        if path and str(path).startswith("s3://") and store is not None:
+            store.delete(spec.name, "models", Path(path).name)
+        elif path:
+            Path(path).unlink(missing_ok=True)
 
 
-def _remove_checkpoint(folder: Path | None) -> None:
+def _remove_checkpoint(folder: Path | None, store: ObjectStore | None, study: str) -> None:
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+        if store is not None:
+            store.delete_dir(study, folder.name)
 
 
 def _fit_inputs(data: TrainingData, validation_split: float) -> dict[str, Any]:
@@ -271,6 +304,7 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
     batch_size = int(trial.params.get("batch_size", training.batch_size))
     callbacks = [reporter]
     backup_dir = checkpoint_dir(ctx) if spec.artifacts.checkpoints else None
+    store = object_store(spec)
     if backup_dir is not None:
         trial.set_user_attr("checkpoint_dir", str(backup_dir))
         # Kept when the trial is interrupted (its retry resumes from it); removed below
@@ -278,6 +312,12 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
         callbacks.insert(
             0, keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
         )
+        if store is not None:
+            if not backup_dir.exists():  # a retry of a trial that ran on another machine
+                store.pull_dir(backup_dir, spec.name, backup_dir.name)
+            callbacks.insert(
+                1, _make_mirror_callback(store, backup_dir, spec.name, backup_dir.name)
+            )
     log_dir = tensorboard_dir(spec, trial.number)
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
@@ -292,7 +332,7 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
                 callbacks=callbacks,
             )
     except Exception:
-        _remove_checkpoint(backup_dir)
+        _remove_checkpoint(backup_dir, store, spec.name)
         raise
     finally:
         trial.set_user_attr("epochs_run", reporter.epochs_run)
@@ -300,7 +340,7 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
     signum = stop_requested()
     if signum is not None:
         raise WorkerInterrupted(signum)  # the checkpoint stays for the retry
-    _remove_checkpoint(backup_dir)
+    _remove_checkpoint(backup_dir, store, spec.name)
     if reporter.failure is not None:
         raise TrialFailed(reporter.failure)
     if reporter.pruned_epoch is not None:
