@@ -255,9 +255,14 @@ def _signal_two_running_workers(
         while time.monotonic() < deadline and len(running) < 2:
             time.sleep(0.3)
             if optuna.get_all_study_names(storage=url):
-                running = optuna.load_study(study_name="par", storage=url).get_trials(
-                    states=(TrialState.RUNNING,)
-                )
+                # Both objectives running (params suggested), not just both trials created.
+                running = [
+                    t
+                    for t in optuna.load_study(study_name="par", storage=url).get_trials(
+                        states=(TrialState.RUNNING,)
+                    )
+                    if "x" in t.params
+                ]
         assert len(running) == 2
         proc.send_signal(signum)
         out, _ = proc.communicate(timeout=60)

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from studyctl.sequential import prepare_study
 from studyctl.spec import load_spec
 
-from .conftest import STUDYCTL, run_cli, write_objectives, write_spec
+from .conftest import STUDYCTL, prepare_sleepy_study, run_cli, write_objectives, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -232,3 +232,39 @@ def test_worker_stops_at_once_when_objective_cannot_import(tmp_path: Path, sqlit
     assert "slow_digits.py failed to import" in result.stderr
     assert "a_module_that_does_not_exist_zz" in result.stderr
     assert optuna.load_study(study_name="slow", storage=sqlite_url).trials == []
+
+
+def test_trial_process_of_a_killed_worker_stops_and_claims_nothing_more(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """kill -9 of the worker alone: its trial process (own session, so not killed with it)
+    notices, stops at the next safe point instead of training on as an orphan, and takes
+    no further trial."""
+    objectives = prepare_sleepy_study(tmp_path, "orphan", sqlite_url, 6, tmp_path / "artifacts")
+    worker = subprocess.Popen(
+        [*STUDYCTL, "worker", "orphan", "-s", sqlite_url, "--objectives-dir", str(objectives)],
+        cwd=tmp_path,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    study = optuna.load_study(study_name="orphan", storage=sqlite_url)
+    deadline = time.monotonic() + 60
+    running: list[FrozenTrial] = []
+    while not running and time.monotonic() < deadline:
+        running = [
+            t for t in study.get_trials(states=(TrialState.RUNNING,)) if "worker" in t.user_attrs
+        ]
+        time.sleep(0.1)
+    assert running, "no trial started"
+    child = running[0].user_attrs["worker"]["pid"]
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists(), "the trial process outlived its worker"
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    # It finished (or gave back) the trial it had and started no other.
+    assert len(trials) <= 2, [(t.number, t.state.name) for t in trials]

@@ -5,8 +5,8 @@ on behalf of its clients); `studyctl.proxy.RemoteControl` sends the same calls t
 `studyctl proxy` over gRPC, so a worker behind the proxy holds no database connection.
 
 Every argument and result is plain JSON (numbers, strings, None, lists, dicts), and every
-timestamp is taken where the SQL runs: behind a proxy all heartbeats are compared on the
-proxy's clock, so hosts whose clocks drift cannot make each other's trials look stale.
+heartbeat is stamped and compared on one clock, the database server's (`db.db_utcnow`), so
+hosts whose clocks drift cannot make each other's trials look stale.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ class SqlControl:
         unknown = set(values) - _UPDATABLE
         if unknown:
             raise ValueError(f"cannot update worker field(s) {sorted(unknown)}")
-        if beat:
-            values["heartbeat_at"] = db.utcnow()
         with db.transaction(self.engine) as conn:
+            if beat:
+                values["heartbeat_at"] = db.db_utcnow(conn)
             db.update_worker(conn, worker_id, **values)
 
     def worker_trials_done(self, worker_id: str) -> int:
@@ -114,12 +114,12 @@ class SqlControl:
                 .values(claim_seq=studies.c.claim_seq + 1)
             )
             if n_trials is not None:
-                stale_before = db.utcnow() - timedelta(seconds=stale_after)
+                stale_before = db.db_utcnow(conn) - timedelta(seconds=stale_after)
                 if db.count_taken(conn, study_id, study_name, stale_before) >= n_trials:
                     return None
             result = conn.execute(
                 sa.insert(claims).values(
-                    study_name=study_name, worker_id=worker_id, created_at=db.utcnow()
+                    study_name=study_name, worker_id=worker_id, created_at=db.db_utcnow(conn)
                 )
             )
             key = result.inserted_primary_key
@@ -189,12 +189,12 @@ class SqlControl:
         exactly one fails (and retries) each trial. Returns the failed trials' numbers.
         """
         params: dict[str, Any]
-        if worker_id is not None:
-            sql, params = _LOST_SQL + "c.worker_id = :wid", {"wid": worker_id}
-        else:
-            stale_before = db.utcnow() - timedelta(seconds=grace_s)
-            sql, params = _LOST_SQL + "w.heartbeat_at < :before", {"before": stale_before}
         with db.transaction(self.engine) as conn:
+            if worker_id is not None:
+                sql, params = _LOST_SQL + "c.worker_id = :wid", {"wid": worker_id}
+            else:
+                stale_before = db.db_utcnow(conn) - timedelta(seconds=grace_s)
+                sql, params = _LOST_SQL + "w.heartbeat_at < :before", {"before": stale_before}
             ids = [int(r[0]) for r in conn.execute(sa.text(sql), {"name": study_name, **params})]
         if not ids:
             return []

@@ -74,6 +74,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def db_utcnow(conn: Connection) -> datetime:
+    """Naive UTC from the database server's clock (PostgreSQL), so heartbeats written by
+    workers on different hosts are stamped and compared on one clock; SQLite serves one
+    machine, whose clock this process reads."""
+    if conn.dialect.name == "postgresql":
+        value = conn.execute(sa.text("SELECT timezone('UTC', clock_timestamp())")).scalar_one()
+        return value.replace(tzinfo=None) if isinstance(value, datetime) else utcnow()
+    return utcnow()
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
     """The one transaction helper: commit on success, roll back on any error."""
@@ -131,7 +141,7 @@ def delete_study_records(conn: Connection, study_name: str) -> None:
 
 
 def insert_worker(conn: Connection, **values: Any) -> None:
-    now = utcnow()
+    now = db_utcnow(conn)
     conn.execute(
         sa.insert(workers_table).values(
             started_at=now, heartbeat_at=now, trials_done=0, state=WORKER_RUNNING, **values

@@ -117,7 +117,11 @@ class RemoteControl:
 
     def rpc(self, op: str, **kwargs: Any) -> Any:
         try:
-            reply = self._call({"op": op, "kwargs": kwargs}, timeout=CALL_TIMEOUT_S)
+            # wait_for_ready: a proxy that restarts within the timeout costs a pause, not
+            # a failed worker.
+            reply = self._call(
+                {"op": op, "kwargs": kwargs}, timeout=CALL_TIMEOUT_S, wait_for_ready=True
+            )
         except grpc.RpcError as exc:
             code = exc.code()
             details = exc.details() or code.name
@@ -188,6 +192,11 @@ def connect_proxy(url: str) -> ProxyStorage:
             f"cannot reach the storage proxy at {url} within {CONNECT_TIMEOUT_S:.0f} s",
             hint="check that `studyctl proxy` runs there and the port is open",
         ) from None
-    storage.remote.rpc(HELLO)
+    try:
+        storage.remote.rpc(HELLO)
+    except StorageError:
+        storage.remote.close()
+        storage.close()
+        raise
     _PROXIES[url] = storage
     return storage

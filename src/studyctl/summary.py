@@ -89,7 +89,7 @@ def study_status(storage: StudyctlStorage, name: str, *, stale_after: float) -> 
     with db.transaction(storage.engine) as conn:
         record = db.get_study_record(conn, name)
         workers = db.list_workers(conn, name)
-    now = db.utcnow()
+        now = db.db_utcnow(conn)
     for w in workers:
         alive = w["state"] == db.WORKER_RUNNING and now - w["heartbeat_at"] < timedelta(
             seconds=stale_after

@@ -102,6 +102,8 @@ def _make_epoch_callback(trial: optuna.Trial, metrics: tuple[str, ...], prune: b
                 trial.set_user_attr("resumed_from_epoch", self.initial_epoch)
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            if stop_requested() is not None:
+                return  # a stop cut this epoch short: its metrics describe no full epoch
             logs = logs or {}
             self.epochs_run = epoch + 1
             for key, value in logs.items():
@@ -162,9 +164,49 @@ def _make_mirror_callback(store: ObjectStore, local: Path, study: str, name: str
 
     class CheckpointMirror(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            store.push_dir(local, study, name)
+            if stop_requested() is None:
+                _best_effort(f"upload of checkpoint {name}", store.push_dir, local, study, name)
 
     return CheckpointMirror()
+
+
+def _make_backup_callback(folder: Path) -> Any:
+    """Keras's BackupAndRestore, except that an epoch cut short by a stop request is not
+    saved as finished: the retry resumes after the last complete epoch."""
+    import keras
+
+    class EpochBackup(keras.callbacks.BackupAndRestore):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            if stop_requested() is None:
+                super().on_epoch_end(epoch, logs)
+
+    return EpochBackup(str(folder), delete_checkpoint=False)
+
+
+def _pull_checkpoint(store: ObjectStore, local: Path, study: str) -> None:
+    """The store holds the newest checkpoint of a trial (every save is mirrored there); a
+    local copy may be older (this machine ran an earlier attempt), so the store's wins."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=local.parent if local.parent.exists() else None) as tmp:
+        if store.pull_dir(Path(tmp) / "ckpt", study, local.name):
+            shutil.rmtree(local, ignore_errors=True)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(tmp) / "ckpt"), local)
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _best_effort(what: str, fn: Any, *args: Any) -> None:
+    """Object-store housekeeping must not fail a trial that trained: warn and go on."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        _warn(f"{what} failed: {type(exc).__name__}: {exc}")
 
 
 def _save_trial_note(trial: optuna.Trial, spec: StudySpec, model: Any) -> None:
@@ -234,34 +276,49 @@ def keep_if_best(ctx: TrialContext, model: Any, value: float) -> None:
     name = f"trial-{trial.number}.keras"
     model.save(folder / name)
     store = object_store(spec)
-    # Also an Optuna artifact of the trial, downloadable from optuna-dashboard.
-    upload_artifact(
-        artifact_store=FileSystemArtifactStore(spec.artifacts.path)
-        if store is None
-        else store.optuna_store(),
-        file_path=str(folder / name),
-        study_or_trial=trial,
-        mimetype="application/octet-stream",
+    artifact_store = (
+        FileSystemArtifactStore(spec.artifacts.path) if store is None else store.optuna_store()
     )
-    if store is None:
-        model_path = str(folder / name)
-    else:
-        model_path = store.put_file(folder / name, spec.name, "models", name)
-        (folder / name).unlink()
+    # Also an Optuna artifact of the trial, downloadable from optuna-dashboard.
+    _best_effort(
+        f"dashboard artifact of trial {trial.number}",
+        lambda: upload_artifact(
+            artifact_store=artifact_store,
+            file_path=str(folder / name),
+            study_or_trial=trial,
+            mimetype="application/octet-stream",
+        ),
+    )
+    model_path = str(folder / name)
+    if store is not None:
+        try:
+            model_path = store.put_file(folder / name, spec.name, "models", name)
+            (folder / name).unlink()
+        except Exception as exc:  # keep the local copy and say where it is
+            _warn(f"upload of {name} failed ({type(exc).__name__}: {exc}); kept at {model_path}")
     trial.set_user_attr("model_path", model_path)
     for old in completed:  # beaten: their saved models can never be best again
         path = old.user_attrs.get("model_path")
         if path and str(path).startswith("s3://") and store is not None:
-            store.delete(spec.name, "models", Path(path).name)
+            _best_effort(f"removal of {path}", store.delete, spec.name, "models", Path(path).name)
         elif path:
             Path(path).unlink(missing_ok=True)
 
 
-def _remove_checkpoint(folder: Path | None, store: ObjectStore | None, study: str) -> None:
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
-        if store is not None:
-            store.delete_dir(study, folder.name)
+def _remove_checkpoint(
+    trial: optuna.Trial, folder: Path | None, store: ObjectStore | None, study: str
+) -> None:
+    """Remove the trial's checkpoint once it has an outcome, unless another process already
+    failed it as lost: its retry resumes from this very checkpoint."""
+    from optuna.trial import TrialState
+
+    if folder is None:
+        return
+    if trial.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    if store is not None:
+        _best_effort(f"removal of checkpoint {folder.name}", store.delete_dir, study, folder.name)
 
 
 def _fit_inputs(data: TrainingData, validation_split: float) -> dict[str, Any]:
@@ -309,12 +366,9 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
         trial.set_user_attr("checkpoint_dir", str(backup_dir))
         # Kept when the trial is interrupted (its retry resumes from it); removed below
         # once the trial has an outcome.
-        callbacks.insert(
-            0, keras.callbacks.BackupAndRestore(str(backup_dir), delete_checkpoint=False)
-        )
+        callbacks.insert(0, _make_backup_callback(backup_dir))
         if store is not None:
-            if not backup_dir.exists():  # a retry of a trial that ran on another machine
-                store.pull_dir(backup_dir, spec.name, backup_dir.name)
+            _pull_checkpoint(store, backup_dir, spec.name)
             callbacks.insert(
                 1, _make_mirror_callback(store, backup_dir, spec.name, backup_dir.name)
             )
@@ -332,7 +386,7 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
                 callbacks=callbacks,
             )
     except Exception:
-        _remove_checkpoint(backup_dir, store, spec.name)
+        _remove_checkpoint(trial, backup_dir, store, spec.name)
         raise
     finally:
         trial.set_user_attr("epochs_run", reporter.epochs_run)
@@ -340,7 +394,7 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
     signum = stop_requested()
     if signum is not None:
         raise WorkerInterrupted(signum)  # the checkpoint stays for the retry
-    _remove_checkpoint(backup_dir, store, spec.name)
+    _remove_checkpoint(trial, backup_dir, store, spec.name)
     if reporter.failure is not None:
         raise TrialFailed(reporter.failure)
     if reporter.pruned_epoch is not None:

@@ -2,7 +2,10 @@
 its parent (`studyctl worker`) can replace it and return TensorFlow's leaked memory.
 
 Exit codes: 0 budget met or timeout, 3 recycle (max trials reached), 1 too many failures
-in a row, 2 fatal (objective or data cannot be loaded, unknown study), 128+N signal N.
+in a row, 2 fatal (objective or data cannot be loaded, unknown study), 4 an unexpected error
+outside a trial (e.g. the storage went away; the worker replaces the process as after a
+crash), 128+N signal N. A trial process whose worker died stops as if sent SIGTERM: its
+trial is recorded "interrupted" and queued again, so no orphan keeps training.
 """
 
 from __future__ import annotations
@@ -10,7 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
+import threading
+import time
 
 from studyctl.errors import StudyctlError
 
@@ -18,6 +24,7 @@ EXIT_DONE = 0
 EXIT_FAILURES = 1
 EXIT_FATAL = 2
 EXIT_RECYCLE = 3
+EXIT_CRASH = 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,9 +74,20 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
 
     printer = ProgressPrinter(storage, study, spec.n_trials, say)
-    result = run_trial_loop(
-        storage, study, spec, objective, registration, max_trials=args.max_trials, on_trial=printer
-    )
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    try:
+        result = run_trial_loop(
+            storage,
+            study,
+            spec,
+            objective,
+            registration,
+            max_trials=args.max_trials,
+            on_trial=printer,
+        )
+    except Exception as exc:
+        print(f"error: trial process: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CRASH
     if result.message:
         print(f"worker: {result.message}", file=sys.stderr, flush=True)
     return {
@@ -79,6 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         "failures": EXIT_FAILURES,
         "fatal": EXIT_FATAL,
     }.get(result.reason, 128 + int(result.signum or 2))
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop at the next safe point once the worker that started this process is gone."""
+    from studyctl.signals import stop_at_safe_point
+
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    stop_at_safe_point(signal.SIGTERM, None)
 
 
 if __name__ == "__main__":

@@ -391,5 +391,10 @@ def _retry_if_interrupted(storage: WorkerStorage, study: optuna.Study, trial: Fr
         trial.state == TrialState.FAIL
         and trial.user_attrs.get("fail_reason") == "interrupted"
         and callback is not None
+        # A lost-trial sweep may have failed (and queued) it first, just before our FAIL.
+        and not any(
+            t.system_attrs.get("retry_history", [])[-1:] == [trial.number]
+            for t in study.get_trials(deepcopy=False)
+        )
     ):
         callback(study, trial)
