@@ -13,7 +13,13 @@ from studyctl.registry import resolve_objective
 from studyctl.spec import StudySpec
 from studyctl.storage import StudyctlStorage, enable_heartbeat, open_storage
 from studyctl.study import open_study
-from studyctl.worker import LoopResult, TrialOutcome, WorkerRegistration, run_trial_loop
+from studyctl.worker import (
+    LoopResult,
+    TrialOutcome,
+    WorkerRegistration,
+    run_trial_loop,
+    sweep_lost_trials,
+)
 
 
 @dataclass
@@ -43,11 +49,7 @@ def prepare_study(
     opened = open_study(storage, spec, create=True)
     # Trials whose worker died are failed now (and retried), not only when a trial starts.
     optuna.storages.fail_stale_trials(opened.study)
-    storage.control.fail_lost_trials(
-        study_name=spec.name,
-        grace_s=float(spec.worker.grace_period),
-        max_retries=spec.worker.max_retries,
-    )
+    sweep_lost_trials(storage, spec)
     return PreparedStudy(storage=storage, study=opened.study, spec=spec, created=opened.created)
 
 

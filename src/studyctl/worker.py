@@ -248,10 +248,10 @@ def current_budget(storage: WorkerStorage, study_name: str) -> int | None:
     return None if record is None else record["n_trials"]
 
 
-def sweep_lost_trials(storage: WorkerStorage, study: optuna.Study, spec: StudySpec) -> None:
-    """Fail and retry the trials of dead workers: by Optuna's trial heartbeat (database
-    storage) and by studyctl's worker heartbeat (every storage, the proxy included)."""
-    optuna.storages.fail_stale_trials(study)
+def sweep_lost_trials(storage: WorkerStorage, spec: StudySpec) -> None:
+    """Fail and retry the trials of dead workers by studyctl's worker heartbeat (every
+    storage, the proxy included). Optuna's own trial-heartbeat sweep runs inside
+    `study.optimize` at each trial start; callers outside it run that one too."""
     storage.control.fail_lost_trials(
         study_name=spec.name,
         grace_s=float(spec.worker.grace_period),
@@ -292,7 +292,7 @@ def run_trial_loop(
                     result.reason = "timeout"
                     break
                 n_trials = current_budget(storage, spec.name)
-                sweep_lost_trials(storage, study, spec)
+                sweep_lost_trials(storage, spec)
                 claim = storage.control.try_claim(
                     study_name=spec.name,
                     study_id=study._study_id,
@@ -305,6 +305,7 @@ def run_trial_loop(
                         break
                     # Other workers hold the rest of the budget; a trial of theirs may still
                     # fail (and free its slot) or go stale (and be retried here).
+                    optuna.storages.fail_stale_trials(study)
                     time.sleep(IDLE_POLL_S)
                     continue
                 runner.claim_id = claim
