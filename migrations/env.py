@@ -1,6 +1,6 @@
 """Alembic environment for studyctl's own tables.
 
-It runs only through `studyctl.schema` (which passes the connection), keeps its version in
+It runs only through `studyctl.storage.schema` (which passes the connection), keeps its version in
 `studyctl_alembic_version`, and never reads, changes or stamps Optuna's tables: Optuna keeps
 its schema version in the default `alembic_version` table and is upgraded only by Optuna.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 from alembic import context
 
-from studyctl.db import metadata
+from studyctl.storage.tables import metadata
 
 VERSION_TABLE = "studyctl_alembic_version"
 

@@ -156,7 +156,7 @@ class Bench:
     def create(self, spec: Path, url: str) -> None:
         """Create the study (as `run` would) without running a trial."""
         code = (
-            "from studyctl.sequential import prepare_study\n"
+            "from studyctl.execution.prepare import prepare_study\n"
             "from studyctl.spec import load_spec\n"
             f"prepare_study(load_spec({str(spec)!r}), {url!r}, {str(self.objectives)!r})"
         )

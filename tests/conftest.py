@@ -72,7 +72,7 @@ def prepare_sleepy_study(
 ) -> Path:
     """A study of 4 half-second steps per trial whose lost trials go stale after 3 s;
     returns its objectives folder."""
-    from studyctl.sequential import prepare_study
+    from studyctl.execution.prepare import prepare_study
     from studyctl.spec import load_spec
 
     objectives = write_objectives(tmp_path / "shared" / "objectives", SLEEPY_OBJECTIVE, "sleepy.py")

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from studyctl.sequential import prepare_study
+from studyctl.execution.prepare import prepare_study
 from studyctl.spec import load_spec
 
 from .conftest import REPO, run_cli, write_spec

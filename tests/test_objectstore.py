@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from studyctl.sequential import prepare_study
+from studyctl.execution.prepare import prepare_study
 from studyctl.spec import load_spec
 
 from .conftest import STUDYCTL, run_cli, write_objectives
@@ -33,7 +33,7 @@ def s3_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from studyctl import objectstore
+    from studyctl.artifacts import objectstore
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from studyctl.errors import StudyctlError
-from studyctl.gpus import assign_gpu_sets, parse_gpus
+from studyctl.execution.gpus import assign_gpu_sets, parse_gpus
 
 from .conftest import REPO, STUDYCTL, run_cli, write_objectives, write_spec
 

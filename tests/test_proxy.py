@@ -22,8 +22,9 @@ import pytest
 from optuna.trial import TrialState
 
 from studyctl.errors import StorageError
-from studyctl.proxy import PROXY_POOL_SIZE, connect_proxy
-from studyctl.storage import POSTGRES_MAX_OVERFLOW, open_storage
+from studyctl.storage import open_storage
+from studyctl.storage.grpc import PROXY_POOL_SIZE, connect_proxy
+from studyctl.storage.rdb import POSTGRES_MAX_OVERFLOW
 
 from .conftest import PG_DSN, STUDYCTL, prepare_sleepy_study, run_cli
 

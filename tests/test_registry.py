@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from studyctl.errors import ObjectiveError
-from studyctl.registry import FunctionObjective, KerasObjective, resolve_objective
+from studyctl.objectives import FunctionObjective, KerasObjective, resolve_objective
 
 from .conftest import REPO, run_cli, write_objectives
 

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from studyctl.sequential import prepare_study
+from studyctl.execution.prepare import prepare_study
 from studyctl.spec import load_spec
 
 from .conftest import STUDYCTL, prepare_sleepy_study, run_cli, write_objectives, write_spec

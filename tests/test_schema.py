@@ -12,9 +12,8 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from studyctl import schema
 from studyctl.cli import app
-from studyctl.storage import close_storage
+from studyctl.storage import close_storage, schema
 
 from .conftest import run_cli, write_spec
 

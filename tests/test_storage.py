@@ -11,7 +11,6 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from studyctl import db
 from studyctl.errors import StorageError
 from studyctl.storage import (
     StudyctlStorage,
@@ -20,6 +19,7 @@ from studyctl.storage import (
     open_storage,
     resolve_storage_url,
 )
+from studyctl.storage import tables as db
 
 
 def test_storage_precedence(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from studyctl.errors import ObjectiveError, SpecError, StorageError, StudyctlError
-from studyctl.registry import (
+from studyctl.objectives import (
     FunctionObjective,
     KerasObjective,
     TrainingData,

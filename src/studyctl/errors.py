@@ -1,6 +1,18 @@
-"""The one error type a user can cause, and its formatting."""
+"""Every error type studyctl raises, and the one-line form in which it shows an exception.
+
+Two families, as KerasTuner separates them:
+
+* `StudyctlError` and its kinds: an error the user can fix (a bad spec, an unknown
+  objective, an unreachable database). The CLI prints it as one line and exits with code 2.
+* Trial failure kinds: `TrialFailed` (a trial that cannot give a value) and
+  `WorkerInterrupted` (a stop signal reached a running trial). The trial is recorded FAIL
+  with its reason and the worker goes on (or stops, for a signal).
+"""
 
 from __future__ import annotations
+
+import signal
+import traceback
 
 
 class StudyctlError(Exception):
@@ -35,3 +47,26 @@ class ObjectiveError(StudyctlError):
 
 class StorageError(StudyctlError):
     """A storage that cannot be opened, reached or used at this schema version."""
+
+
+class TrialFailed(Exception):
+    """A trial that cannot give a value (NaN loss, missing metric); recorded as FAIL."""
+
+
+class WorkerInterrupted(KeyboardInterrupt):
+    """A stop signal reached the trial loop; Optuna records the running trial FAIL."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def one_line(exc: BaseException, *, with_type: bool = True) -> str:
+    """`exc` as one line for a message: ``Type: first line`` (or the message alone with
+    `with_type=False`). A SQLAlchemy error shows the driver's error it wraps."""
+    orig = getattr(exc, "orig", None) or exc
+    if with_type:
+        text = "".join(traceback.format_exception_only(orig)).strip().splitlines()
+        return text[-1] if text else type(orig).__name__
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__

@@ -1,4 +1,5 @@
-"""SIGINT/SIGTERM handling shared by the trial loop, the worker and the launcher.
+"""SIGINT/SIGTERM handling shared by the trial loop, the worker, the launcher and the Keras
+callbacks (a leaf module: it imports nothing of studyctl but its errors).
 
 In a process that trains, the first signal asks the running Keras fit to stop after the
 current batch (a safe point: the trial is then recorded "interrupted" and keeps its
@@ -14,16 +15,10 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from studyctl.errors import WorkerInterrupted
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 Handler = Callable[[int, FrameType | None], None]
-
-
-class WorkerInterrupted(KeyboardInterrupt):
-    """A stop signal reached the trial loop; Optuna records the running trial FAIL."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 @contextmanager

@@ -1,0 +1,36 @@
+"""The `studyctl` command line. Each command parses, calls one library function and formats
+the result; errors a user can cause print as one line with exit code 2.
+
+Nothing here imports TensorFlow: `studyctl --help` stays fast, and worker processes are
+started before TensorFlow exists in any parent. Commands live in `run` (trials),
+`inspect` (reading studies) and `admin` (changing or serving a storage); a new command is
+one function in one of them, registered with `@command`.
+"""
+
+from __future__ import annotations
+
+from studyctl.cli import admin, inspect, run
+from studyctl.cli._common import app
+
+__all__ = ["admin", "app", "inspect", "main", "run"]
+
+# `studyctl --help` lists the commands in the order a user meets them.
+_HELP_ORDER = (
+    *("run", "create", "resume", "worker"),
+    *("studies", "status", "trials", "best", "objectives"),
+    *("delete", "dashboard", "proxy", "report", "copy"),
+)
+
+
+def _help_rank(name: str | None) -> int:
+    return _HELP_ORDER.index(name) if name in _HELP_ORDER else len(_HELP_ORDER)
+
+
+app.registered_commands.sort(
+    key=lambda c: _help_rank(c.name or getattr(c.callback, "__name__", None))
+)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

@@ -1,0 +1,82 @@
+"""Progress lines for long work: trials done of the budget, states, best so far, ETA."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from optuna.trial import TrialState
+
+from studyctl.storage.studies import best_trials
+from studyctl.storage.tables import FINISHED_STATES, finished_count
+
+if TYPE_CHECKING:
+    import optuna
+
+    from studyctl.execution.trial_loop import TrialOutcome
+    from studyctl.storage.connect import WorkerStorage
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def best_text(study: optuna.Study) -> str:
+    """``best 0.123 (#7)``, the size of the Pareto front, or ``best -``."""
+    best = best_trials(study)
+    if len(best) == 1:
+        return f"best {_fmt(best[0].values[0])} (#{best[0].number})"
+    return f"{len(best)} on the Pareto front" if best else "best -"
+
+
+def eta_text(elapsed: float, done_here: int, remaining: int | None) -> str:
+    """`` · ETA h:mm:ss`` from the pace of the trials finished here, or nothing yet."""
+    if remaining is None or done_here <= 0:
+        return ""
+    return f" · ETA {format_duration(elapsed / done_here * max(0, remaining))}"
+
+
+class ProgressPrinter:
+    """Prints one line per finished trial with the study's totals."""
+
+    def __init__(
+        self,
+        storage: WorkerStorage,
+        study: optuna.Study,
+        n_trials: int | None,
+        echo: Callable[[str], None],
+    ) -> None:
+        self.storage = storage
+        self.study = study
+        self.n_trials = n_trials
+        self.echo = echo
+        self.started = time.monotonic()
+        self.finished_here = 0
+
+    def __call__(self, outcome: TrialOutcome) -> None:
+        counts = self.storage.control.state_counts(self.study._study_id)
+        finished = finished_count(counts)
+        if outcome.state.name in FINISHED_STATES:
+            self.finished_here += 1
+        elapsed = time.monotonic() - self.started
+        budget = "?" if self.n_trials is None else str(self.n_trials)
+        what = outcome.state.name
+        if outcome.state == TrialState.COMPLETE and outcome.values:
+            what += " " + ", ".join(_fmt(v) for v in outcome.values)
+        elif outcome.reason:
+            what += f" ({outcome.reason})"
+        remaining = None if self.n_trials is None else self.n_trials - finished
+        eta = eta_text(elapsed, self.finished_here, remaining)
+        self.echo(
+            f"trial {outcome.number:>4} {what} [{outcome.duration_s:.1f}s] | "
+            f"{finished}/{budget} finished ({counts['PRUNED']} pruned, {counts['FAIL']} failed)"
+            f" | {best_text(self.study)} | elapsed {format_duration(elapsed)}{eta}"
+        )

@@ -1,0 +1,315 @@
+"""The trial loop: claim a slot of the budget, run one trial through `study.optimize`
+(so Optuna's heartbeat covers it), record the outcome, repeat.
+
+The same loop serves `studyctl run` (in the CLI's process) and every worker process.
+TensorFlow is imported only by `studyctl.training`, when the first Keras trial trains.
+Its decisions (fatal error or not, when to stop for failures, what a finished trial's
+outcome is) are small functions, unit-tested without a database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from studyctl.errors import StudyctlError, TrialFailed, WorkerInterrupted, one_line
+from studyctl.execution.registration import WorkerRegistration
+from studyctl.objectives import KerasObjective, Objective, TrialContext
+from studyctl.signals import on_stop_signals, reset_stop, stop_at_safe_point, stop_requested
+from studyctl.spec import StudySpec
+from studyctl.storage.connect import WorkerStorage
+from studyctl.training.devices import get_strategy, warm_up
+
+# How long a worker without a claim waits before looking again while others' trials run.
+IDLE_POLL_S = 2.0
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: TrialState
+    values: list[float] | None
+    duration_s: float
+    reason: str | None = None
+
+
+@dataclass
+class LoopResult:
+    reason: str  # budget-met | timeout | max-trials | interrupted | failures | fatal
+    trials_run: int = 0
+    message: str = ""
+    signum: int | None = None
+
+
+class _TrialRunner:
+    """The function handed to `study.optimize`: links the claim, runs the objective and
+    records why a trial failed or was pruned on the trial itself."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        objective: Objective,
+        storage: WorkerStorage,
+        registration: WorkerRegistration,
+    ) -> None:
+        self.spec = spec
+        self.objective = objective
+        self.storage = storage
+        self.registration = registration
+        self.claim_id: int | None = None
+        self.last_error: BaseException | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        self.last_error = None
+        if self.claim_id is not None:
+            self.storage.control.attach_claim(self.claim_id, trial._trial_id)
+        self.registration.update(current_trial=trial.number)
+        for inherited in ("fail_reason", "traceback", "pruned_at_epoch", "resumed_from_epoch"):
+            # A retry carries its original's attributes; these describe the original only.
+            if trial.user_attrs.get(inherited) is not None:
+                trial.set_user_attr(inherited, None)
+        info = self.registration.info
+        trial.set_user_attr("worker", {**info, "worker_id": self.registration.worker_id})
+        ctx = TrialContext(
+            trial=trial,
+            spec=self.spec,
+            objective=self.objective,
+            worker=info,
+            strategy_provider=get_strategy,
+        )
+        start = time.monotonic()
+        try:
+            result: Any
+            if isinstance(self.objective, KerasObjective):
+                from studyctl.training.trial import run_keras_trial
+
+                result = run_keras_trial(ctx, self.objective)
+            else:
+                result = self.objective.func(trial, ctx)
+            return _check_result(result, self.spec)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt as exc:
+            self.last_error = exc
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        except Exception as exc:
+            self.last_error = exc
+            trial.set_user_attr("fail_reason", _failure_reason(exc)[:1000])
+            trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
+            raise
+        finally:
+            trial.set_user_attr("duration_s", round(time.monotonic() - start, 3))
+
+
+def _failure_reason(exc: BaseException) -> str:
+    if type(exc).__name__ == "ResourceExhaustedError":  # tf.errors, without importing TF
+        return f"out of memory: {one_line(exc)}"
+    return one_line(exc)
+
+
+def _check_result(result: Any, spec: StudySpec) -> float | list[float]:
+    values = list(result) if isinstance(result, list | tuple) else [result]
+    if len(values) != len(spec.directions):
+        raise TrialFailed(
+            f"objective returned {len(values)} value(s); the study has "
+            f"{len(spec.directions)} direction(s)"
+        )
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise TrialFailed(f"objective returned {v!r}; expected a number") from None
+        if f != f or f in (float("inf"), float("-inf")):
+            raise TrialFailed(f"objective returned {f}")
+        out.append(f)
+    return out[0] if len(out) == 1 else out
+
+
+def is_fatal(exc: BaseException | None) -> bool:
+    """Errors no retry can fix: the objective or its data cannot be loaded."""
+    return isinstance(exc, StudyctlError)
+
+
+def failures_in_a_row(outcome: TrialOutcome, before: int) -> int:
+    """The count of failed trials in a row after `outcome` (any other outcome resets it)."""
+    return before + 1 if outcome.state == TrialState.FAIL else 0
+
+
+def stop_after(
+    outcome: TrialOutcome, error: BaseException | None, in_a_row: int, limit: int
+) -> tuple[str, str] | None:
+    """Why the loop stops after this trial, as (reason, message), or None to go on: a
+    fatal error stops at once; other failures stop once `limit` happened in a row."""
+    if outcome.state != TrialState.FAIL:
+        return None
+    if is_fatal(error):
+        return "fatal", outcome.reason or "fatal error"
+    if in_a_row >= limit:
+        return "failures", f"{in_a_row} trials failed in a row; last: {outcome.reason}"
+    return None
+
+
+def _optimize_one(study: optuna.Study, runner: _TrialRunner) -> None:
+    """One trial through `study.optimize`, so Optuna's heartbeat covers it."""
+    # Another process may have failed this trial as stale while it ran (its retry is
+    # queued): the value cannot be stored, and the loop goes on with the next trial.
+    with contextlib.suppress(ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        # gc_after_trial off: Keras's clear_session at the next trial collects already.
+        study.optimize(runner, n_trials=1, catch=(Exception,), gc_after_trial=False)
+
+
+def _trial_outcome(t: FrozenTrial) -> TrialOutcome:
+    duration = (
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        if t.datetime_complete and t.datetime_start
+        else 0.0
+    )
+    reason = t.user_attrs.get("fail_reason")
+    if t.state == TrialState.PRUNED:
+        reason = f"pruned at epoch {t.user_attrs.get('pruned_at_epoch', t.last_step)}"
+    return TrialOutcome(
+        number=t.number, state=t.state, values=t.values, duration_s=duration, reason=reason
+    )
+
+
+def _budget_met(storage: WorkerStorage, study: optuna.Study, n_trials: int | None) -> bool:
+    if n_trials is None:
+        return False
+    return storage.control.count_finished(study._study_id) >= n_trials
+
+
+def current_budget(storage: WorkerStorage, study_name: str) -> int | None:
+    record = storage.control.study_spec(study_name)
+    return None if record is None else record["n_trials"]
+
+
+def sweep_lost_trials(storage: WorkerStorage, spec: StudySpec) -> None:
+    """Fail and retry the trials of dead workers by studyctl's worker heartbeat (every
+    storage, the proxy included). Optuna's own trial-heartbeat sweep runs inside
+    `study.optimize` at each trial start; callers outside it run that one too."""
+    storage.control.fail_lost_trials(
+        study_name=spec.name,
+        grace_s=float(spec.worker.grace_period),
+        max_retries=spec.worker.max_retries,
+    )
+
+
+def run_trial_loop(
+    storage: WorkerStorage,
+    study: optuna.Study,
+    spec: StudySpec,
+    objective: Objective,
+    registration: WorkerRegistration,
+    *,
+    max_trials: int | None = None,
+    on_trial: Callable[[TrialOutcome], None] | None = None,
+) -> LoopResult:
+    """Run trials until the study's budget is met (or timeout, max_trials, a signal, or
+    `max_consecutive_failures` failures in a row)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    runner = _TrialRunner(spec, objective, storage, registration)
+    result = LoopResult(reason="budget-met")
+    started = time.monotonic()
+    consecutive_failures = 0
+    stale_after = float(spec.worker.grace_period)
+    warmed = False
+    reset_stop()
+    with on_stop_signals(stop_at_safe_point):
+        try:
+            while True:
+                signum = stop_requested()
+                if signum is not None:
+                    raise WorkerInterrupted(signum)
+                if max_trials is not None and result.trials_run >= max_trials:
+                    result.reason = "max-trials"
+                    break
+                if spec.timeout is not None and time.monotonic() - started >= spec.timeout:
+                    result.reason = "timeout"
+                    break
+                n_trials = current_budget(storage, spec.name)
+                sweep_lost_trials(storage, spec)
+                claim = storage.control.try_claim(
+                    study_name=spec.name,
+                    study_id=study._study_id,
+                    worker_id=registration.worker_id,
+                    n_trials=n_trials,
+                    stale_after=stale_after,
+                )
+                if claim is None:
+                    if _budget_met(storage, study, n_trials):
+                        break
+                    # Other workers hold the rest of the budget; a trial of theirs may still
+                    # fail (and free its slot) or go stale (and be retried here).
+                    optuna.storages.fail_stale_trials(study)
+                    time.sleep(IDLE_POLL_S)
+                    continue
+                runner.claim_id = claim
+                trial_id: int | None = None
+                frozen: FrozenTrial | None = None
+                try:
+                    if not warmed:
+                        warmed = True
+                        warm_up(objective, spec)
+                        signum = stop_requested()
+                        if signum is not None:
+                            raise WorkerInterrupted(signum)
+                    _optimize_one(study, runner)
+                finally:
+                    trial_id = storage.control.release_claim(claim)
+                    runner.claim_id = None
+                    frozen = None if trial_id is None else storage.get_trial(trial_id)
+                    if frozen is not None:
+                        _retry_if_interrupted(storage, study, frozen)
+                if frozen is None:
+                    continue
+                outcome = _trial_outcome(frozen)
+                result.trials_run += 1
+                registration.update(
+                    trials_done=registration.trials_done + result.trials_run, current_trial=None
+                )
+                if on_trial is not None:
+                    on_trial(outcome)
+                consecutive_failures = failures_in_a_row(outcome, consecutive_failures)
+                stop = stop_after(
+                    outcome,
+                    runner.last_error,
+                    consecutive_failures,
+                    spec.worker.max_consecutive_failures,
+                )
+                if stop is not None:
+                    result.reason, result.message = stop
+                    break
+        except WorkerInterrupted as exc:
+            result.reason = "interrupted"
+            result.signum = exc.signum
+        except KeyboardInterrupt:
+            result.reason = "interrupted"
+            result.signum = signal.SIGINT  # no handler installed: not the main thread
+    return result
+
+
+def _retry_if_interrupted(storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial stopped by SIGINT/SIGTERM is queued again (same params, its learning curve
+    and checkpoint), like a trial whose worker died; within `max_retries`."""
+    callback = storage.heartbeat_stale_trial_callback
+    if (
+        trial.state == TrialState.FAIL
+        and trial.user_attrs.get("fail_reason") == "interrupted"
+        and callback is not None
+        # A lost-trial sweep may have failed (and queued) it first, just before our FAIL.
+        and not any(
+            t.system_attrs.get("retry_history", [])[-1:] == [trial.number]
+            for t in study.get_trials(deepcopy=False)
+        )
+    ):
+        callback(study, trial)

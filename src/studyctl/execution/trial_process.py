@@ -1,0 +1,114 @@
+"""The process that trains: runs up to `--max-trials` trials of one study, then exits so
+its parent (`studyctl worker`) can replace it and return TensorFlow's leaked memory.
+
+Exit codes: 0 budget met or timeout, 3 recycle (max trials reached), 1 too many failures
+in a row, 2 fatal (objective or data cannot be loaded, unknown study), 4 an unexpected error
+outside a trial (e.g. the storage went away; the worker replaces the process as after a
+crash), 128+N signal N. A trial process whose worker died stops as if sent SIGTERM: its
+trial is recorded "interrupted" and queued again, so no orphan keeps training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import time
+
+from studyctl.errors import StudyctlError
+from studyctl.storage.urls import STORAGE_ENV
+
+EXIT_DONE = 0
+EXIT_FAILURES = 1
+EXIT_FATAL = 2
+EXIT_RECYCLE = 3
+EXIT_CRASH = 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="studyctl-trial-process")
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--storage", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--max-trials", type=int, required=True)
+    parser.add_argument("--trials-done", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=None)
+    parser.add_argument("--objectives-dir", default=None)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.storage == "env:":  # the parent passes the URL in the environment, not in argv
+        args.storage = os.environ[STORAGE_ENV]
+
+    from studyctl.execution.progress import ProgressPrinter
+    from studyctl.execution.registration import WorkerRegistration
+    from studyctl.execution.trial_loop import run_trial_loop
+    from studyctl.objectives import resolve_objective
+    from studyctl.storage.connect import enable_heartbeat, open_worker_storage
+    from studyctl.storage.studies import load_stored_spec, open_study
+
+    try:
+        storage = open_worker_storage(args.storage)
+        spec = load_stored_spec(storage, args.study)
+        if args.timeout is not None:
+            spec = dataclasses.replace(spec, timeout=args.timeout)
+        w = spec.worker
+        enable_heartbeat(
+            storage,
+            interval=w.heartbeat_interval,
+            grace_period=w.grace_period,
+            max_retries=w.max_retries,
+        )
+        objective = resolve_objective(spec.objective, args.objectives_dir)
+        study = open_study(storage, spec, create=False).study
+    except StudyctlError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FATAL
+
+    registration = WorkerRegistration(
+        storage, spec.name, interval=0, worker_id=args.worker_id, trials_done=args.trials_done
+    )
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            print(line, flush=True)
+
+    printer = ProgressPrinter(storage, study, spec.n_trials, say)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    try:
+        result = run_trial_loop(
+            storage,
+            study,
+            spec,
+            objective,
+            registration,
+            max_trials=args.max_trials,
+            on_trial=printer,
+        )
+    except Exception as exc:
+        print(f"error: trial process: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CRASH
+    if result.message:
+        print(f"worker: {result.message}", file=sys.stderr, flush=True)
+    return {
+        "budget-met": EXIT_DONE,
+        "timeout": EXIT_DONE,
+        "max-trials": EXIT_RECYCLE,
+        "failures": EXIT_FAILURES,
+        "fatal": EXIT_FATAL,
+    }.get(result.reason, 128 + int(result.signum or 2))
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop at the next safe point once the worker that started this process is gone."""
+    from studyctl.signals import stop_at_safe_point
+
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    stop_at_safe_point(signal.SIGTERM, None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""`studyctl worker STUDY`: one worker that joins a study and leaves when its budget is met.
+
+The worker process itself never imports TensorFlow. It registers in ``studyctl_workers``,
+keeps the heartbeat, and runs trials in a child process (`studyctl.execution.trial_process`) that it
+replaces every `trials_per_process` trials, so TensorFlow's per-model leak is returned to
+the OS and its import is paid once per many trials. SIGINT/SIGTERM are forwarded to the
+child once; the child records its trial FAIL ("interrupted") and exits 130/143.
+A child that crashes (killed, segfault) is replaced up to `MAX_CHILD_CRASHES` times in a row.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from studyctl.artifacts import check_artifact_path
+from studyctl.execution.registration import WorkerRegistration
+from studyctl.execution.trial_process import EXIT_DONE, EXIT_FAILURES, EXIT_FATAL, EXIT_RECYCLE
+from studyctl.signals import on_stop_signals
+from studyctl.storage.connect import open_worker_storage
+from studyctl.storage.studies import load_stored_spec
+from studyctl.storage.tables import WORKER_STOPPED
+from studyctl.storage.urls import STORAGE_ENV
+from studyctl.training.devices import THREADS_ENV
+
+MAX_CHILD_CRASHES = 3
+
+
+@dataclass
+class WorkerOptions:
+    storage_url: str
+    study_name: str
+    objectives_dir: Path | None = None
+    gpus: str | None = None  # CUDA_VISIBLE_DEVICES for the trial process; None: inherit
+    threads: int | None = None
+    trials_per_process: int | None = None
+    quiet: bool = False
+
+
+def child_env(gpus: str | None, threads: int | None) -> dict[str, str]:
+    """The trial process's environment: its GPU set and thread bound, set before TF loads."""
+    env = dict(os.environ)
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus
+    if threads:
+        env[THREADS_ENV] = str(threads)
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+class _Forwarder:
+    """Forwards SIGINT/SIGTERM to the current child; remembers the first signal."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.child: subprocess.Popen[bytes] | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = self.signum or signum
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signum)
+
+
+def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
+    """Run trial processes until the budget is met; return the exit code."""
+    storage = open_worker_storage(opts.storage_url)
+    spec = load_stored_spec(storage, opts.study_name)
+    check_artifact_path(spec)
+    per_process = opts.trials_per_process or spec.worker.trials_per_process
+    started = time.monotonic()
+    registration = WorkerRegistration(
+        storage, spec.name, interval=min(10.0, spec.worker.heartbeat_interval), gpus=opts.gpus
+    )
+    crashes = 0
+    code = EXIT_DONE
+    forwarder = _Forwarder()
+    with registration, on_stop_signals(forwarder):
+        while forwarder.signum is None:
+            cmd = [
+                sys.executable,
+                "-m",
+                "studyctl.execution.trial_process",
+                "--study",
+                spec.name,
+                "--storage",
+                "env:",
+                "--worker-id",
+                registration.worker_id,
+                "--max-trials",
+                str(per_process),
+                "--trials-done",
+                str(registration.trials_done),
+            ]
+            if spec.timeout is not None:
+                cmd += ["--timeout", str(max(0.0, spec.timeout - (time.monotonic() - started)))]
+            if opts.objectives_dir is not None:
+                cmd += ["--objectives-dir", str(opts.objectives_dir)]
+            if opts.quiet:
+                cmd.append("--quiet")
+            env = child_env(opts.gpus, opts.threads)
+            env[STORAGE_ENV] = opts.storage_url  # not on the command line: ps shows it
+            forwarder.child = subprocess.Popen(cmd, env=env, start_new_session=True)
+            code = forwarder.child.wait()
+            forwarder.child = None
+            # A trial still RUNNING under this worker's claim lost its only process: fail it
+            # and queue its retry now instead of waiting for a heartbeat to go stale.
+            storage.control.fail_lost_trials(
+                study_name=spec.name,
+                grace_s=0.0,
+                max_retries=spec.worker.max_retries,
+                worker_id=registration.worker_id,
+            )
+            storage.control.release_worker_claims(registration.worker_id)
+            registration.trials_done = storage.control.worker_trials_done(registration.worker_id)
+            if code == EXIT_RECYCLE:
+                crashes = 0
+                continue
+            if code in (EXIT_DONE, EXIT_FAILURES, EXIT_FATAL) or code >= 128:
+                break
+            crashes += 1
+            echo(
+                f"worker {registration.worker_id}: trial process exited with code {code} "
+                f"({_describe(code)}); crash {crashes} of {MAX_CHILD_CRASHES}"
+            )
+            if crashes >= MAX_CHILD_CRASHES:
+                code = EXIT_FAILURES
+                break
+        if forwarder.signum is not None and code < 128:
+            code = 128 + forwarder.signum
+        registration.final_state = {EXIT_DONE: WORKER_STOPPED}.get(code, f"exit {code}")
+    return code
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return "crashed"

@@ -1,0 +1,212 @@
+"""Read-only views of studies for the inspection commands: plain dicts, ready for a table
+or for ``--format json``."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from studyctl.errors import StudyctlError
+from studyctl.spec import WorkerSpec
+from studyctl.storage import tables
+from studyctl.storage.rdb import StudyctlStorage, study_exists
+from studyctl.storage.studies import best_trials, load_stored_spec, unknown_study
+
+
+def _json_value(value: float | None) -> float | str | None:
+    if value is None:
+        return None
+    return value if math.isfinite(value) else str(value)
+
+
+def state_counts(storage: StudyctlStorage, study_id: int) -> dict[str, int]:
+    return storage.control.state_counts(study_id)
+
+
+def trial_dict(t: FrozenTrial, *, attrs: bool = True) -> dict[str, Any]:
+    duration = t.duration.total_seconds() if t.duration is not None else None
+    out: dict[str, Any] = {
+        "number": t.number,
+        "state": t.state.name,
+        "values": [_json_value(v) for v in t.values] if t.values else None,
+        "params": t.params,
+        "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+        "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+        "duration_s": duration,
+    }
+    retried = t.system_attrs.get("failed_trial")
+    if retried is not None:
+        out["retry_of"] = retried
+    if attrs:
+        out["user_attrs"] = t.user_attrs
+    return out
+
+
+def _load(storage: StudyctlStorage, name: str) -> optuna.Study:
+    if not study_exists(storage, name):
+        raise unknown_study(storage, name)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def list_studies(storage: StudyctlStorage) -> list[dict[str, Any]]:
+    out = []
+    with tables.transaction(storage.engine) as conn:
+        budgets = tables.study_budgets(conn)
+    for s in storage.get_all_studies():
+        counts = state_counts(storage, s._study_id)
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        best = best_trials(study)
+        out.append(
+            {
+                "name": s.study_name,
+                "directions": [d.name.lower() for d in s.directions],
+                "n_trials": budgets.get(s.study_name),
+                "finished": tables.finished_count(counts),
+                "states": counts,
+                "best_value": _json_value(best[0].values[0]) if len(best) == 1 else None,
+            }
+        )
+    return out
+
+
+def _grace_period(storage: StudyctlStorage, name: str) -> float:
+    """The study's own grace period (a worker silent for longer is dead), or the default
+    for a study studyctl did not create."""
+    try:
+        return float(load_stored_spec(storage, name).worker.grace_period)
+    except StudyctlError:
+        return float(WorkerSpec().grace_period)
+
+
+def study_status(
+    storage: StudyctlStorage, name: str, *, stale_after: float | None = None
+) -> dict[str, Any]:
+    """Budget, trial states, workers (alive or dead: silent for longer than `stale_after`,
+    by default the study's grace period), retries and the best trial(s)."""
+    study = _load(storage, name)
+    if stale_after is None:
+        stale_after = _grace_period(storage, name)
+    counts = state_counts(storage, study._study_id)
+    with tables.transaction(storage.engine) as conn:
+        record = tables.get_study_record(conn, name)
+        workers = tables.list_workers(conn, name)
+        now = tables.db_utcnow(conn)
+    for w in workers:
+        alive = w["state"] == tables.WORKER_RUNNING and now - w["heartbeat_at"] < timedelta(
+            seconds=stale_after
+        )
+        w["alive"] = alive
+        if w["state"] == tables.WORKER_RUNNING and not alive:
+            w["state"] = "dead"
+        for key in ("started_at", "heartbeat_at"):
+            w[key] = w[key].isoformat()
+    best = best_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    retried = [
+        {"trial": t.number, "retry_of": t.system_attrs["failed_trial"], "state": t.state.name}
+        for t in trials
+        if "failed_trial" in t.system_attrs
+    ]
+    n_trials = record["n_trials"] if record else None
+    finished = tables.finished_count(counts)
+    return {
+        "name": name,
+        "directions": [d.name.lower() for d in study.directions],
+        "metrics": study.metric_names,
+        "n_trials": n_trials,
+        "finished": finished,
+        "complete": n_trials is not None and finished >= n_trials,
+        "states": counts,
+        "best": [trial_dict(t, attrs=False) for t in best],
+        "workers": workers,
+        "retried": retried,
+    }
+
+
+def list_trials(
+    storage: StudyctlStorage, name: str, states: list[str] | None = None
+) -> list[dict[str, Any]]:
+    study = _load(storage, name)
+    wanted = tuple(TrialState[s.upper()] for s in states) if states else None
+    return [trial_dict(t) for t in study.get_trials(deepcopy=False, states=wanted)]
+
+
+def best_summary(storage: StudyctlStorage, name: str) -> list[dict[str, Any]]:
+    return [trial_dict(t) for t in best_trials(_load(storage, name))]
+
+
+def trials_csv(rows: list[dict[str, Any]]) -> str:
+    """`list_trials` rows as CSV: one column per value, parameter and user attribute
+    (non-scalar attributes as JSON)."""
+    import csv
+    import io
+    import json
+
+    n_values = max((len(r["values"] or []) for r in rows), default=1)
+    params = sorted({k for r in rows for k in r["params"]})
+    attrs = sorted({k for r in rows for k in r["user_attrs"]})
+    value_cols = ["value"] if n_values <= 1 else [f"values_{i}" for i in range(n_values)]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        [
+            "number",
+            "state",
+            *value_cols,
+            "datetime_start",
+            "datetime_complete",
+            "duration_s",
+            *(f"params_{p}" for p in params),
+            *(f"user_attrs_{a}" for a in attrs),
+        ]
+    )
+
+    def cell(v: Any) -> Any:
+        return json.dumps(v) if isinstance(v, dict | list) else ("" if v is None else v)
+
+    for r in rows:
+        values = list(r["values"] or []) + [None] * (len(value_cols) - len(r["values"] or []))
+        writer.writerow(
+            [
+                r["number"],
+                r["state"],
+                *map(cell, values),
+                cell(r["datetime_start"]),
+                cell(r["datetime_complete"]),
+                cell(r["duration_s"]),
+                *(cell(r["params"].get(p)) for p in params),
+                *(cell(r["user_attrs"].get(a)) for a in attrs),
+            ]
+        )
+    return out.getvalue()
+
+
+def export_best_model(storage: StudyctlStorage, name: str, destination: str) -> int:
+    """Copy the best trial's saved Keras model to `destination`; return the trial number."""
+    import shutil
+    from pathlib import Path
+
+    best = best_trials(_load(storage, name))
+    if len(best) != 1:
+        raise StudyctlError(
+            f"study {name!r} has no single best trial to export"
+            + (" (it has several objectives)" if best else " yet")
+        )
+    path = best[0].user_attrs.get("model_path")
+    if path and path.startswith("s3://"):
+        from studyctl.artifacts.objectstore import download
+
+        download(path, Path(destination))
+        return best[0].number
+    if not path or not Path(path).is_file():
+        where = f" (expected at {path}, on the machine that trained it)" if path else ""
+        raise StudyctlError(
+            f"best trial #{best[0].number} of study {name!r} has no saved model{where}",
+            hint="keep_best_model in the spec's [artifacts] saves it",
+        )
+    shutil.copyfile(path, destination)
+    return best[0].number

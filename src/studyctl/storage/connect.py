@@ -1,0 +1,48 @@
+"""A worker's storage: the database itself, or a `studyctl proxy` in front of it, with
+Optuna's heartbeat and stale-trial retry set for either."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeAlias
+
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from studyctl.storage.rdb import StudyctlStorage, open_storage
+
+if TYPE_CHECKING:
+    from studyctl.storage.grpc import ProxyStorage
+
+# The database itself, or a `studyctl proxy` in front of it.
+WorkerStorage: TypeAlias = "StudyctlStorage | ProxyStorage"
+
+
+def open_worker_storage(url: str) -> WorkerStorage:
+    """A worker's storage: the database itself, or a `studyctl proxy` at grpc://HOST:PORT
+    (gRPC is imported only then)."""
+    if url.startswith("grpc://"):
+        from studyctl.storage.grpc import connect_proxy
+
+        return connect_proxy(url)
+    return open_storage(url)
+
+
+def enable_heartbeat(
+    storage: WorkerStorage,
+    *,
+    interval: int,
+    grace_period: int,
+    max_retries: int,
+) -> None:
+    """Turn on Optuna's trial heartbeat; a stale trial is failed and retried (same params)
+    up to `max_retries` times. Behind the proxy, which carries no trial heartbeat, only the
+    retry is set: there studyctl's worker heartbeat finds lost trials
+    (`SqlControl.fail_lost_trials`)."""
+    # The retry resumes from its original's checkpoint, so it keeps the original's curve.
+    retry = RetryHeartbeatStaleTrialCallback(
+        max_retry=max_retries, inherit_intermediate_values=True
+    )
+    storage.heartbeat_stale_trial_callback = retry
+    if isinstance(storage, StudyctlStorage):
+        storage.heartbeat_interval = interval
+        storage.grace_period = grace_period
+        storage.failed_trial_callback = retry

@@ -1,0 +1,225 @@
+"""The operations a worker needs on studyctl's own tables, behind one interface, `Control`.
+
+`SqlControl` runs them on the database (a worker with a database URL, and the storage proxy
+on behalf of its clients); `studyctl.storage.grpc.RemoteControl` sends the same calls to a
+`studyctl proxy` over gRPC, so a worker behind the proxy holds no database connection.
+
+Every argument and result is plain JSON (numbers, strings, None, lists, dicts), and every
+heartbeat is stamped and compared on one clock, the database server's (`tables.db_utcnow`), so
+hosts whose clocks drift cannot make each other's trials look stale.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from studyctl.storage import tables as db
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+STATES = db.STATES
+
+
+# Operations a remote client may call (the proxy refuses any other name).
+OPERATIONS = (
+    "study_spec",
+    "insert_worker",
+    "update_worker",
+    "worker_trials_done",
+    "try_claim",
+    "attach_claim",
+    "release_claim",
+    "release_worker_claims",
+    "count_finished",
+    "state_counts",
+    "fail_lost_trials",
+)
+
+_UPDATABLE = {"current_trial", "trials_done", "state", "message"}
+
+
+class Control(Protocol):
+    """studyctl's operations on its own tables, as a worker makes them. Arguments and
+    results are plain JSON, so the gRPC implementation carries each call unchanged."""
+
+    def study_spec(self, study_name: str) -> dict[str, Any] | None:
+        """The study's budget and stored spec (``{"n_trials", "spec_json"}``), or None."""
+        ...
+
+    def insert_worker(
+        self, *, worker_id: str, study_name: str, host: str, pid: int, gpus: str
+    ) -> None: ...
+
+    def update_worker(self, worker_id: str, *, beat: bool = False, **values: Any) -> None:
+        """Set `values` (current_trial, trials_done, state, message); `beat` stamps the
+        heartbeat on the database's clock."""
+        ...
+
+    def worker_trials_done(self, worker_id: str) -> int: ...
+
+    def try_claim(
+        self,
+        *,
+        study_name: str,
+        study_id: int,
+        worker_id: str,
+        n_trials: int | None,
+        stale_after: float,
+    ) -> int | None:
+        """Reserve one trial of the budget; None when the budget is taken."""
+        ...
+
+    def attach_claim(self, claim_id: int, trial_id: int) -> None: ...
+
+    def release_claim(self, claim_id: int) -> int | None:
+        """Drop the claim; return the id of the trial it was attached to (if any)."""
+        ...
+
+    def release_worker_claims(self, worker_id: str) -> None: ...
+
+    def count_finished(self, study_id: int) -> int: ...
+
+    def state_counts(self, study_id: int) -> dict[str, int]: ...
+
+    def fail_lost_trials(
+        self,
+        *,
+        study_name: str,
+        grace_s: float,
+        max_retries: int,
+        worker_id: str | None = None,
+    ) -> list[int]:
+        """Fail the RUNNING trials whose worker is gone and queue their retries; return
+        the failed trials' numbers."""
+        ...
+
+
+class SqlControl(Control):
+    """`Control` on the database behind `storage` (every worker with a database URL, and
+    the storage proxy on behalf of its clients)."""
+
+    def __init__(self, storage: RDBStorage) -> None:
+        self.storage = storage
+        self.engine = storage.engine
+
+    def study_spec(self, study_name: str) -> dict[str, Any] | None:
+        with db.transaction(self.engine) as conn:
+            record = db.get_study_record(conn, study_name)
+        if record is None:
+            return None
+        return {"n_trials": record["n_trials"], "spec_json": record["spec_json"]}
+
+    def insert_worker(
+        self, *, worker_id: str, study_name: str, host: str, pid: int, gpus: str
+    ) -> None:
+        with db.transaction(self.engine) as conn:
+            db.insert_worker(
+                conn, worker_id=worker_id, study_name=study_name, host=host, pid=pid, gpus=gpus
+            )
+
+    def update_worker(self, worker_id: str, *, beat: bool = False, **values: Any) -> None:
+        unknown = set(values) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update worker field(s) {sorted(unknown)}")
+        with db.transaction(self.engine) as conn:
+            if beat:
+                values["heartbeat_at"] = db.db_utcnow(conn)
+            db.update_worker(conn, worker_id, **values)
+
+    def worker_trials_done(self, worker_id: str) -> int:
+        with db.transaction(self.engine) as conn:
+            row = db.get_worker(conn, worker_id)
+        return int(row["trials_done"]) if row else 0
+
+    def try_claim(
+        self,
+        *,
+        study_name: str,
+        study_id: int,
+        worker_id: str,
+        n_trials: int | None,
+        stale_after: float,
+    ) -> int | None:
+        with db.transaction(self.engine) as conn:
+            return db.try_claim(
+                conn,
+                study_name=study_name,
+                study_id=study_id,
+                worker_id=worker_id,
+                n_trials=n_trials,
+                stale_after=stale_after,
+            )
+
+    def attach_claim(self, claim_id: int, trial_id: int) -> None:
+        with db.transaction(self.engine) as conn:
+            db.attach_claim(conn, claim_id, trial_id)
+
+    def release_claim(self, claim_id: int) -> int | None:
+        with db.transaction(self.engine) as conn:
+            return db.release_claim(conn, claim_id)
+
+    def release_worker_claims(self, worker_id: str) -> None:
+        """Drop the claims a worker's trial process left behind (it exited or crashed); a
+        claim whose trial is still RUNNING stays until that trial is failed as lost."""
+        with db.transaction(self.engine) as conn:
+            db.release_idle_claims(conn, worker_id)
+
+    def count_finished(self, study_id: int) -> int:
+        with db.transaction(self.engine) as conn:
+            return db.count_finished_trials(conn, study_id)
+
+    def state_counts(self, study_id: int) -> dict[str, int]:
+        with db.transaction(self.engine) as conn:
+            return db.state_counts(conn, study_id)
+
+    def fail_lost_trials(
+        self,
+        *,
+        study_name: str,
+        grace_s: float,
+        max_retries: int,
+        worker_id: str | None = None,
+    ) -> list[int]:
+        """Fail the RUNNING trials whose worker is gone and queue their retries (same
+        params, the original's learning curve, so they resume from its checkpoint).
+
+        Gone means: the worker's heartbeat in ``studyctl_workers`` is older than `grace_s`,
+        or, with `worker_id`, that worker's trial process exited while its trial ran. This
+        is studyctl's own staleness rule; unlike Optuna's trial heartbeat it also works
+        for workers behind the gRPC storage proxy, which carries no heartbeat. Each
+        transition is one conditional UPDATE, so when several processes sweep at once
+        exactly one fails (and retries) each trial. Returns the failed trials' numbers.
+        """
+        with db.transaction(self.engine) as conn:
+            if worker_id is not None:
+                ids = db.lost_trial_ids(conn, study_name, worker_id=worker_id)
+            else:
+                stale_before = db.db_utcnow(conn) - timedelta(seconds=grace_s)
+                ids = db.lost_trial_ids(conn, study_name, stale_before=stale_before)
+        if not ids:
+            return []
+        study = optuna.load_study(
+            study_name=study_name, storage=self.storage, sampler=optuna.samplers.RandomSampler()
+        )
+        retry = RetryHeartbeatStaleTrialCallback(
+            max_retry=max_retries, inherit_intermediate_values=True
+        )
+        failed = []
+        for trial_id in ids:
+            try:
+                won = self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                won = False  # finished or failed by another process meanwhile
+            if not won:
+                continue
+            trial = copy.deepcopy(self.storage.get_trial(trial_id))
+            retry(study, trial)
+            failed.append(trial.number)
+        return failed

@@ -1,0 +1,262 @@
+"""Opening a database storage: Optuna's RDBStorage with atomic trial transitions, SQLite WAL,
+one storage per process, and every connection problem turned into one clear `StorageError`."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models as optuna_models
+from optuna.trial import TrialState
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from studyctl.errors import StorageError, one_line
+from studyctl.storage.control import SqlControl
+from studyctl.storage.schema import (
+    SchemaVersions,
+    current_revision,
+    ensure_schema,
+    head_revision,
+    upgrade_studyctl,
+)
+from studyctl.storage.urls import mask_url
+
+# studyctl relies on Optuna's heartbeat and stale-trial retry deliberately; their
+# "experimental" warnings would only repeat in every worker's output.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+SQLITE_BUSY_TIMEOUT_S = 60
+# Per process: Optuna's session plus its heartbeat thread, studyctl's worker heartbeat
+# thread and one spare; see docs/ARCHITECTURE.md ("Connections").
+POSTGRES_POOL_SIZE = 3
+POSTGRES_MAX_OVERFLOW = 1
+
+
+class StudyctlStorage(RDBStorage):
+    """Optuna's RDBStorage with atomic trial state transitions.
+
+    Optuna reads a trial's state and then writes the new one; on SQLite (no SELECT ... FOR
+    UPDATE) two workers can both take the same WAITING trial, or both fail the same stale
+    trial and enqueue two retries. Here the write is one conditional UPDATE, so exactly one
+    process wins each transition, on every backend.
+    """
+
+    @functools.cached_property
+    def control(self) -> SqlControl:
+        """studyctl's own tables, for the worker's claims and heartbeats."""
+        return SqlControl(self)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state == TrialState.RUNNING:
+            expected = TrialState.WAITING
+        elif state.is_finished():
+            expected = TrialState.RUNNING
+        else:
+            return super().set_trial_state_values(trial_id, state, values)
+        now = datetime.now()
+        changes: dict[str, Any] = {"state": state}
+        if state == TrialState.RUNNING:
+            changes["datetime_start"] = now
+        else:
+            changes["datetime_complete"] = now
+        trial_model = optuna_models.TrialModel
+        value_model = optuna_models.TrialValueModel
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sa.update(trial_model)
+                .where(trial_model.trial_id == trial_id, trial_model.state == expected)
+                .values(**changes)
+            )
+            won = result.rowcount == 1
+            if won:
+                for objective, value in enumerate(values or ()):
+                    stored, value_type = value_model.value_to_stored_repr(value)
+                    conn.execute(
+                        sa.insert(value_model).values(
+                            trial_id=trial_id,
+                            objective=objective,
+                            value=stored,
+                            value_type=value_type,
+                        )
+                    )
+        if not won:
+            if state == TrialState.RUNNING:
+                return False
+            if self.get_trial(trial_id).state.is_finished():
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"Trial#{trial_id} has already finished and can not be updated."
+                )
+            return super().set_trial_state_values(trial_id, state, values)
+        return True
+
+
+def _prepare_sqlite(url: sa.engine.URL, shown: str) -> None:
+    """Check the file's folder exists and switch the database to WAL (persistent)."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    folder = Path(database).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise StorageError(
+            f"cannot open SQLite storage {shown}: folder {folder} does not exist",
+            hint="create it or use another path",
+        )
+    try:
+        conn = sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"cannot open SQLite storage {shown}: {exc}") from None
+
+
+def _tune_sqlite_connections(engine: sa.Engine) -> None:
+    """synchronous=NORMAL on every connection: in WAL mode the database stays consistent
+    after a crash, and a commit no longer waits for an fsync (studyctl commits a dozen times
+    per trial); only the last commits before a power loss can be lost."""
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+    sa.event.listen(engine, "connect", on_connect)
+    engine.dispose()  # connections made before the listener reconnect with it
+
+
+def _engine_kwargs(url: sa.engine.URL, pool_size: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"hide_parameters": True}
+    if url.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+    else:
+        kwargs.update(
+            pool_size=pool_size,
+            max_overflow=POSTGRES_MAX_OVERFLOW,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+        )
+        if url.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": 10}
+    return kwargs
+
+
+_STORAGES: dict[str, StudyctlStorage] = {}
+
+
+def open_storage(
+    url: str, *, for_upgrade: bool = False, pool_size: int = POSTGRES_POOL_SIZE
+) -> StudyctlStorage:
+    """Open (once per process) the storage at `url`, creating the schema of a new database
+    and refusing one whose schema (Optuna's or studyctl's) is at another version.
+    `for_upgrade` skips both checks, for `studyctl db upgrade` only. `pool_size` bounds a
+    PostgreSQL engine's pool (plus `POSTGRES_MAX_OVERFLOW`); the storage proxy takes more.
+
+    Raises `StorageError` with the URL's password masked for every problem a user can fix.
+    """
+    if url in _STORAGES and not for_upgrade:
+        return _STORAGES[url]
+    shown = mask_url(url)
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError:
+        raise StorageError(
+            f"storage URL {shown!r} is malformed",
+            hint="expected e.g. sqlite:///studyctl.db or postgresql+psycopg://user@host/db",
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "grpc":
+        raise StorageError(
+            f"storage URL {shown!r} is a studyctl storage proxy, which serves workers only",
+            hint="give this command the database URL the proxy was started with",
+        )
+    if backend not in ("sqlite", "postgresql"):
+        raise StorageError(
+            f"storage URL {shown!r}: unsupported database {backend!r}",
+            hint="use sqlite:///PATH or postgresql+psycopg://user@host/db",
+        )
+    if backend == "sqlite":
+        _prepare_sqlite(parsed, shown)
+    try:
+        storage = StudyctlStorage(
+            url,
+            engine_kwargs=_engine_kwargs(parsed, pool_size),
+            skip_compatibility_check=for_upgrade,
+        )
+        if backend == "sqlite":
+            _tune_sqlite_connections(storage.engine)
+        if not for_upgrade:
+            ensure_schema(storage.engine, shown)
+    except sa_exc.NoSuchModuleError:
+        raise StorageError(
+            f"storage URL {shown!r}: unknown database driver {parsed.drivername!r}",
+            hint="use sqlite:///PATH or postgresql+psycopg://user@host/db",
+        ) from None
+    except ImportError as exc:
+        raise StorageError(
+            f"storage URL {shown!r}: the database driver is not installed ({exc.__cause__ or exc})"
+        ) from None
+    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+        raise StorageError(
+            f"cannot connect to storage {shown}: {one_line(exc, with_type=False)}"
+        ) from None
+    except sa_exc.SQLAlchemyError as exc:
+        raise StorageError(f"storage {shown}: {one_line(exc, with_type=False)}") from None
+    except RuntimeError as exc:
+        # Optuna's schema check: the database was written by another Optuna version.
+        raise StorageError(
+            f"storage {shown}: {one_line(exc, with_type=False)}",
+            hint=f"run `studyctl db upgrade --storage {shown}`",
+        ) from None
+    if not for_upgrade:
+        _STORAGES[url] = storage
+    return storage
+
+
+def close_storage(url: str) -> None:
+    """Forget this process's storage for `url` and close its connections."""
+    storage = _STORAGES.pop(url, None)
+    if storage is not None:
+        storage.engine.dispose()
+
+
+def schema_versions(url: str) -> SchemaVersions:
+    storage = open_storage(url, for_upgrade=True)
+    try:
+        with storage.engine.connect() as conn:
+            ours = current_revision(conn)
+        return SchemaVersions(
+            optuna_current=storage.get_current_version(),
+            optuna_head=storage.get_head_version(),
+            studyctl_current=ours,
+            studyctl_head=head_revision(),
+        )
+    finally:
+        storage.engine.dispose()
+
+
+def upgrade_storage(url: str) -> SchemaVersions:
+    """Bring Optuna's schema (through Optuna) and studyctl's (through our Alembic) to head."""
+    storage = open_storage(url, for_upgrade=True)
+    try:
+        if storage.get_current_version() != storage.get_head_version():
+            storage.upgrade()
+        upgrade_studyctl(storage.engine)
+    finally:
+        storage.engine.dispose()
+    close_storage(url)
+    return schema_versions(url)
+
+
+def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True

@@ -1,0 +1,167 @@
+"""Studies in a storage: created or loaded from a spec (sampler, pruner, budget record,
+enqueued trials), the stored spec, deletion and copies."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
+
+from studyctl.errors import StudyctlError
+from studyctl.spec import StudySpec
+from studyctl.spec.choices import build_pruner, build_sampler
+from studyctl.storage import tables
+from studyctl.storage.rdb import StudyctlStorage, study_exists
+from studyctl.storage.urls import mask_url
+
+if TYPE_CHECKING:
+    from studyctl.storage.connect import WorkerStorage
+
+
+def spec_json(spec: StudySpec) -> str:
+    return json.dumps(spec.to_dict(), sort_keys=True)
+
+
+def load_stored_spec(storage: WorkerStorage, study_name: str) -> StudySpec:
+    """The spec a study was last run with, as kept in studyctl's table."""
+    record = storage.control.study_spec(study_name)
+    if record is None:
+        if study_exists(storage, study_name):
+            raise StudyctlError(
+                f"study {study_name!r} in {mask_url(storage.url)} was not created by studyctl",
+                hint="run it once with `studyctl run SPEC` so its spec is recorded",
+            )
+        raise unknown_study(storage, study_name)
+    return StudySpec.from_dict(json.loads(record["spec_json"]))
+
+
+def unknown_study(storage: WorkerStorage, study_name: str) -> StudyctlError:
+    names = sorted(s.study_name for s in storage.get_all_studies())
+    return StudyctlError(
+        f"no study {study_name!r} in {mask_url(storage.url)}; studies there: "
+        + (", ".join(names) if names else "none")
+    )
+
+
+def _check_directions(study: optuna.Study, spec: StudySpec) -> None:
+    stored = tuple(d.name.lower() for d in study.directions)
+    if stored != spec.directions:
+        raise StudyctlError(
+            f"{spec.path}: direction: study {spec.name!r} already exists with direction(s) "
+            f"{', '.join(stored)}; the spec says {', '.join(spec.directions)}",
+            hint="use a new study name or `studyctl delete` the old study",
+        )
+
+
+@dataclass
+class OpenedStudy:
+    study: optuna.Study
+    spec: StudySpec
+    created: bool
+
+
+def _database(storage: WorkerStorage) -> StudyctlStorage:
+    if not isinstance(storage, StudyctlStorage):
+        raise StudyctlError(
+            f"{mask_url(storage.url)}: creating or changing a study needs the database URL, "
+            "not a storage proxy"
+        )
+    return storage
+
+
+def open_study(storage: WorkerStorage, spec: StudySpec, *, create: bool) -> OpenedStudy:
+    """Load the spec's study, or create it (with its budget record and enqueued trials).
+
+    A new study is deleted again if anything after its creation fails, so a failed `run`
+    leaves no half-written study behind.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler, pruner = build_sampler(spec), build_pruner(spec)
+    if study_exists(storage, spec.name):
+        study = optuna.load_study(
+            study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner
+        )
+        _check_directions(study, spec)
+        if create:
+            with tables.transaction(_database(storage).engine) as conn:
+                tables.upsert_study_record(conn, spec.name, spec.n_trials, spec_json(spec))
+        return OpenedStudy(study=study, spec=spec, created=False)
+    if not create:
+        raise unknown_study(storage, spec.name)
+    storage = _database(storage)
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        directions=[StudyDirection[d.upper()] for d in spec.directions],
+        load_if_exists=True,
+    )
+    try:
+        study.set_metric_names(list(spec.metrics))
+        study.set_user_attr("studyctl_objective", spec.objective)
+        for params in spec.enqueue:
+            study.enqueue_trial(dict(params), skip_if_exists=True)
+        with tables.transaction(storage.engine) as conn:
+            tables.upsert_study_record(conn, spec.name, spec.n_trials, spec_json(spec))
+    except BaseException:
+        optuna.delete_study(study_name=spec.name, storage=storage)
+        raise
+    return OpenedStudy(study=study, spec=spec, created=True)
+
+
+def delete_study(storage: StudyctlStorage, study_name: str) -> None:
+    if not study_exists(storage, study_name):
+        raise unknown_study(storage, study_name)
+    with tables.transaction(storage.engine) as conn:
+        tables.delete_study_records(conn, study_name)
+    optuna.delete_study(study_name=study_name, storage=storage)
+
+
+def copy_study(
+    study_name: str, source: StudyctlStorage, target: StudyctlStorage, *, overwrite: bool
+) -> int:
+    """Copy a study with all its trials (params, values, intermediate values, attributes,
+    states, times) and its studyctl record; return the number of trials copied.
+
+    An existing study of the same name in `target` is replaced only with `overwrite`; a copy
+    that fails half-way is deleted again.
+    """
+    if not study_exists(source, study_name):
+        raise unknown_study(source, study_name)
+    if study_exists(target, study_name):
+        if not overwrite:
+            raise StudyctlError(
+                f"study {study_name!r} already exists in {mask_url(target.url)}",
+                hint="pass --overwrite to replace it",
+            )
+        delete_study(target, study_name)
+    with tables.transaction(source.engine) as conn:
+        record = tables.get_study_record(conn, study_name)
+    try:
+        optuna.copy_study(from_study_name=study_name, from_storage=source, to_storage=target)
+        if record is not None:
+            with tables.transaction(target.engine) as conn:
+                tables.upsert_study_record(
+                    conn, study_name, record["n_trials"], record["spec_json"]
+                )
+    except BaseException:
+        if study_exists(target, study_name):
+            delete_study(target, study_name)
+        raise
+    return len(optuna.load_study(study_name=study_name, storage=target).trials)
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The best trial (one objective) or the Pareto front (several); empty before any
+    trial completed."""
+    try:
+        if len(study.directions) > 1:
+            return list(study.best_trials)
+        return [study.best_trial]
+    except ValueError:
+        return []

@@ -1,0 +1,324 @@
+"""studyctl's own tables (prefix ``studyctl_``), living beside Optuna's in the same database.
+
+* ``studyctl_studies``: one row per study: the budget (`n_trials`) and the spec snapshot the
+  study was created from, so that `studyctl worker` needs only a URL and a study name.
+* ``studyctl_workers``: every worker process, with host, pid, GPU set and heartbeat.
+* ``studyctl_claims``: budget reservations; a worker holds one while its trial runs.
+
+All of studyctl's SQL is here: every access goes through `transaction(engine)` and queries
+take the connection explicitly (`studyctl.storage.control` composes them into the
+operations a worker makes). The tables are created and changed only by the Alembic
+revisions in `migrations/` (`studyctl.storage.schema`); this metadata describes the head
+revision. Optuna's `trials` table is read (never written) here; its columns used here
+(trial_id, study_id, state) have not changed since Optuna's schema v3.2.0.a.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+metadata = sa.MetaData()
+
+studies_table = sa.Table(
+    "studyctl_studies",
+    metadata,
+    sa.Column("study_name", sa.String(512), primary_key=True),
+    sa.Column("n_trials", sa.Integer, nullable=True),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    # Bumped by every claim: the UPDATE takes the row lock (PostgreSQL) or the write lock
+    # (SQLite) that makes counting and reserving one atomic step.
+    sa.Column("claim_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_by", sa.String(64), nullable=False, server_default="unknown"),
+)
+
+workers_table = sa.Table(
+    "studyctl_workers",
+    metadata,
+    sa.Column("worker_id", sa.String(64), primary_key=True),
+    sa.Column("study_name", sa.String(512), nullable=False, index=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("gpus", sa.String(255), nullable=False, server_default=""),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+    sa.Column("trials_done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("current_trial", sa.Integer, nullable=True),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("message", sa.Text, nullable=True),
+)
+
+claims_table = sa.Table(
+    "studyctl_claims",
+    metadata,
+    sa.Column("claim_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_name", sa.String(512), nullable=False, index=True),
+    sa.Column("worker_id", sa.String(64), nullable=False),
+    sa.Column("trial_id", sa.Integer, nullable=True, index=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+WORKER_RUNNING = "running"
+# Trial states by name, in Optuna's order; a trial counts against the budget once finished.
+STATES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")
+FINISHED_STATES = ("COMPLETE", "PRUNED")
+WORKER_STOPPED = "stopped"
+
+
+def utcnow() -> datetime:
+    """Naive UTC, the form stored in every timestamp column."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def db_utcnow(conn: Connection) -> datetime:
+    """Naive UTC from the database server's clock (PostgreSQL), so heartbeats written by
+    workers on different hosts are stamped and compared on one clock; SQLite serves one
+    machine, whose clock this process reads."""
+    if conn.dialect.name == "postgresql":
+        value = conn.execute(sa.text("SELECT timezone('UTC', clock_timestamp())")).scalar_one()
+        return value.replace(tzinfo=None) if isinstance(value, datetime) else utcnow()
+    return utcnow()
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """The one transaction helper: commit on success, roll back on any error."""
+    with engine.begin() as conn:
+        yield conn
+
+
+# --- studies -----------------------------------------------------------------------------
+
+
+def get_study_record(conn: Connection, study_name: str) -> dict[str, Any] | None:
+    row = (
+        conn.execute(sa.select(studies_table).where(studies_table.c.study_name == study_name))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+def upsert_study_record(
+    conn: Connection, study_name: str, n_trials: int | None, spec_json: str
+) -> None:
+    now = utcnow()
+    updated = conn.execute(
+        sa.update(studies_table)
+        .where(studies_table.c.study_name == study_name)
+        .values(n_trials=n_trials, spec_json=spec_json, updated_at=now)
+    )
+    if updated.rowcount == 0:
+        conn.execute(
+            sa.insert(studies_table).values(
+                study_name=study_name,
+                n_trials=n_trials,
+                spec_json=spec_json,
+                created_at=now,
+                updated_at=now,
+                claim_seq=0,
+                created_by=_version(),
+            )
+        )
+
+
+def _version() -> str:
+    from studyctl import __version__
+
+    return f"studyctl {__version__}"
+
+
+def delete_study_records(conn: Connection, study_name: str) -> None:
+    for table in (claims_table, workers_table, studies_table):
+        conn.execute(sa.delete(table).where(table.c.study_name == study_name))
+
+
+# --- workers -----------------------------------------------------------------------------
+
+
+def insert_worker(conn: Connection, **values: Any) -> None:
+    now = db_utcnow(conn)
+    conn.execute(
+        sa.insert(workers_table).values(
+            started_at=now, heartbeat_at=now, trials_done=0, state=WORKER_RUNNING, **values
+        )
+    )
+
+
+def update_worker(conn: Connection, worker_id: str, **values: Any) -> None:
+    conn.execute(
+        sa.update(workers_table).where(workers_table.c.worker_id == worker_id).values(**values)
+    )
+
+
+def get_worker(conn: Connection, worker_id: str) -> dict[str, Any] | None:
+    row = (
+        conn.execute(sa.select(workers_table).where(workers_table.c.worker_id == worker_id))
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+def list_workers(conn: Connection, study_name: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        sa.select(workers_table)
+        .where(workers_table.c.study_name == study_name)
+        .order_by(workers_table.c.started_at)
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+# --- budget claims -----------------------------------------------------------------------
+
+
+_FINISHED_SQL = (
+    "SELECT count(*) FROM trials WHERE study_id = :sid AND state IN "
+    f"({', '.join(repr(s) for s in FINISHED_STATES)})"
+)
+# A claim counts while its trial is running (even if its worker died: the trial stays
+# RUNNING until the heartbeat marks it failed, and its retry then takes a claim of its own),
+# or, before its trial exists, while its worker is alive.
+_LIVE_CLAIMS_SQL = (
+    "SELECT count(*) FROM studyctl_claims c "
+    "LEFT JOIN trials t ON t.trial_id = c.trial_id "
+    "LEFT JOIN studyctl_workers w ON w.worker_id = c.worker_id "
+    "WHERE c.study_name = :name AND ("
+    "  (c.trial_id IS NOT NULL AND t.state IN ('RUNNING', 'WAITING'))"
+    "  OR (c.trial_id IS NULL AND w.heartbeat_at >= :stale_before))"
+)
+
+
+def count_finished_trials(conn: Connection, study_id: int) -> int:
+    return int(conn.execute(sa.text(_FINISHED_SQL), {"sid": study_id}).scalar_one())
+
+
+def count_taken(conn: Connection, study_id: int, study_name: str, stale_before: datetime) -> int:
+    """Finished trials plus live claims, read in ONE statement.
+
+    Under PostgreSQL's READ COMMITTED each statement has its own snapshot: counting finished
+    trials and live claims in two statements misses a trial that finished (and released its
+    claim) between them, and lets one trial too many start (seen: 41 of 40 with 8 workers).
+    """
+    return int(
+        conn.execute(
+            sa.text(f"SELECT ({_FINISHED_SQL}) + ({_LIVE_CLAIMS_SQL})"),
+            {"sid": study_id, "name": study_name, "stale_before": stale_before},
+        ).scalar_one()
+    )
+
+
+def try_claim(
+    conn: Connection,
+    *,
+    study_name: str,
+    study_id: int,
+    worker_id: str,
+    n_trials: int | None,
+    stale_after: float,
+) -> int | None:
+    """Reserve one trial of the budget for `worker_id`; None when the budget is taken.
+
+    The first statement updates the study's row, which serialises claims of one study on
+    both SQLite (write lock) and PostgreSQL (row lock), so the count and the insert that
+    follow cannot interleave with another worker's.
+    """
+    conn.execute(
+        sa.update(studies_table)
+        .where(studies_table.c.study_name == study_name)
+        .values(claim_seq=studies_table.c.claim_seq + 1)
+    )
+    if n_trials is not None:
+        stale_before = db_utcnow(conn) - timedelta(seconds=stale_after)
+        if count_taken(conn, study_id, study_name, stale_before) >= n_trials:
+            return None
+    result = conn.execute(
+        sa.insert(claims_table).values(
+            study_name=study_name, worker_id=worker_id, created_at=db_utcnow(conn)
+        )
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def attach_claim(conn: Connection, claim_id: int, trial_id: int) -> None:
+    conn.execute(
+        sa.update(claims_table).where(claims_table.c.claim_id == claim_id).values(trial_id=trial_id)
+    )
+
+
+def release_claim(conn: Connection, claim_id: int) -> int | None:
+    """Drop the claim; return the id of the trial it was attached to (if any)."""
+    trial_id = conn.execute(
+        sa.select(claims_table.c.trial_id).where(claims_table.c.claim_id == claim_id)
+    ).scalar_one_or_none()
+    conn.execute(sa.delete(claims_table).where(claims_table.c.claim_id == claim_id))
+    return None if trial_id is None else int(trial_id)
+
+
+def release_idle_claims(conn: Connection, worker_id: str) -> None:
+    """Drop a worker's claims whose trial is not RUNNING (or never started)."""
+    conn.execute(
+        sa.text(
+            "DELETE FROM studyctl_claims WHERE worker_id = :wid AND (trial_id IS NULL "
+            "OR trial_id NOT IN (SELECT trial_id FROM trials WHERE state = 'RUNNING'))"
+        ),
+        {"wid": worker_id},
+    )
+
+
+def state_counts(conn: Connection, study_id: int) -> dict[str, int]:
+    """Trials of the study per state name (every state present, zero when none)."""
+    counts = dict.fromkeys(STATES, 0)
+    rows = conn.execute(
+        sa.text("SELECT state, count(*) FROM trials WHERE study_id = :sid GROUP BY state"),
+        {"sid": study_id},
+    )
+    for state, n in rows:
+        counts[str(getattr(state, "name", state))] = int(n)
+    return counts
+
+
+def finished_count(counts: dict[str, int]) -> int:
+    """Trials that count against the budget, from `state_counts`."""
+    return sum(counts.get(s, 0) for s in FINISHED_STATES)
+
+
+# RUNNING trials whose claim belongs to a worker that stopped beating (or to one worker).
+_LOST_SQL = (
+    "SELECT c.trial_id FROM studyctl_claims c "
+    "JOIN trials t ON t.trial_id = c.trial_id "
+    "JOIN studyctl_workers w ON w.worker_id = c.worker_id "
+    "WHERE c.study_name = :name AND t.state = 'RUNNING' AND "
+)
+
+
+def lost_trial_ids(
+    conn: Connection,
+    study_name: str,
+    *,
+    worker_id: str | None = None,
+    stale_before: datetime | None = None,
+) -> list[int]:
+    """RUNNING trials claimed by `worker_id`, or by workers whose heartbeat is older than
+    `stale_before`."""
+    params: dict[str, Any] = {"name": study_name}
+    if worker_id is not None:
+        sql, params["wid"] = _LOST_SQL + "c.worker_id = :wid", worker_id
+    else:
+        sql, params["before"] = _LOST_SQL + "w.heartbeat_at < :before", stale_before
+    return [int(r[0]) for r in conn.execute(sa.text(sql), params)]
+
+
+def study_budgets(conn: Connection) -> dict[str, int | None]:
+    """Every studyctl study's budget (`n_trials`) by name."""
+    rows = conn.execute(sa.select(studies_table.c.study_name, studies_table.c.n_trials))
+    return {name: n for name, n in rows}
