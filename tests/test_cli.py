@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -214,13 +216,34 @@ def test_password_never_printed(tmp_path: Path) -> None:
     assert "hunter2" not in result.output and "me:***@" in result.output
 
 
-def test_every_command_has_help_and_is_in_readme() -> None:
-    readme = (REPO / "README.md").read_text()
+def _all_commands() -> list[tuple[str, ...]]:
+    """Every command as its argv prefix: top-level ones and those of each sub-app (db)."""
+    out: list[tuple[str, ...]] = []
     for command in app.registered_commands:
         assert command.callback is not None
-        name = command.name or command.callback.__name__
-        assert (command.callback.__doc__ or "").strip(), name
-        assert f"studyctl {name}" in readme, name
+        out.append((command.name or command.callback.__name__,))
+    for group in app.registered_groups:
+        assert group.typer_instance is not None and group.name is not None
+        for command in group.typer_instance.registered_commands:
+            assert command.callback is not None
+            out.append((group.name, command.name or command.callback.__name__))
+    return out
+
+
+@pytest.mark.parametrize("argv", _all_commands(), ids=" ".join)
+def test_command_has_help_and_is_in_readme(argv: tuple[str, ...]) -> None:
+    readme = (REPO / "README.md").read_text()
+    result = runner.invoke(app, [*argv, "--help"])
+    assert result.exit_code == 0, result.output
+    summary = result.output.split("Usage:", 1)[1]
+    # The help shows the command's own docstring, not an empty description.
+    assert len([line for line in summary.splitlines() if line.strip()]) > 2, result.output
+    assert f"studyctl {' '.join(argv)}" in readme, argv
+
+
+def test_every_command_is_checked() -> None:
+    names = {" ".join(a) for a in _all_commands()}
+    assert {"run", "status", "db upgrade", "db current", "proxy"} <= names
 
 
 def test_entry_point_subprocess(tmp_path: Path, sqlite_url: str, objectives_dir: Path) -> None:
@@ -242,22 +265,58 @@ def test_entry_point_subprocess(tmp_path: Path, sqlite_url: str, objectives_dir:
     assert json.loads(result.stdout)["study"]["finished"] == 2
 
 
-def test_help_does_not_import_tensorflow(tmp_path: Path) -> None:
-    code = (
-        "import sys\nfrom studyctl.cli import app\n"
-        "from typer.testing import CliRunner\n"
-        "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0\n"
-        "for cmd in ('run', 'status', 'trials'):\n"
-        "    assert CliRunner().invoke(app, [cmd, '--help']).exit_code == 0\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('tensorflow', 'keras')))\n"
-    )
-    import subprocess
+_NO_TF = """
+import sys
+from typer.testing import CliRunner
+from studyctl.cli import app
 
+argv = sys.argv[1:]
+result = CliRunner().invoke(app, argv)
+assert result.exit_code == 0, result.output
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")))
+"""
+
+INSPECTION = [
+    "--help",
+    "run --help",
+    "status --help",
+    "studies",
+    "status quad",
+    "trials quad",
+    "trials quad --format csv",
+    "best quad",
+    "objectives",
+    "report quad -o report.html",
+    "db current",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_quad(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a finished 2-trial study in studyctl.db and its objectives."""
+    from .conftest import write_objectives
+
+    folder = tmp_path_factory.mktemp("inspect")
+    write_objectives(folder / "objectives")
+    spec = quad_spec(folder, 2)
+    out = run_cli(["run", str(spec), "-q"], cwd=folder)
+    assert out.returncode == 0, out.stderr
+    return folder
+
+
+@pytest.mark.parametrize("cmd", INSPECTION)
+def test_inspection_does_not_import_tensorflow(finished_quad: Path, cmd: str) -> None:
+    """Every inspection command, run on a real study, leaves TensorFlow and Keras
+    unimported (each in a fresh interpreter)."""
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+        [sys.executable, "-c", _NO_TF, *cmd.split()],
+        capture_output=True,
+        text=True,
+        cwd=finished_quad,
+        env={**os.environ, "STUDYCTL_STORAGE": "sqlite:///studyctl.db"},
     )
-    assert out.stdout.strip() == "[]"
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("cmd", ["studies", "status quad", "trials quad", "best quad"])

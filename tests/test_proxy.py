@@ -7,6 +7,7 @@ the proxy's bounded pool, however many workers there are.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -154,19 +155,28 @@ def test_four_workers_through_the_proxy_one_killed(tmp_path: Path, postgres_url:
 
 @pytest.mark.slow
 def test_connections_with_and_without_the_proxy(tmp_path: Path, postgres_url: str) -> None:
-    """The same 4 workers, straight on PostgreSQL: each process holds its own pool."""
+    """The same 4 workers, first through the proxy, then straight on PostgreSQL (each
+    process with its own pool): the proxy bounds the connections, and holds fewer."""
     database = postgres_url.rsplit("/", 1)[1]
-    objectives = _prepare(tmp_path, "direct", postgres_url)
-    with peak_connections(database) as peak:
-        workers = _workers(4, "direct", postgres_url, objectives, tmp_path)
-        outs = [w.communicate(timeout=180)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0] * 4, outs
-    direct = peak[0]
-    trials = optuna.load_study(study_name="direct", storage=postgres_url).trials
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == N_TRIALS
+    peaks: dict[str, int] = {}
+    for name in ("proxied", "direct"):
+        objectives = _prepare(tmp_path / name, name, postgres_url)
+        with contextlib.ExitStack() as stack:
+            url = postgres_url
+            if name == "proxied":
+                url = stack.enter_context(running_proxy(postgres_url, tmp_path))
+            peak = stack.enter_context(peak_connections(database))
+            workers = _workers(4, name, url, objectives, tmp_path)
+            outs = [w.communicate(timeout=180)[0] for w in workers]
+        assert [w.returncode for w in workers] == [0] * 4, outs
+        peaks[name] = peak[0]
+        trials = optuna.load_study(study_name=name, storage=postgres_url).trials
+        assert sum(t.state == TrialState.COMPLETE for t in trials) == N_TRIALS
+    print(f"4 workers: peak PostgreSQL connections {peaks}")
+    assert 0 < peaks["proxied"] <= PROXY_POOL_SIZE + POSTGRES_MAX_OVERFLOW
     # worker + trial process per worker, each with a pool of at most 3 + 1
-    assert 4 < direct <= 4 * 2 * 4
-    print(f"4 workers straight on PostgreSQL: peak connections {direct}")
+    assert 4 < peaks["direct"] <= 4 * 2 * 4
+    assert peaks["proxied"] < peaks["direct"]
 
 
 def test_proxy_errors_are_one_line(tmp_path: Path, sqlite_url: str) -> None:
