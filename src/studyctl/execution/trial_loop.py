@@ -111,7 +111,9 @@ class _TrialRunner:
 
 
 def _failure_reason(exc: BaseException) -> str:
-    if type(exc).__name__ == "ResourceExhaustedError":  # tf.errors, without importing TF
+    # TensorFlow's ResourceExhaustedError, or JAX's XlaRuntimeError "RESOURCE_EXHAUSTED: Out
+    # of memory ...", recognised without importing either framework.
+    if type(exc).__name__ == "ResourceExhaustedError" or str(exc).startswith("RESOURCE_EXHAUSTED"):
         return f"out of memory: {one_line(exc)}"
     return one_line(exc)
 
