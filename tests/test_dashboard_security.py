@@ -1,0 +1,266 @@
+"""`studyctl dashboard` is safe to open: Host allow-list (DNS rebinding), same-origin
+writes, artifacts as sandboxed attachments, a per-start token, --read-only; over HTTP
+against the real server, and in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from .conftest import STUDYCTL, run_cli
+from .test_dashboard import free_port
+
+EVIL_HTML = "<html><body><script>document.body.innerHTML = 'PWNED-' + 'BY-SCRIPT';</script>"
+EVIL_HTML += "<p>inert</p></body></html>"
+
+
+@dataclass
+class Dashboard:
+    port: int
+    token: str | None
+    proc: subprocess.Popen[str]
+    first_line: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+        auth: bool = True,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request, redirects not followed; the token goes as a header when `auth`."""
+        sent = {"Host": f"127.0.0.1:{self.port}"}
+        if auth and self.token:
+            sent["Authorization"] = f"Token {self.token}"
+        sent.update(headers or {})
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            sent.setdefault("Content-Type", "application/json")
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=data, headers=sent)
+            response = conn.getresponse()
+            return (
+                response.status,
+                {k.lower(): v for k, v in response.getheaders()},
+                response.read(),
+            )
+        finally:
+            conn.close()
+
+
+@contextmanager
+def serve(url: str, cwd: Path, *args: str) -> Iterator[Dashboard]:
+    """`studyctl dashboard` in a subprocess; yields once it answers, with the token from the
+    URL it printed (None when it printed none)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*STUDYCTL, "dashboard", "-s", url, "--port", str(port), *args],
+        cwd=cwd,
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"[?&]token=([A-Za-z0-9_\-]+)", line)
+        board = Dashboard(port, match.group(1) if match else None, proc, line)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                board.request("GET", "/api/meta")
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError(line + proc.stdout.read()) from None
+                time.sleep(0.2)
+        yield board
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def study_url(tmp_path: Path, sqlite_url: str, objectives_dir: Path) -> str:
+    spec = tmp_path / "d.toml"
+    spec.write_text(
+        'name = "guarded"\nobjective = "quadratic"\nn_trials = 2\n[sampler]\ntype = "random"\n'
+    )
+    ran = run_cli(
+        ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(objectives_dir), "-q"],
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    return sqlite_url
+
+
+def _study_id(url: str) -> int:
+    return optuna.load_study(study_name="guarded", storage=url)._study_id
+
+
+def _exists(url: str) -> bool:
+    return "guarded" in optuna.get_all_study_names(storage=url)
+
+
+def test_rebound_host_name_is_refused(tmp_path: Path, study_url: str) -> None:
+    with serve(study_url, tmp_path) as board:
+        sid = _study_id(study_url)
+        evil = {"Host": f"evil.example:{board.port}"}
+        status, _, body = board.request("GET", "/api/studies", headers=evil)
+        assert status == 403 and b"not allowed" in body
+        status, _, _ = board.request("DELETE", f"/api/studies/{sid}", headers=evil)
+        assert status == 403
+        assert _exists(study_url)
+        for allowed in (f"localhost:{board.port}", f"127.0.0.1:{board.port}"):
+            assert board.request("GET", "/api/studies", headers={"Host": allowed})[0] == 200
+
+
+def test_cross_origin_writes_are_refused(tmp_path: Path, study_url: str) -> None:
+    with serve(study_url, tmp_path) as board:
+        sid = _study_id(study_url)
+        for headers in (
+            {"Origin": "http://evil.example"},
+            {"Origin": f"http://127.0.0.1:{board.port + 1}"},
+            {"Referer": "http://evil.example/page"},
+            {"Sec-Fetch-Site": "cross-site"},
+        ):
+            status, _, body = board.request("DELETE", f"/api/studies/{sid}", headers=headers)
+            assert status == 403, (headers, body)
+        assert _exists(study_url)
+        own = {"Origin": board.base, "Sec-Fetch-Site": "same-origin"}
+        status, _, _ = board.request(
+            "POST", f"/api/studies/{sid}/rename", headers=own, body={"study_name": "renamed"}
+        )
+        assert status == 201
+        assert optuna.get_all_study_names(storage=study_url) == ["renamed"]
+
+
+@pytest.mark.parametrize(
+    ("filename", "mime"), [("x.html", "text/html"), ("x.svg", "image/svg+xml")]
+)
+def test_uploaded_artifacts_are_sandboxed_attachments(
+    tmp_path: Path, study_url: str, filename: str, mime: str
+) -> None:
+    with serve(study_url, tmp_path) as board:
+        sid = _study_id(study_url)
+        data = base64.b64encode(EVIL_HTML.encode()).decode()
+        status, _, body = board.request(
+            "POST",
+            f"/api/artifacts/{sid}",
+            headers={"Origin": board.base},
+            body={"file": f"data:{mime};base64,{data}", "filename": filename},
+        )
+        assert status == 201, body
+        artifact_id = json.loads(body)["artifact_id"]
+        status, headers, content = board.request("GET", f"/artifacts/{sid}/{artifact_id}")
+    assert status == 200 and content == EVIL_HTML.encode()
+    assert headers["content-disposition"].startswith("attachment")
+    assert headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in headers["content-security-policy"]
+    assert "access-control-allow-origin" not in headers
+
+
+def test_token_is_required_and_traded_for_a_cookie(tmp_path: Path, study_url: str) -> None:
+    with serve(study_url, tmp_path) as board:
+        assert board.token, board.first_line
+        assert board.first_line.count(board.token) == 1
+        status, _, body = board.request("GET", "/api/studies", auth=False)
+        assert status == 403 and b"token" in body
+        wrong = {"Authorization": "Token not-the-token"}
+        assert board.request("GET", "/api/studies", headers=wrong, auth=False)[0] == 403
+        status, headers, _ = board.request(
+            "GET", f"/dashboard/studies/1?token={board.token}", auth=False
+        )
+        assert status == 302 and headers["location"] == "/dashboard/studies/1"
+        cookie = headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        jar = {"Cookie": cookie.split(";", 1)[0]}
+        status, _, body = board.request("GET", "/api/studies", headers=jar, auth=False)
+        assert status == 200 and b"guarded" in body
+
+
+def test_token_file_and_no_token_only_on_loopback(tmp_path: Path, study_url: str) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("a-token-from-a-file-0123456789\n")
+    token_file.chmod(0o600)
+    with serve(study_url, tmp_path, "--token-file", str(token_file)) as board:
+        assert board.token == "a-token-from-a-file-0123456789"
+    with serve(study_url, tmp_path, "--no-token") as board:
+        assert board.token is None
+        assert board.request("GET", "/api/studies")[0] == 200
+    refused = run_cli(
+        ["dashboard", "-s", study_url, "--host", "0.0.0.0", "--no-token", "--port", "1"],
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: ") and "--no-token" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_read_only_refuses_every_write(tmp_path: Path, study_url: str) -> None:
+    with serve(study_url, tmp_path, "--read-only") as board:
+        sid = _study_id(study_url)
+        own = {"Origin": board.base}
+        assert board.request("GET", f"/api/studies/{sid}")[0] == 200
+        for method, path, body in (
+            ("DELETE", f"/api/studies/{sid}", None),
+            ("POST", "/api/studies", {"study_name": "new", "directions": ["minimize"]}),
+            ("PUT", f"/api/studies/{sid}/note", {"version": 1, "body": "x"}),
+        ):
+            status, _, text = board.request(method, path, headers=own, body=body)
+            assert status == 403 and b"read-only" in text
+    assert optuna.get_all_study_names(storage=study_url) == ["guarded"]
+
+
+@pytest.mark.slow
+def test_browser_renders_with_the_token_and_artifacts_never_run(
+    tmp_path: Path, study_url: str
+) -> None:
+    from .test_browser import chromium, page_text
+
+    with serve(study_url, tmp_path) as board:
+        sid = _study_id(study_url)
+        data = base64.b64encode(EVIL_HTML.encode()).decode()
+        status, _, body = board.request(
+            "POST",
+            f"/api/artifacts/{sid}",
+            headers={"Origin": board.base},
+            body={"file": f"data:text/html;base64,{data}", "filename": "x.html"},
+        )
+        assert status == 201, body
+        artifact_id = json.loads(body)["artifact_id"]
+        page = f"{board.base}/dashboard/studies/{sid}?token={board.token}"
+        rendered, _ = page_text([*chromium(), page], tmp_path / "p1")
+        refused, _ = page_text([*chromium(), f"{board.base}/dashboard/"], tmp_path / "p2")
+        artifact = f"{board.base}/artifacts/{sid}/{artifact_id}?token={board.token}"
+        opened, _ = page_text([*chromium(), artifact], tmp_path / "p3")
+    assert "guarded" in rendered and "2 Trials" not in refused
+    assert "needs its token" in refused
+    assert "PWNED-BY-SCRIPT" not in opened
