@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 import pytest
 
-from .conftest import STUDYCTL, run_cli
+from .conftest import STUDYCTL, run_cli, write_objectives
 from .test_dashboard import free_port
 
 EVIL_HTML = "<html><body><script>document.body.innerHTML = 'PWNED-' + 'BY-SCRIPT';</script>"
@@ -106,18 +106,33 @@ def serve(url: str, cwd: Path, *args: str) -> Iterator[Dashboard]:
             proc.wait()
 
 
-@pytest.fixture
-def study_url(tmp_path: Path, sqlite_url: str, objectives_dir: Path) -> str:
-    spec = tmp_path / "d.toml"
+def _make_study(folder: Path) -> str:
+    url = f"sqlite:///{folder / 'studies.db'}"
+    objectives = write_objectives(folder / "objectives")
+    spec = folder / "d.toml"
     spec.write_text(
         'name = "guarded"\nobjective = "quadratic"\nn_trials = 2\n[sampler]\ntype = "random"\n'
     )
     ran = run_cli(
-        ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(objectives_dir), "-q"],
-        cwd=tmp_path,
+        ["run", str(spec), "-s", url, "--objectives-dir", str(objectives), "-q"], cwd=folder
     )
     assert ran.returncode == 0, ran.stderr
-    return sqlite_url
+    return url
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Dashboard]]:
+    """One study and one dashboard with the default settings, for the tests that only
+    read or that make changes the others do not look at."""
+    folder = tmp_path_factory.mktemp("dashboard")
+    url = _make_study(folder)
+    with serve(url, folder) as board:
+        yield url, board
+
+
+@pytest.fixture
+def study_url(tmp_path: Path) -> str:
+    return _make_study(tmp_path)
 
 
 def _study_id(url: str) -> int:
@@ -128,57 +143,56 @@ def _exists(url: str) -> bool:
     return "guarded" in optuna.get_all_study_names(storage=url)
 
 
-def test_rebound_host_name_is_refused(tmp_path: Path, study_url: str) -> None:
-    with serve(study_url, tmp_path) as board:
-        sid = _study_id(study_url)
-        evil = {"Host": f"evil.example:{board.port}"}
-        status, _, body = board.request("GET", "/api/studies", headers=evil)
-        assert status == 403 and b"not allowed" in body
-        status, _, _ = board.request("DELETE", f"/api/studies/{sid}", headers=evil)
-        assert status == 403
-        assert _exists(study_url)
-        for allowed in (f"localhost:{board.port}", f"127.0.0.1:{board.port}"):
-            assert board.request("GET", "/api/studies", headers={"Host": allowed})[0] == 200
+def test_rebound_host_name_is_refused(shared: tuple[str, Dashboard]) -> None:
+    study_url, board = shared
+    sid = _study_id(study_url)
+    evil = {"Host": f"evil.example:{board.port}"}
+    status, _, body = board.request("GET", "/api/studies", headers=evil)
+    assert status == 403 and b"not allowed" in body
+    status, _, _ = board.request("DELETE", f"/api/studies/{sid}", headers=evil)
+    assert status == 403
+    assert _exists(study_url)
+    for allowed in (f"localhost:{board.port}", f"127.0.0.1:{board.port}"):
+        assert board.request("GET", "/api/studies", headers={"Host": allowed})[0] == 200
 
 
-def test_cross_origin_writes_are_refused(tmp_path: Path, study_url: str) -> None:
-    with serve(study_url, tmp_path) as board:
-        sid = _study_id(study_url)
-        for headers in (
-            {"Origin": "http://evil.example"},
-            {"Origin": f"http://127.0.0.1:{board.port + 1}"},
-            {"Referer": "http://evil.example/page"},
-            {"Sec-Fetch-Site": "cross-site"},
-        ):
-            status, _, body = board.request("DELETE", f"/api/studies/{sid}", headers=headers)
-            assert status == 403, (headers, body)
-        assert _exists(study_url)
-        own = {"Origin": board.base, "Sec-Fetch-Site": "same-origin"}
-        status, _, _ = board.request(
-            "POST", f"/api/studies/{sid}/rename", headers=own, body={"study_name": "renamed"}
-        )
-        assert status == 201
-        assert optuna.get_all_study_names(storage=study_url) == ["renamed"]
+def test_cross_origin_writes_are_refused(shared: tuple[str, Dashboard]) -> None:
+    study_url, board = shared
+    sid = _study_id(study_url)
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": f"http://127.0.0.1:{board.port + 1}"},
+        {"Referer": "http://evil.example/page"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ):
+        status, _, body = board.request("DELETE", f"/api/studies/{sid}", headers=headers)
+        assert status == 403, (headers, body)
+    assert _exists(study_url)
+    own = {"Origin": board.base, "Sec-Fetch-Site": "same-origin"}
+    new = {"study_name": "made-by-the-page", "directions": ["minimize"]}
+    status, _, _ = board.request("POST", "/api/studies", headers=own, body=new)
+    assert status == 201
+    assert "made-by-the-page" in optuna.get_all_study_names(storage=study_url)
 
 
 @pytest.mark.parametrize(
     ("filename", "mime"), [("x.html", "text/html"), ("x.svg", "image/svg+xml")]
 )
 def test_uploaded_artifacts_are_sandboxed_attachments(
-    tmp_path: Path, study_url: str, filename: str, mime: str
+    shared: tuple[str, Dashboard], filename: str, mime: str
 ) -> None:
-    with serve(study_url, tmp_path) as board:
-        sid = _study_id(study_url)
-        data = base64.b64encode(EVIL_HTML.encode()).decode()
-        status, _, body = board.request(
-            "POST",
-            f"/api/artifacts/{sid}",
-            headers={"Origin": board.base},
-            body={"file": f"data:{mime};base64,{data}", "filename": filename},
-        )
-        assert status == 201, body
-        artifact_id = json.loads(body)["artifact_id"]
-        status, headers, content = board.request("GET", f"/artifacts/{sid}/{artifact_id}")
+    study_url, board = shared
+    sid = _study_id(study_url)
+    data = base64.b64encode(EVIL_HTML.encode()).decode()
+    status, _, body = board.request(
+        "POST",
+        f"/api/artifacts/{sid}",
+        headers={"Origin": board.base},
+        body={"file": f"data:{mime};base64,{data}", "filename": filename},
+    )
+    assert status == 201, body
+    artifact_id = json.loads(body)["artifact_id"]
+    status, headers, content = board.request("GET", f"/artifacts/{sid}/{artifact_id}")
     assert status == 200 and content == EVIL_HTML.encode()
     assert headers["content-disposition"].startswith("attachment")
     assert headers["x-content-type-options"] == "nosniff"
@@ -186,23 +200,23 @@ def test_uploaded_artifacts_are_sandboxed_attachments(
     assert "access-control-allow-origin" not in headers
 
 
-def test_token_is_required_and_traded_for_a_cookie(tmp_path: Path, study_url: str) -> None:
-    with serve(study_url, tmp_path) as board:
-        assert board.token, board.first_line
-        assert board.first_line.count(board.token) == 1
-        status, _, body = board.request("GET", "/api/studies", auth=False)
-        assert status == 403 and b"token" in body
-        wrong = {"Authorization": "Token not-the-token"}
-        assert board.request("GET", "/api/studies", headers=wrong, auth=False)[0] == 403
-        status, headers, _ = board.request(
-            "GET", f"/dashboard/studies/1?token={board.token}", auth=False
-        )
-        assert status == 302 and headers["location"] == "/dashboard/studies/1"
-        cookie = headers["set-cookie"]
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-        jar = {"Cookie": cookie.split(";", 1)[0]}
-        status, _, body = board.request("GET", "/api/studies", headers=jar, auth=False)
-        assert status == 200 and b"guarded" in body
+def test_token_is_required_and_traded_for_a_cookie(shared: tuple[str, Dashboard]) -> None:
+    _, board = shared
+    assert board.token, board.first_line
+    assert board.first_line.count(board.token) == 1
+    status, _, body = board.request("GET", "/api/studies", auth=False)
+    assert status == 403 and b"token" in body
+    wrong = {"Authorization": "Token not-the-token"}
+    assert board.request("GET", "/api/studies", headers=wrong, auth=False)[0] == 403
+    status, headers, _ = board.request(
+        "GET", f"/dashboard/studies/1?token={board.token}", auth=False
+    )
+    assert status == 302 and headers["location"] == "/dashboard/studies/1"
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    jar = {"Cookie": cookie.split(";", 1)[0]}
+    status, _, body = board.request("GET", "/api/studies", headers=jar, auth=False)
+    assert status == 200 and b"guarded" in body
 
 
 def test_token_file_and_no_token_only_on_loopback(tmp_path: Path, study_url: str) -> None:
@@ -241,26 +255,26 @@ def test_read_only_refuses_every_write(tmp_path: Path, study_url: str) -> None:
 
 @pytest.mark.slow
 def test_browser_renders_with_the_token_and_artifacts_never_run(
-    tmp_path: Path, study_url: str
+    tmp_path: Path, shared: tuple[str, Dashboard]
 ) -> None:
     from .test_browser import chromium, page_text
 
-    with serve(study_url, tmp_path) as board:
-        sid = _study_id(study_url)
-        data = base64.b64encode(EVIL_HTML.encode()).decode()
-        status, _, body = board.request(
-            "POST",
-            f"/api/artifacts/{sid}",
-            headers={"Origin": board.base},
-            body={"file": f"data:text/html;base64,{data}", "filename": "x.html"},
-        )
-        assert status == 201, body
-        artifact_id = json.loads(body)["artifact_id"]
-        page = f"{board.base}/dashboard/studies/{sid}?token={board.token}"
-        rendered, _ = page_text([*chromium(), page], tmp_path / "p1")
-        refused, _ = page_text([*chromium(), f"{board.base}/dashboard/"], tmp_path / "p2")
-        artifact = f"{board.base}/artifacts/{sid}/{artifact_id}?token={board.token}"
-        opened, _ = page_text([*chromium(), artifact], tmp_path / "p3")
+    study_url, board = shared
+    sid = _study_id(study_url)
+    data = base64.b64encode(EVIL_HTML.encode()).decode()
+    status, _, body = board.request(
+        "POST",
+        f"/api/artifacts/{sid}",
+        headers={"Origin": board.base},
+        body={"file": f"data:text/html;base64,{data}", "filename": "x.html"},
+    )
+    assert status == 201, body
+    artifact_id = json.loads(body)["artifact_id"]
+    page = f"{board.base}/dashboard/studies/{sid}?token={board.token}"
+    rendered, _ = page_text([*chromium(), page], tmp_path / "p1")
+    refused, _ = page_text([*chromium(), f"{board.base}/dashboard/"], tmp_path / "p2")
+    artifact = f"{board.base}/artifacts/{sid}/{artifact_id}?token={board.token}"
+    opened, _ = page_text([*chromium(), artifact], tmp_path / "p3")
     assert "guarded" in rendered and "2 Trials" not in refused
     assert "needs its token" in refused
     assert "PWNED-BY-SCRIPT" not in opened
