@@ -1,7 +1,7 @@
 """Drop credentials from the storage URLs kept in studies' spec snapshots.
 
 Earlier versions stored a spec's `storage` as written, password included; studyctl now
-stores URLs without credentials (`studyctl.credentials.scrub_url`), and this revision
+stores URLs without credentials (`studyctl.storage.urls.scrub_url`), and this revision
 scrubs the rows written before. Every string in the snapshot that is a URL with a password
 or a secret query parameter is scrubbed, wherever it sits. The downgrade keeps the scrubbed
 values: a removed password cannot be put back.
@@ -13,13 +13,10 @@ Create Date: 2026-11-29
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import sqlalchemy as sa
 from alembic import op
 
-from studyctl.credentials import has_secret, scrub_url
+from studyctl.storage.urls import scrub_spec_json
 
 revision = "0003"
 down_revision = "0002"
@@ -27,31 +24,15 @@ branch_labels = None
 depends_on = None
 
 
-def scrub_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return scrub_url(value) if "://" in value and has_secret(value) else value
-    if isinstance(value, list):
-        return [scrub_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: scrub_value(v) for k, v in value.items()}
-    return value
-
-
 def upgrade() -> None:
     conn = op.get_bind()
     studies = sa.table("studyctl_studies", sa.column("study_name"), sa.column("spec_json"))
     rows = conn.execute(sa.select(studies.c.study_name, studies.c.spec_json)).all()
     for name, raw in rows:
-        try:
-            spec = json.loads(raw)
-        except ValueError:
-            continue  # not JSON: never written by studyctl, left as it is
-        scrubbed = scrub_value(spec)
-        if scrubbed != spec:
+        scrubbed = scrub_spec_json(raw)
+        if scrubbed != raw:
             conn.execute(
-                sa.update(studies)
-                .where(studies.c.study_name == name)
-                .values(spec_json=json.dumps(scrubbed, sort_keys=True))
+                sa.update(studies).where(studies.c.study_name == name).values(spec_json=scrubbed)
             )
 
 

@@ -21,7 +21,6 @@ artifacts inline with ``Access-Control-Allow-Origin: *``. Every request passes h
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import secrets
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -54,16 +53,6 @@ _DROPPED_HEADERS = frozenset(
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
-
-
-def is_loopback(address: str) -> bool:
-    name = address.strip("[]").lower()
-    if name in LOOPBACK_NAMES or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def allowed_hosts(bound: str, extra: Sequence[str] = ()) -> frozenset[str]:
