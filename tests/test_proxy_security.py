@@ -221,3 +221,34 @@ def test_tls_and_token_workers_see_one_clear_line(
     assert good.returncode == 0, good.stdout + good.stderr
     study = optuna.load_study(study_name="tls-study", storage=sqlite_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+
+
+def test_cmaes_workers_are_sent_to_the_database(
+    tmp_path: Path, sqlite_url: str, objectives_dir: Path
+) -> None:
+    spec = write_spec(
+        tmp_path / "cma.toml",
+        """
+        name = "cma-study"
+        objective = "quadratic"
+        n_trials = 2
+        [sampler]
+        type = "cmaes"
+        """,
+    )
+    made = run_cli(
+        ["create", str(spec), "-s", sqlite_url, "--objectives-dir", str(objectives_dir)],
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stderr
+    with proxy(sqlite_url, tmp_path) as port:
+        url = f"grpc://127.0.0.1:{port}"
+        refused = run_cli(
+            ["worker", "cma-study", "-s", url, "-q", "--objectives-dir", str(objectives_dir)],
+            cwd=tmp_path,
+            timeout=120,
+        )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "cmaes" in refused.stderr and "database URL" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert optuna.load_study(study_name="cma-study", storage=sqlite_url).trials == []
