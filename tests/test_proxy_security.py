@@ -140,28 +140,23 @@ def test_clients_cannot_delete_studies_or_write_cmaes_state(
     assert not any(k.startswith("cma") for t in stored.trials for k in t.system_attrs)
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "words"),
-    [
-        ({"study_name": "guarded", "grace_s": 0.0, "max_retries": 1}, "grace_s must be at least"),
-        ({"study_name": "guarded", "grace_s": -5, "max_retries": 1}, "grace_s must be at least"),
-        ({"study_name": 5, "grace_s": 60.0, "max_retries": 1}, "study_name must be a string"),
-        ({"study_name": "guarded", "grace_s": 60.0, "max_retries": "1"}, "must be an integer"),
-        ({"study_name": "guarded", "grace_s": 60.0, "max_retries": 1, "x": 1}, "unknown"),
-    ],
-)
-def test_control_arguments_are_checked(
-    tmp_path: Path,
-    sqlite_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    kwargs: dict[str, object],
-    words: str,
-) -> None:
+BAD_CALLS: list[tuple[dict[str, object], str]] = [
+    ({"study_name": "guarded", "grace_s": 0.0, "max_retries": 1}, "grace_s must be at least"),
+    ({"study_name": "guarded", "grace_s": -5, "max_retries": 1}, "grace_s must be at least"),
+    ({"study_name": 5, "grace_s": 60.0, "max_retries": 1}, "study_name must be a string"),
+    ({"study_name": "guarded", "grace_s": 60.0, "max_retries": "1"}, "must be an integer"),
+    ({"study_name": "guarded", "grace_s": 60.0, "max_retries": 1, "x": 1}, "unknown"),
+]
+
+
+def test_control_arguments_are_checked(tmp_path: Path, sqlite_url: str) -> None:
     _study(sqlite_url)
     with proxy(sqlite_url, tmp_path) as port:
-        storage = open_worker_storage(f"grpc://127.0.0.1:{port}")
-        with pytest.raises(StorageError, match=words):
-            cast(Any, storage).remote.rpc("fail_lost_trials", **kwargs)
+        remote = cast(Any, open_worker_storage(f"grpc://127.0.0.1:{port}")).remote
+        for kwargs, words in BAD_CALLS:
+            with pytest.raises(StorageError, match=words):
+                remote.rpc("fail_lost_trials", **kwargs)
+        assert remote.rpc("fail_lost_trials", **{**BAD_CALLS[0][0], "grace_s": 60.0}) == []
 
 
 def test_proxy_refuses_a_public_address_without_a_token(tmp_path: Path, sqlite_url: str) -> None:
