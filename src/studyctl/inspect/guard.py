@@ -250,7 +250,9 @@ class DashboardGuard:
         """Trade the URL's token for a cookie and send the browser to the same page
         without it, so the token leaves the address bar and the history."""
         rest = urlencode([(k, v) for k, v in query if k != TOKEN_PARAM])
-        location = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", "")) or "/"
+        path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+        # One leading slash: "//evil.example/" would send the browser to another host.
+        location = "/" + path.lstrip("/")
         if rest:
             location += "?" + rest
         cookie = f"{self.policy.cookie_name}={self.policy.token}; Path=/; HttpOnly; SameSite=Strict"
