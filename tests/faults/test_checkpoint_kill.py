@@ -23,7 +23,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from ..conftest import STUDYCTL, run_cli, write_objectives, write_spec
-from .procs import alive, figures, kill, open_files_under, running_trials, stop_tree
+from .procs import alive, figures, kill, open_files_under, running_trials, stop_tree, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def build(trial, ctx):
     return model
 """
 
-EPOCHS = 5
+EPOCHS = 4
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -166,12 +166,14 @@ def test_kills_inside_checkpoint_writes(tmp_path: Path, sqlite_url: str) -> None
         # inside a write (the stop must not fall between the save and the epoch report).
         for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGTERM):
             pid, trial = training_process(study)
-            writes = rng.randint(1, 3)
+            writes = rng.randint(1, 2)
             delay = rng.uniform(0.0, 0.08)
             if not inside_a_write(pid, folder, writes, delay, timeout=60):
                 kills.append(f"no write of trial {trial.number} seen")
                 break
             kill(pid if sig == signal.SIGKILL else worker.pid, sig)
+            if sig == signal.SIGKILL:
+                assert wait_gone([pid], timeout=10) is not None
             kills.append(f"{signal.Signals(sig).name} in write {writes} of trial {trial.number}")
         out, _ = worker.communicate(timeout=120)
         print(out[-3000:])

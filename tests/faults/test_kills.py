@@ -219,7 +219,7 @@ def test_workers_stop_when_the_launcher_is_killed(tmp_path: Path, sqlite_url: st
     next safe point (their trials queued), instead of training on as orphans; `resume`
     then completes the budget exactly."""
     objectives = write_objectives(tmp_path / "objectives", STEPPED, name="stepped.py")
-    spec = stepped_spec(tmp_path, "headless", n_trials=40)
+    spec = stepped_spec(tmp_path, "headless", n_trials=14)
     launcher = launch(tmp_path, spec, sqlite_url, objectives, workers=2)
     try:
         study = wait_study(sqlite_url, "headless")
@@ -251,7 +251,13 @@ def test_workers_stop_when_the_launcher_is_killed(tmp_path: Path, sqlite_url: st
         cwd=tmp_path,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    figures("launcher kill", study, budget=40, kills=1).check()
+    fig = figures("launcher kill", study, budget=14, kills=1)
+    fig.extra["FAIL reasons"] = sorted(
+        str(t.user_attrs.get("fail_reason"))
+        for t in study.get_trials(deepcopy=False)
+        if t.state.name == "FAIL"
+    )
+    fig.check()
 
 
 def storm_spec(tmp_path: Path, n_trials: int) -> Path:

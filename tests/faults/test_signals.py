@@ -27,7 +27,7 @@ from .procs import figures, snapshot_finished
 
 pytestmark = pytest.mark.slow
 
-ITERATIONS = 8
+ITERATIONS = 6
 SEED = 13
 
 QUICK = """
@@ -64,6 +64,7 @@ def test_signals_at_random_instants_leave_no_running_trial(tmp_path: Path, sqlit
     study: optuna.Study | None = None
     finished_before: dict[int, tuple[str, list[float] | None]] = {}
     for _ in range(ITERATIONS):
+        trials_before = 0 if study is None else len(study.get_trials(deepcopy=False))
         sig = rng.choice([signal.SIGTERM, signal.SIGTERM, signal.SIGINT])
         delay = rng.uniform(0.3, 1.2)
         proc = subprocess.Popen(
@@ -81,10 +82,7 @@ def test_signals_at_random_instants_leave_no_running_trial(tmp_path: Path, sqlit
             while time.monotonic() < deadline and proc.poll() is None:
                 if study is None and optuna.get_all_study_names(storage=sqlite_url):
                     study = optuna.load_study(study_name="quick", storage=sqlite_url)
-                if (
-                    study is not None
-                    and len(study.get_trials(deepcopy=False)) > len(finished_before) + 2
-                ):
+                if study is not None and len(study.get_trials(deepcopy=False)) > trials_before + 2:
                     break
                 time.sleep(0.05)
             time.sleep(delay)
@@ -108,7 +106,9 @@ def test_signals_at_random_instants_leave_no_running_trial(tmp_path: Path, sqlit
             + (f", RUNNING {[t.number for t in running]}" if running else "")
         )
         assert code == 128 + sig, out
-        assert "Traceback" not in out, out
+        # Optuna logs an interrupted trial's traceback with its warning; any other is a
+        # crash (e.g. `UnboundLocalError` from Optuna's `_run_trial`).
+        assert out.count("Traceback") <= out.count("because of the following error"), out
         assert not running, outcomes
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             reasons.add(str(t.user_attrs.get("fail_reason")))

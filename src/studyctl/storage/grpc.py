@@ -197,6 +197,7 @@ class RemoteControl(Control):
         grace_s: float,
         max_retries: int,
         worker_id: str | None = None,
+        reason: str | None = None,
     ) -> list[int]:
         numbers = self.rpc(
             "fail_lost_trials",
@@ -204,6 +205,7 @@ class RemoteControl(Control):
             grace_s=grace_s,
             max_retries=max_retries,
             worker_id=worker_id,
+            reason=reason,
         )
         return [int(n) for n in numbers]
 
