@@ -129,6 +129,7 @@ class Figures:
     fails: int = 0
     fails_without_reason: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+    rerun_details: list[str] = field(default_factory=list)
 
     @property
     def budget_exact(self) -> bool:
@@ -136,6 +137,8 @@ class Figures:
 
     def line(self) -> str:
         extra = "".join(f", {k} {v}" for k, v in self.extra.items())
+        if self.rerun_details:
+            extra += f", more than one epoch re-run: {self.rerun_details}"
         return (
             f"[{self.scenario}] kills {self.kills}: finished trials lost {self.finished_lost}, "
             f"RUNNING left {self.running_left}, budget {self.finished}/{self.budget} "
@@ -195,4 +198,9 @@ def figures(
             if previous is not None and t.user_attrs.get("checkpoint_dir"):
                 done_before = len(previous.intermediate_values)
                 fig.max_epochs_rerun = max(fig.max_epochs_rerun, done_before - resumed)
+                if done_before - resumed > 1:
+                    fig.rerun_details.append(
+                        f"#{t.number} resumed at {resumed}, #{previous.number} "
+                        f"({previous.user_attrs.get('fail_reason')}) had {done_before}"
+                    )
     return fig

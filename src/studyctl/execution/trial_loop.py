@@ -33,6 +33,7 @@ from studyctl.signals import (
 )
 from studyctl.spec import StudySpec
 from studyctl.storage.connect import WorkerStorage
+from studyctl.training.checkpoints import discard_checkpoint
 from studyctl.training.devices import get_strategy, warm_up
 
 # How long a worker without a claim waits before looking again while others' trials run.
@@ -291,6 +292,7 @@ def run_trial_loop(
                         frozen = _fail_unfinished(storage, study, frozen)
                     if frozen is not None:
                         _retry_if_interrupted(storage, study, frozen)
+                        discard_checkpoint(spec, frozen)
                 if frozen is None:
                     continue
                 outcome = _trial_outcome(frozen)

@@ -34,11 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from studyctl.artifacts import best_effort
+from studyctl.artifacts import best_effort, object_store
 
 if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
     from studyctl.artifacts.objectstore import ObjectStore
     from studyctl.objectives import TrialContext
+    from studyctl.spec import StudySpec
+
+# Failed trials that are queued again and resume from the checkpoint: stopped by a signal
+# or by the loss of their worker or launcher ("interrupted ..."), found lost ("lost: ...").
+RETRIED_REASONS = ("interrupted", "lost", "trial process")
 
 
 def checkpoint_name(ctx: TrialContext) -> str:
@@ -67,20 +74,24 @@ def pull_checkpoint(store: ObjectStore, local: Path, study: str) -> None:
             shutil.move(str(Path(tmp) / "ckpt"), local)
 
 
-def remove_checkpoint(
-    trial: optuna.Trial, folder: Path | None, store: ObjectStore | None, study: str
-) -> None:
-    """Remove the trial's checkpoint once it has an outcome, unless another process already
-    failed it as lost: its retry resumes from this very checkpoint."""
+def discard_checkpoint(spec: StudySpec, trial: FrozenTrial) -> None:
+    """Remove a trial's checkpoint once its outcome is stored, unless a retry resumes from
+    it (the trial was interrupted or lost). Only after the outcome is stored: a trial killed
+    after its last epoch but before its result reached the database is retried, and that
+    retry must still find every epoch (it then trains none)."""
     from optuna.trial import TrialState
 
-    if folder is None:
+    folder = trial.user_attrs.get("checkpoint_dir")
+    if not folder or not trial.state.is_finished():
         return
-    if trial.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+    reason = str(trial.user_attrs.get("fail_reason") or "")
+    if trial.state == TrialState.FAIL and reason.startswith(RETRIED_REASONS):
         return
     shutil.rmtree(folder, ignore_errors=True)
+    store = object_store(spec)
     if store is not None:
-        best_effort(f"removal of checkpoint {folder.name}", store.delete_dir, study, folder.name)
+        name = Path(folder).name
+        best_effort(f"removal of checkpoint {name}", store.delete_dir, spec.name, name)
 
 
 FORMAT = 1

@@ -11,7 +11,7 @@ from studyctl.artifacts import object_store
 from studyctl.errors import StudyctlError, TrialFailed, WorkerInterrupted
 from studyctl.signals import safe_points, stop_requested
 from studyctl.training.callbacks import make_epoch_callback, make_mirror_callback
-from studyctl.training.checkpoints import checkpoint_dir, pull_checkpoint, remove_checkpoint
+from studyctl.training.checkpoints import checkpoint_dir, pull_checkpoint
 from studyctl.training.devices import get_strategy
 from studyctl.training.logs import save_trial_note, tensorboard_dir, write_hparams
 from studyctl.training.models import keep_if_best
@@ -67,8 +67,8 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
     store = object_store(spec)
     if backup_dir is not None:
         trial.set_user_attr("checkpoint_dir", str(backup_dir))
-        # Kept when the trial is interrupted (its retry resumes from it); removed below
-        # once the trial has an outcome.
+        # Removed by the trial loop once the trial's outcome is stored
+        # (`checkpoints.discard_checkpoint`); kept when a retry resumes from it.
         if store is not None:
             pull_checkpoint(store, backup_dir, spec.name)
             callbacks.append(make_mirror_callback(store, backup_dir, spec.name, backup_dir.name))
@@ -85,16 +85,12 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
                 verbose=training.verbose,
                 callbacks=callbacks,
             )
-    except Exception:
-        remove_checkpoint(trial, backup_dir, store, spec.name)
-        raise
     finally:
         trial.set_user_attr("epochs_run", reporter.epochs_run)
         trial.set_user_attr("history", reporter.history)
     signum = stop_requested()
     if signum is not None:
         raise WorkerInterrupted(signum)  # the checkpoint stays for the retry
-    remove_checkpoint(trial, backup_dir, store, spec.name)
     if reporter.failure is not None:
         raise TrialFailed(reporter.failure)
     if reporter.pruned_epoch is not None:
