@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -243,3 +244,53 @@ def test_unreadable_checkpoints_fall_back_and_say_why(tmp_path: Path, sqlite_url
     assert retry.user_attrs.get("resumed_from_epoch", 0) == 0
     assert "unreadable" in retry.user_attrs["checkpoint_fallback"]
     assert check_curves(study) == []
+
+
+def _tiny_model() -> Any:
+    import keras
+
+    model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(3)])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    return model
+
+
+def test_restore_falls_back_to_the_previous_checkpoint(tmp_path: Path) -> None:
+    """The newest checkpoint damaged: the one before it is restored (weights, optimizer
+    state and history) and the reason names the damaged file; a write a kill interrupted
+    (a temporary file) is ignored and cleaned up; only the newest two are kept."""
+    import numpy as np
+
+    from studyctl.training import checkpoints
+
+    model = _tiny_model()
+    x, y = np.ones((8, 4), "float32"), np.zeros((8, 3), "float32")
+    history: dict[str, list[float]] = {"loss": []}
+    saved = {}
+    for epoch in (1, 2, 3):
+        model.fit(x, y, epochs=1, verbose=0)
+        history["loss"].append(float(epoch))
+        checkpoints.save(model, tmp_path, epoch, history)
+        saved[epoch] = [w.copy() for w in model.get_weights()]
+    assert checkpoints.complete_epochs(tmp_path) == [3, 2]
+    (tmp_path / ".tmp-1-000004.weights.h5").write_bytes(b"half a write")
+    newest = checkpoints.weights_path(tmp_path, 3)
+    newest.write_bytes(newest.read_bytes()[:500])
+
+    fresh = _tiny_model()
+    restored = checkpoints.restore(fresh, tmp_path)
+    assert restored.epoch == 2
+    assert restored.history == {"loss": [1.0, 2.0]}
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), saved[2], strict=True))
+    reason = restored.fallback_reason()
+    assert reason is not None and "epoch-000003.weights.h5" in reason
+    assert reason.endswith("resumed from epoch 2")
+    assert not list(tmp_path.glob(".tmp-*"))
+
+    # Every checkpoint unreadable: the model as built, epoch 0, and why.
+    checkpoints.weights_path(tmp_path, 2).write_bytes(b"")
+    built = _tiny_model()
+    before = [w.copy() for w in built.get_weights()]
+    restored = checkpoints.restore(built, tmp_path)
+    assert restored.epoch == 0 and restored.history == {}
+    assert all(np.array_equal(a, b) for a, b in zip(built.get_weights(), before, strict=True))
+    assert (restored.fallback_reason() or "").endswith("started from epoch 0")
