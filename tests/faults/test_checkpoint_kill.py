@@ -144,7 +144,7 @@ def check_curves(study: optuna.Study) -> list[str]:
 
 def test_kills_inside_checkpoint_writes(tmp_path: Path, sqlite_url: str) -> None:
     objectives = write_objectives(tmp_path / "objectives", BIG_DIGITS, name="big_digits.py")
-    spec = big_spec(tmp_path, "ckpt", n_trials=2)
+    spec = big_spec(tmp_path, "ckpt", n_trials=1)
     created = run_cli(
         ["create", str(spec), "-s", sqlite_url, "--objectives-dir", str(objectives)], tmp_path
     )
@@ -185,7 +185,7 @@ def test_kills_inside_checkpoint_writes(tmp_path: Path, sqlite_url: str) -> None
         cwd=tmp_path,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    fig = figures("kills inside checkpoint writes", study, budget=2, kills=len(kills))
+    fig = figures("kills inside checkpoint writes", study, budget=1, kills=len(kills))
     reasons = sorted(
         str(t.user_attrs.get("fail_reason"))
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
