@@ -294,3 +294,48 @@ def test_restore_falls_back_to_the_previous_checkpoint(tmp_path: Path) -> None:
     assert restored.epoch == 0 and restored.history == {}
     assert all(np.array_equal(a, b) for a, b in zip(built.get_weights(), before, strict=True))
     assert (restored.fallback_reason() or "").endswith("started from epoch 0")
+
+
+def test_a_retry_reports_its_own_values_and_a_finished_epoch_survives_a_stop(
+    tmp_path: Path,
+) -> None:
+    """A retry that trains an inherited step again stores its own value (Optuna's
+    `Trial.report` would drop it: "step=N is already reported"); an epoch whose batches all
+    ran is reported and checkpointed even when a stop request came at its end."""
+    import signal as signals_module
+
+    from studyctl import signals
+    from studyctl.training import checkpoints
+    from studyctl.training.callbacks import make_epoch_callback
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'cb.db'}")
+    original = study.ask()
+    original.report(0.9, 0)
+    original.report(0.8, 1)
+    study.tell(original, state=TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(
+        study, study.trials[0]
+    )
+    retry = study.ask()
+    assert retry.number == 1 and study.trials[1].intermediate_values == {0: 0.9, 1: 0.8}
+    folder = tmp_path / "ckpt"
+    cb = make_epoch_callback(retry, ("val_loss",), False, checkpoint=folder)
+    cb.set_model(_tiny_model())
+    cb.model.stop_training = False
+    cb.set_params({"steps": 2, "epochs": 3})
+    cb.on_train_begin()  # no checkpoint: from epoch 0, the inherited curve still there
+    cb.on_epoch_begin(0)
+    cb.on_epoch_end(0, {"loss": 0.5, "val_loss": 0.4})
+    try:
+        cb.on_epoch_begin(1)
+        cb.on_train_batch_end(0)
+        cb.on_train_batch_end(1)
+        with signals.safe_points(lambda: None):
+            signals.stop_at_safe_point(signals_module.SIGTERM, None)
+            cb.on_epoch_end(1, {"loss": 0.3, "val_loss": 0.2})
+    finally:
+        signals.reset_stop()
+    stored = study.trials[1]
+    assert stored.intermediate_values == {0: 0.4, 1: 0.2}
+    assert cb.history["val_loss"] == [0.4, 0.2] and cb.epochs_run == 2
+    assert checkpoints.complete_epochs(folder) == [2, 1]
