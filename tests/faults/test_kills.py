@@ -284,7 +284,7 @@ def storm_spec(tmp_path: Path, n_trials: int) -> Path:
     )
 
 
-STORM_S = 20.0
+STORM_S = 15.0
 
 
 def test_kill_storm_then_resume(tmp_path: Path, sqlite_url: str) -> None:
@@ -292,7 +292,7 @@ def test_kill_storm_then_resume(tmp_path: Path, sqlite_url: str) -> None:
     trial process for STORM_S seconds; then the run ends or is stopped, and `resume`
     completes the budget."""
     objectives = write_objectives(tmp_path / "objectives", DIGITS, name="digits.py")
-    spec = storm_spec(tmp_path, n_trials=10)
+    spec = storm_spec(tmp_path, n_trials=8)
     rng = random.Random(11)
     launcher = launch(tmp_path, spec, sqlite_url, objectives, workers=3)
     kills: list[str] = []
@@ -322,6 +322,6 @@ def test_kill_storm_then_resume(tmp_path: Path, sqlite_url: str) -> None:
         cwd=tmp_path,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    fig = figures("kill storm", study, budget=10, kills=len(kills), finished_before=finished_before)
+    fig = figures("kill storm", study, budget=8, kills=len(kills), finished_before=finished_before)
     fig.extra["killed"] = {k: kills.count(k) for k in sorted(set(kills))}
     fig.check()
