@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from studyctl.execution.parent import ChildLink, link_child
 from studyctl.execution.progress import best_text, eta_text, format_duration
 from studyctl.signals import on_stop_signals
 from studyctl.storage.rdb import StudyctlStorage
@@ -38,6 +39,7 @@ class WorkerSlot:
     restarts: int = 0
     exit_code: int | None = None
     reader: threading.Thread | None = None
+    link: ChildLink | None = None
 
 
 @dataclass
@@ -79,7 +81,9 @@ def launch_workers(
             cmd += ["--trials-per-process", str(trials_per_process)]
         if quiet:
             cmd.append("--quiet")
-        env = {**os.environ, STORAGE_ENV: storage_url, "PYTHONUNBUFFERED": "1"}
+        # The worker stops (its trial at the next batch end) if this launcher is killed.
+        slot.link = link_child()
+        env = {**os.environ, STORAGE_ENV: storage_url, "PYTHONUNBUFFERED": "1", **slot.link.env}
         slot.proc = subprocess.Popen(
             cmd,
             env=env,
@@ -87,7 +91,9 @@ def launch_workers(
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            pass_fds=slot.link.pass_fds,
         )
+        slot.link.started()
         assert slot.proc.stdout is not None
         slot.reader = threading.Thread(
             target=_pump, args=(slot.label, slot.proc.stdout, echo), daemon=True
@@ -114,6 +120,8 @@ def launch_workers(
                 if slot.proc is None or slot.proc.poll() is None:
                     continue
                 code = slot.proc.returncode
+                if slot.link is not None:
+                    slot.link.close()
                 if slot.reader is not None:
                     slot.reader.join(timeout=5)
                 slot.proc = None

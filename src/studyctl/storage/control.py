@@ -96,9 +96,11 @@ class Control(Protocol):
         grace_s: float,
         max_retries: int,
         worker_id: str | None = None,
+        reason: str | None = None,
     ) -> list[int]:
         """Fail the RUNNING trials whose worker is gone and queue their retries; return
-        the failed trials' numbers."""
+        the failed trials' numbers. Each gets `reason` as its `fail_reason` (a default that
+        names the stopped heartbeat, or the trial process's exit, when None)."""
         ...
 
 
@@ -189,6 +191,7 @@ class SqlControl(Control):
         grace_s: float,
         max_retries: int,
         worker_id: str | None = None,
+        reason: str | None = None,
     ) -> list[int]:
         """Fail the RUNNING trials whose worker is gone and queue their retries (same
         params, the original's learning curve, so they resume from its checkpoint).
@@ -215,8 +218,16 @@ class SqlControl(Control):
             max_retry=max_retries, inherit_intermediate_values=True
         )
         failed = []
+        if reason is None:
+            reason = (
+                "lost: its trial process ended while the trial ran"
+                if worker_id is not None
+                else f"lost: its worker's heartbeat stopped (none for {grace_s:g} s)"
+            )
         for trial_id in ids:
             try:
+                # While it is RUNNING (a finished trial's attributes cannot change).
+                self.storage.set_trial_user_attr(trial_id, "fail_reason", reason[:1000])
                 won = self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 won = False  # finished or failed by another process meanwhile

@@ -288,6 +288,7 @@ class RemoteControl(Control):
         grace_s: float,
         max_retries: int,
         worker_id: str | None = None,
+        reason: str | None = None,
     ) -> list[int]:
         numbers = self.rpc(
             "fail_lost_trials",
@@ -295,6 +296,7 @@ class RemoteControl(Control):
             grace_s=grace_s,
             max_retries=max_retries,
             worker_id=worker_id,
+            reason=reason,
         )
         return [int(n) for n in numbers]
 

@@ -3,6 +3,7 @@ one storage per process, and every connection problem turned into one clear `Sto
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import warnings
@@ -53,6 +54,20 @@ class StudyctlStorage(RDBStorage):
     def control(self) -> SqlControl:
         """studyctl's own tables, for the worker's claims and heartbeats."""
         return SqlControl(self)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's trial-heartbeat sweep (`optuna.storages.fail_stale_trials`) fails these
+        trials next, and sets no reason: record one on each first, while it is RUNNING."""
+        ids = super()._get_stale_trial_ids(study_id)
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        for trial_id in ids:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.set_trial_user_attr(
+                    trial_id,
+                    "fail_reason",
+                    f"lost: no trial heartbeat for {grace} s (its process died or hung)",
+                )
+        return ids
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         if state == TrialState.RUNNING:
