@@ -87,8 +87,10 @@ def _counts_text(snap: WatchSnapshot) -> str:
 
 
 def _budget_text(snap: WatchSnapshot) -> str:
-    budget = "?" if snap.n_trials is None else str(snap.n_trials)
-    return f"{snap.finished}/{budget} finished"
+    if snap.n_trials is None:
+        return f"{snap.finished}/? finished"
+    share = 100 * snap.finished // snap.n_trials if snap.n_trials else 100
+    return f"{snap.finished}/{snap.n_trials} finished ({share}%)"
 
 
 def _best_text(snap: WatchSnapshot) -> str:
@@ -118,15 +120,13 @@ def render_snapshot(snap: WatchSnapshot, *, footer: str | None = None) -> Render
     total = snap.n_trials or max(1, snap.finished)
     bar = ProgressBar(total=total, completed=min(snap.finished, total), width=30)
     budget = Table.grid(padding=(0, 1))
+    eta = "done" if snap.complete else format_duration(snap.eta_s)
     budget.add_row(
         Text("budget", style="bold"),
         bar,
-        Text(
-            f"{_budget_text(snap)}  ({_counts_text(snap)})  elapsed "
-            f"{format_duration(snap.elapsed_s)}  ETA "
-            + ("done" if snap.complete else format_duration(snap.eta_s))
-        ),
+        Text(f"{_budget_text(snap)}   ETA {eta}   elapsed {format_duration(snap.elapsed_s)}"),
     )
+    budget.add_row("", "", Text(_counts_text(snap)))
     best = Table.grid(padding=(0, 1))
     best.add_row(Text("best  ", style="bold"), Text(_best_text(snap), style="bold green"))
     if snap.best_params:
