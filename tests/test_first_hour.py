@@ -228,10 +228,14 @@ def test_trials_table_fits_the_terminal(lab: Lab, monkeypatch: pytest.MonkeyPatc
         assert f"a_rather_long_parameter_name_{i}=" in text
 
 
-def _normalized_help(*args: str) -> str:
+def _help(*args: str) -> str:
     result = runner.invoke(app, [*args, "--help"], terminal_width=100)
     assert result.exit_code == 0, result.output
-    return re.sub(r"\s+", " ", result.output)
+    return result.output
+
+
+def _normalized_help(*args: str) -> str:
+    return re.sub(r"\s+", " ", _help(*args))
 
 
 def test_help_text_reads_as_written() -> None:
@@ -239,7 +243,7 @@ def test_help_text_reads_as_written() -> None:
         text = _normalized_help(*path.split())
         # A flag shows no value placeholder; arguments are named in capitals.
         assert "<bool>" not in text and "BOOLEAN" not in text, path
-        usage = text.split("Usage:", 1)[1].split(" Options", 1)[0]
+        usage = next(line for line in _help(*path.split()).splitlines() if "Usage:" in line)
         for placeholder in re.findall(r"[{\[]([A-Za-z_]+)[}\]]", usage):
             if placeholder != "OPTIONS":
                 assert placeholder in ("SPEC", "STUDY", "NAME"), (path, usage)
@@ -259,7 +263,7 @@ def _entry_point() -> str:
 
 def test_shell_completion() -> None:
     assert "--install-completion" in _normalized_help()
-    env = {**os.environ, "_STUDYCTL_COMPLETE": "complete_bash", "COMP_WORDS": "studyctl sta"}
+    env = {**os.environ, "_STUDYCTL_COMPLETE": "complete_bash", "COMP_WORDS": "studyctl st"}
     env["COMP_CWORD"] = "1"
     out = subprocess.run(
         [_entry_point()], env=env, capture_output=True, text=True, timeout=60
@@ -291,7 +295,9 @@ def test_failed_trials_and_copy_are_quiet_unless_verbose(lab: Lab, tmp_path: Pat
     assert "FAIL (RuntimeError: objective is broken)" in quiet.stdout
     assert "[W " not in quiet.stderr and "Traceback" not in quiet.stderr, quiet.stderr
     # The traceback stays on the trial.
-    trials = json.loads(_cli(["trials", "fails", "-s", url, "-f", "json"], tmp_path).stdout)
+    listed = runner.invoke(app, ["trials", "fails", "-s", url, "-f", "json"])
+    close_storage(url)
+    trials = json.loads(listed.stdout)
     assert "Traceback" in trials[0]["user_attrs"]["traceback"]
     loud = _cli(["resume", "fails", "-s", url, *objectives, "--verbose"], tmp_path)
     assert loud.returncode == 1

@@ -15,7 +15,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from studyctl.errors import StudyctlError
-from studyctl.storage import mask_url, open_storage
+from studyctl.storage import mask_url
+from studyctl.storage.rdb import open_existing_storage
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -39,7 +40,7 @@ def serve_dashboard(
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore
 
-    storage = open_storage(storage_url)
+    storage = open_existing_storage(storage_url)
     artifact_store: Any
     if artifact_dir.startswith("s3://"):
         from studyctl.artifacts.objectstore import ObjectStore

@@ -17,6 +17,7 @@ from studyctl.spec.choices import build_pruner, build_sampler
 from studyctl.storage import tables
 from studyctl.storage.rdb import StudyctlStorage, study_exists
 from studyctl.storage.urls import mask_url
+from studyctl.verbosity import configure_optuna_logging
 
 if TYPE_CHECKING:
     from studyctl.storage.connect import WorkerStorage
@@ -79,7 +80,7 @@ def open_study(storage: WorkerStorage, spec: StudySpec, *, create: bool) -> Open
     A new study is deleted again if anything after its creation fails, so a failed `run`
     leaves no half-written study behind.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    configure_optuna_logging()
     sampler, pruner = build_sampler(spec), build_pruner(spec)
     if study_exists(storage, spec.name):
         study = optuna.load_study(
@@ -133,6 +134,7 @@ def copy_study(
     """
     if not study_exists(source, study_name):
         raise unknown_study(source, study_name)
+    configure_optuna_logging()  # no "[I ...] A new study created" from Optuna's copy
     if study_exists(target, study_name):
         if not overwrite:
             raise StudyctlError(
