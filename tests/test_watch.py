@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from studyctl.cli import app
+from studyctl.inspect.watch import plain_line, render_snapshot
 from studyctl.storage import open_storage
-from studyctl.watch_snapshot import TrialView, WatchSnapshot, WorkerView, take_snapshot
-from studyctl.watch_view import plain_line, render_snapshot
+from studyctl.storage.snapshot import TrialView, WatchSnapshot, WorkerView, take_snapshot
 
 from .conftest import SLEEPY_OBJECTIVE, STUDYCTL, write_objectives, write_spec
 
@@ -93,14 +92,14 @@ def test_a_refresh_is_a_few_bounded_queries(tmp_path: Path, sqlite_url: str) -> 
     _create(tmp_path, sqlite_url, "big", 500)
     engine = open_storage(sqlite_url).engine
     counts = []
-    for n in (10, 290):
+    for n in (10, 140):
         _add_trials(sqlite_url, "big", n)
         with _Statements(engine) as seen:
             snap = take_snapshot(engine, "big")
         counts.append(seen.count)
     assert counts[0] == counts[1] <= 12, counts
-    assert snap.finished == 300 and snap.n_trials == 500
-    assert len(snap.recent) == 8 and snap.recent[0].number == 299
+    assert snap.finished == 150 and snap.n_trials == 500
+    assert len(snap.recent) == 8 and snap.recent[0].number == 149
     assert snap.best is not None and snap.best.number == 0
     assert snap.best_params == {"x": 0.0}
     assert snap.metrics == ("loss",)
@@ -171,7 +170,7 @@ def test_the_view_shows_budget_workers_best_and_last_trials() -> None:
     assert "1 worker;" in line and "best #7 0.123457" in line
 
 
-def _studyctl(args: list[str], cwd: Path, **kw: Any) -> subprocess.Popen[str]:
+def _studyctl(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "STUDYCTL_STORAGE"}
     return subprocess.Popen(
         [*STUDYCTL, *args],
@@ -180,35 +179,23 @@ def _studyctl(args: list[str], cwd: Path, **kw: Any) -> subprocess.Popen[str]:
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        **kw,
     )
 
 
-@pytest.fixture
-def running_study(tmp_path: Path, sqlite_url: str) -> Iterator[subprocess.Popen[str]]:
-    """A study of 4 trials of 2 s (4 steps of 0.5 s) being run by one worker."""
-    objectives = _create(tmp_path, sqlite_url, "live", 4)
-    worker = _studyctl(
-        ["worker", "live", "-s", sqlite_url, "--objectives-dir", str(objectives), "-q"], tmp_path
-    )
-    yield worker
-    if worker.poll() is None:
-        worker.kill()
-    worker.communicate()
+QUICK_OBJECTIVE = """
+import time
+
+from studyctl import function_objective
 
 
-def test_watch_through_a_pipe_prints_a_line_per_change(
-    tmp_path: Path, sqlite_url: str, running_study: subprocess.Popen[str]
-) -> None:
-    watch = _studyctl(["watch", "live", "-s", sqlite_url], tmp_path)
-    out, err = watch.communicate(timeout=120)
-    assert watch.returncode == 0, err
-    lines = out.splitlines()
-    assert lines[-1] == "live: budget met"
-    assert "4/4 finished" in lines[-2] and "best #" in lines[-2]
-    assert any("0/4 finished" in line or "1/4 finished" in line for line in lines)
-    assert "\x1b" not in out  # no terminal codes in a pipe
-    assert running_study.wait(timeout=60) == 0
+@function_objective("quick")
+def quick(trial, ctx):
+    x = trial.suggest_float("x", -1, 1)
+    for step in range(3):
+        time.sleep(0.4)
+        trial.report(x * x + 1 / (step + 1), step)
+    return x * x
+"""
 
 
 def _tmux(*args: str) -> str:
@@ -218,9 +205,17 @@ def _tmux(*args: str) -> str:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_watch_on_a_terminal_as_a_person_sees_it(
-    tmp_path: Path, sqlite_url: str, running_study: subprocess.Popen[str]
+def test_watch_follows_a_running_study_on_a_terminal_and_through_a_pipe(
+    tmp_path: Path, sqlite_url: str
 ) -> None:
+    """One worker runs 4 trials of 3 epochs; two watches follow it, one in a tmux pane (what
+    a person sees) and one into a pipe (a line per change), and both exit at the budget."""
+    write_objectives(tmp_path / "objectives", QUICK_OBJECTIVE, "quick.py")
+    objectives = _create(tmp_path, sqlite_url, "live", 4, objective="quick")
+    worker = _studyctl(
+        ["worker", "live", "-s", sqlite_url, "--objectives-dir", str(objectives), "-q"], tmp_path
+    )
+    piped = _studyctl(["watch", "live", "-s", sqlite_url, "--interval", "0.5"], tmp_path)
     command = " ".join([sys.executable, "-m", "studyctl.cli", "watch", "live", "-s", sqlite_url])
     _tmux("new-session", "-d", "-s", "w", "-x", "110", "-y", "40", "-c", str(tmp_path))
     try:
@@ -232,21 +227,33 @@ def test_watch_on_a_terminal_as_a_person_sees_it(
             seen = _tmux("capture-pane", "-p", "-t", "w")
             if "workers (1 running)" in seen and "running" in seen.split("last trials")[-1]:
                 break
-            time.sleep(0.5)
+            time.sleep(0.3)
         assert "study live (minimize loss)" in seen, seen
-        assert "/4 finished" in seen and "workers (1 running)" in seen, seen
+        assert "/4 finished" in seen and "ETA" in seen, seen
         assert "q or Ctrl-C quits" in seen
         # It follows the study to its budget, then exits on its own.
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if _tmux("display-message", "-p", "-t", "w", "#{pane_dead}").strip() == "1":
                 break
-            time.sleep(0.5)
+            time.sleep(0.3)
         final = _tmux("capture-pane", "-p", "-t", "w")
-        assert "4/4 finished" in final and "budget met" in final, final
-        assert "ETA done" in final
+        assert "4/4 finished (100%)" in final and "budget met" in final, final
+        assert "ETA done" in final and "x=" in final
+        assert _tmux("display-message", "-p", "-t", "w", "#{pane_dead_status}").strip() == "0"
     finally:
         subprocess.run(["tmux", "-L", "studyctl-test", "kill-server"], capture_output=True)
+        out, err = piped.communicate(timeout=120)
+        if worker.poll() is None:
+            worker.kill()
+        worker.communicate()
+    assert piped.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[-1] == "live: budget met", out
+    assert "4/4 finished" in lines[-2] and "best #" in lines[-2]
+    assert len(lines) >= 4  # a line per change: trials finishing one by one
+    assert "\x1b" not in out  # no terminal codes in a pipe
+    assert worker.returncode == 0
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from studyctl.watch_snapshot import TrialView, WatchSnapshot
+    from studyctl.storage.snapshot import TrialView, WatchSnapshot
 
 STATE_STYLES = {
     "COMPLETE": "green",

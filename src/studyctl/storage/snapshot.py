@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from studyctl import db
 from studyctl.errors import StudyctlError
+from studyctl.storage import tables as db
 
 RECENT_TRIALS = 8
 MAX_WORKERS_SHOWN = 16
