@@ -204,6 +204,18 @@ def _tmux(*args: str) -> str:
     ).stdout
 
 
+def _exit_status(session: str, timeout: float) -> str:
+    """The exit status of the pane's command once it has exited ("" if it has not)."""
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        status = _tmux("display-message", "-p", "-t", session, "#{pane_dead_status}").strip()
+        if status:
+            break
+        time.sleep(0.2)
+    return status
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_watch_follows_a_running_study_on_a_terminal_and_through_a_pipe(
     tmp_path: Path, sqlite_url: str
@@ -232,21 +244,18 @@ def test_watch_follows_a_running_study_on_a_terminal_and_through_a_pipe(
         assert "/4 finished" in seen and "ETA" in seen, seen
         assert "q or Ctrl-C quits" in seen
         # It follows the study to its budget, then exits on its own.
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if _tmux("display-message", "-p", "-t", "w", "#{pane_dead}").strip() == "1":
-                break
-            time.sleep(0.3)
+        assert _exit_status("w", 90) == "0"
         final = _tmux("capture-pane", "-p", "-t", "w")
         assert "4/4 finished (100%)" in final and "budget met" in final, final
         assert "ETA done" in final and "x=" in final
-        assert _tmux("display-message", "-p", "-t", "w", "#{pane_dead_status}").strip() == "0"
     finally:
         subprocess.run(["tmux", "-L", "studyctl-test", "kill-server"], capture_output=True)
         out, err = piped.communicate(timeout=120)
-        if worker.poll() is None:
+        try:
+            worker.communicate(timeout=60)  # it leaves once the budget is met
+        except subprocess.TimeoutExpired:
             worker.kill()
-        worker.communicate()
+            worker.communicate()
     assert piped.returncode == 0, err
     lines = out.splitlines()
     assert lines[-1] == "live: budget met", out
@@ -270,11 +279,6 @@ def test_watch_quits_on_q(tmp_path: Path, sqlite_url: str) -> None:
             time.sleep(0.3)
         assert "0/3 finished" in _tmux("capture-pane", "-p", "-t", "q")
         _tmux("send-keys", "-t", "q", "q")
-        deadline = time.monotonic() + 10
-        while _tmux("display-message", "-p", "-t", "q", "#{pane_dead}").strip() != "1":
-            assert time.monotonic() < deadline, "watch did not quit on q"
-            time.sleep(0.2)
-        status = _tmux("display-message", "-p", "-t", "q", "#{pane_dead_status}").strip()
-        assert status == "0"
+        assert _exit_status("q", 10) == "0", "watch did not quit on q"
     finally:
         subprocess.run(["tmux", "-L", "studyctl-test", "kill-server"], capture_output=True)

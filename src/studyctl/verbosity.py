@@ -34,8 +34,11 @@ _NATIVE_NOISE = (
 )
 
 
-def set_verbose(verbose: bool) -> None:
-    """Choose for this process and every process it starts from now on."""
+def set_verbose(verbose: bool | None) -> None:
+    """Choose for this process and every process it starts from now on; None keeps what
+    the environment says (a worker started by `run --workers N --verbose`)."""
+    if verbose is None:
+        verbose = is_verbose()
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
     else:

@@ -223,10 +223,11 @@ def open_storage_of(url: str | None) -> StudyctlStorage:
 
 
 def set_verbose(verbose: bool) -> None:
-    """Quiet by default, for this process and the workers and trial processes it starts."""
+    """Quiet by default, for this process and the workers and trial processes it starts;
+    without --verbose a worker keeps what its launcher chose ($STUDYCTL_VERBOSE)."""
     from studyctl.verbosity import set_verbose as choose
 
-    choose(verbose)
+    choose(True if verbose else None)
 
 
 def print_best(status: dict[str, Any]) -> None:
