@@ -14,6 +14,7 @@ from studyctl.errors import StudyctlError
 from studyctl.inspect.summary import list_trials, study_status
 from studyctl.storage import StudyctlStorage, study_exists
 from studyctl.storage.studies import unknown_study
+from studyctl.verbosity import configure_optuna_logging
 
 PlotFactory = Callable[[optuna.Study], Any]
 
@@ -44,6 +45,7 @@ def _history_of(module: Any, index: int, name: str) -> PlotFactory:
 
 
 def _finished_study(storage: StudyctlStorage, name: str) -> optuna.Study:
+    configure_optuna_logging()  # no "[W ...] You need to set up the pruning feature"
     if not study_exists(storage, name):
         raise unknown_study(storage, name)
     study = optuna.load_study(study_name=name, storage=storage)
@@ -107,7 +109,7 @@ def write_html(storage: StudyctlStorage, name: str, output: Path) -> Path:
         parts.append(figure.to_html(full_html=False, include_plotlyjs="inline" if first else False))
         first = False
     rows = list_trials(storage, name)
-    head = "<tr><th>#</th><th>state</th><th>value</th><th>params</th><th>duration (s)</th>"
+    head = "<tr><th>#</th><th>state</th><th>value</th><th>params</th><th>duration (s)</th></tr>"
     body = "".join(
         ("<tr class='best'>" if r["number"] in best else "<tr>")
         + f"<td>{r['number']}</td><td>{r['state']}</td><td>{html.escape(_values(r['values']))}"
