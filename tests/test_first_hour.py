@@ -131,7 +131,7 @@ USER_ERRORS: dict[str, tuple[list[str], str | None]] = {
     "status": (["status", "NO_SUCH_STUDY", "-s", "{db}"], None),
     "trials": (["trials", "quad", "-s", "{db}", "--state", "finished-ish"], None),
     "best": (["best", "empty", "-s", "{db}"], None),
-    "objectives": (["objectives", "--objectives-dir", "{tmp}/absent"], None),
+    "objectives": (["objectives", "--objectives-dir", "{tmp}/bad.toml"], None),
     "delete": (["delete", "quad", "-s", "{db}"], "n\n"),
     "dashboard": (["dashboard", "-s", "sqlite:///{tmp}/absent.db"], None),
     "proxy": (["proxy", "-s", "mysql://user@127.0.0.1/db"], None),

@@ -195,8 +195,8 @@ def objectives(
     """List registered objectives and where each came from."""
     from studyctl.objectives import KerasObjective, discover_objectives
 
-    if objectives_dir is not None and not objectives_dir.is_dir():
-        fail(f"--objectives-dir {objectives_dir}: no such folder")
+    if objectives_dir is not None and objectives_dir.exists() and not objectives_dir.is_dir():
+        fail(f"--objectives-dir {objectives_dir}: expected a folder of objective files")
     found = discover_objectives(objectives_dir)
     rows = [
         {
