@@ -101,8 +101,7 @@ def _best_text(snap: WatchSnapshot) -> str:
     return f"#{snap.best.number} {format_values(snap.best.values)}"
 
 
-def _trial_row(t: TrialView, epochs: int | None) -> list[Text | str]:
-    del epochs
+def _trial_row(t: TrialView) -> list[Text | str]:
     return [
         f"#{t.number}",
         Text(t.state.lower(), style=STATE_STYLES.get(t.state, "")),
@@ -143,7 +142,6 @@ def render_snapshot(snap: WatchSnapshot, *, footer: str | None = None) -> Render
         box=None,
         pad_edge=False,
         header_style="bold",
-        title_justify="left",
     )
     for w in snap.workers:
         epoch = "-"
@@ -170,7 +168,7 @@ def render_snapshot(snap: WatchSnapshot, *, footer: str | None = None) -> Render
     )
     recent.columns[4].overflow = "fold"
     for t in snap.recent:
-        recent.add_row(*_trial_row(t, snap.epochs))
+        recent.add_row(*_trial_row(t))
     parts: list[RenderableType] = [title, budget, best, Text("")]
     parts.append(Text(f"workers ({snap.live_workers} running)", style="bold"))
     parts.append(workers if snap.workers else Text("  none registered", style="dim"))
