@@ -107,7 +107,7 @@ WorkerStorageOpt = Annotated[
         "--storage",
         "-s",
         metavar="URL",
-        help="Database URL, or grpc://HOST:PORT of a `studyctl proxy`. "
+        help="Database URL, or grpc://HOST:PORT (grpcs:// with TLS) of a `studyctl proxy`. "
         "Default: $STUDYCTL_STORAGE, then sqlite:///studyctl.db.",
         show_default=False,
     ),

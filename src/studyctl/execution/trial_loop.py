@@ -10,6 +10,7 @@ outcome is) are small functions, unit-tested without a database.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import time
 import traceback
@@ -20,12 +21,19 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from studyctl.errors import StudyctlError, TrialFailed, WorkerInterrupted, one_line
+from studyctl.errors import (
+    StudyctlError,
+    TrialFailed,
+    WorkerInterrupted,
+    mask_secrets_in_logs,
+    one_line,
+)
 from studyctl.execution.registration import WorkerRegistration
 from studyctl.objectives import KerasObjective, Objective, TrialContext
 from studyctl.signals import on_stop_signals, reset_stop, stop_at_safe_point, stop_requested
 from studyctl.spec import StudySpec
 from studyctl.storage.connect import WorkerStorage
+from studyctl.storage.urls import mask_secrets
 from studyctl.training.devices import get_strategy, warm_up
 from studyctl.verbosity import configure_optuna_logging
 
@@ -105,14 +113,16 @@ class _TrialRunner:
         except Exception as exc:
             self.last_error = exc
             trial.set_user_attr("fail_reason", _failure_reason(exc)[:1000])
-            trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
+            trial.set_user_attr("traceback", mask_secrets(traceback.format_exc())[-8000:])
             raise
         finally:
             trial.set_user_attr("duration_s", round(time.monotonic() - start, 3))
 
 
 def _failure_reason(exc: BaseException) -> str:
-    if type(exc).__name__ == "ResourceExhaustedError":  # tf.errors, without importing TF
+    # TensorFlow's ResourceExhaustedError, or JAX's XlaRuntimeError "RESOURCE_EXHAUSTED: Out
+    # of memory ...", recognised without importing either framework.
+    if type(exc).__name__ == "ResourceExhaustedError" or str(exc).startswith("RESOURCE_EXHAUSTED"):
         return f"out of memory: {one_line(exc)}"
     return one_line(exc)
 
@@ -218,6 +228,7 @@ def run_trial_loop(
     """Run trials until the study's budget is met (or timeout, max_trials, a signal, or
     `max_consecutive_failures` failures in a row)."""
     configure_optuna_logging()  # Optuna's per-trial lines only with --verbose
+    mask_secrets_in_logs(logging.getLogger("optuna"))
     runner = _TrialRunner(spec, objective, storage, registration)
     result = LoopResult(reason="budget-met")
     started = time.monotonic()

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from studyctl.objectives import resolve_objective
     from studyctl.storage.connect import enable_heartbeat, open_worker_storage
     from studyctl.storage.studies import load_stored_spec, open_study
+    from studyctl.training.devices import use_backend
 
     try:
         storage = open_worker_storage(args.storage)
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             grace_period=w.grace_period,
             max_retries=w.max_retries,
         )
+        use_backend(spec.training.backend)  # before the objective file can import Keras
         objective = resolve_objective(spec.objective, args.objectives_dir)
         study = open_study(storage, spec, create=False).study
     except StudyctlError as exc:

@@ -28,7 +28,7 @@ from studyctl.storage.connect import open_worker_storage
 from studyctl.storage.studies import load_stored_spec
 from studyctl.storage.tables import WORKER_STOPPED
 from studyctl.storage.urls import STORAGE_ENV
-from studyctl.training.devices import THREADS_ENV
+from studyctl.training.devices import THREADS_ENV, backend_environment
 
 MAX_CHILD_CRASHES = 3
 
@@ -106,6 +106,7 @@ def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
             if opts.quiet:
                 cmd.append("--quiet")
             env = child_env(opts.gpus, opts.threads)
+            env.update(backend_environment(spec.training.backend))
             env[STORAGE_ENV] = opts.storage_url  # not on the command line: ps shows it
             forwarder.child = subprocess.Popen(cmd, env=env, start_new_session=True)
             code = forwarder.child.wait()

@@ -20,6 +20,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from studyctl.storage import tables as db
+from studyctl.storage.urls import scrub_spec_json
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -114,7 +115,9 @@ class SqlControl(Control):
             record = db.get_study_record(conn, study_name)
         if record is None:
             return None
-        return {"n_trials": record["n_trials"], "spec_json": record["spec_json"]}
+        # Scrubbed again on the way out: a row written by an older studyctl may still hold
+        # a password, and this answer can travel through the proxy.
+        return {"n_trials": record["n_trials"], "spec_json": scrub_spec_json(record["spec_json"])}
 
     def insert_worker(
         self, *, worker_id: str, study_name: str, host: str, pid: int, gpus: str

@@ -147,6 +147,31 @@ def _engine_kwargs(url: sa.engine.URL, pool_size: int) -> dict[str, Any]:
     return kwargs
 
 
+# PostgreSQL's SQLSTATE for a right the role lacks (permission denied for table/schema).
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+@sa.event.listens_for(sa.Engine, "handle_error")
+def _explain_missing_right(context: sa.engine.ExceptionContext) -> None:
+    """A statement the database role may not run becomes one `StorageError` naming the
+    role and the right, wherever it happens (opening, a command, a worker); the
+    transaction is rolled back, so nothing is half-written."""
+    orig = context.original_exception
+    if getattr(orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE or context.engine is None:
+        return
+    url = context.engine.url
+    what = one_line(orig, with_type=False)
+    if "schema" in what:
+        hint = "run `studyctl db upgrade` with the database's owner role first"
+    else:
+        hint = "SECURITY.md lists the rights each command needs"
+    raise StorageError(
+        f"storage {mask_url(url.render_as_string(hide_password=True))}: {what}: "
+        f"the database role {url.username!r} lacks this right",
+        hint=hint,
+    )
+
+
 _STORAGES: dict[str, StudyctlStorage] = {}
 
 
@@ -171,7 +196,7 @@ def open_storage(
             hint="expected e.g. sqlite:///studyctl.db or postgresql+psycopg://user@host/db",
         ) from None
     backend = parsed.get_backend_name()
-    if backend == "grpc":
+    if backend in ("grpc", "grpcs"):
         raise StorageError(
             f"storage URL {shown!r} is a studyctl storage proxy, which serves workers only",
             hint="give this command the database URL the proxy was started with",

@@ -16,8 +16,8 @@ from studyctl.training.callbacks import (
     make_mirror_callback,
 )
 from studyctl.training.checkpoints import checkpoint_dir, pull_checkpoint, remove_checkpoint
-from studyctl.training.devices import get_strategy
-from studyctl.training.logs import save_trial_note, tensorboard_dir, write_hparams
+from studyctl.training.devices import current_backend, device_names, get_strategy
+from studyctl.training.logs import save_trial_note, tensorboard_logs, write_hparams
 from studyctl.training.models import keep_if_best
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
     trial.set_user_attr("n_params", int(model.count_params()))
     save_trial_note(trial, spec, model)
     trial.set_user_attr("replicas", int(strategy.num_replicas_in_sync))
+    trial.set_user_attr("backend", current_backend())
+    trial.set_user_attr("devices", device_names())
     reporter = make_epoch_callback(
         trial, spec.metrics, prune=not spec.is_multi_objective and spec.pruner.type != "none"
     )
@@ -73,7 +75,7 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
         if store is not None:
             pull_checkpoint(store, backup_dir, spec.name)
             callbacks.insert(1, make_mirror_callback(store, backup_dir, spec.name, backup_dir.name))
-    log_dir = tensorboard_dir(spec, trial.number)
+    log_dir = tensorboard_logs(spec, trial.number)
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
     try:
