@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,10 @@ INHERITED_ATTRS = (
     "checkpoint_fallback",
     "history_inherited_epochs",
 )
+# System attribute of a trial failed by a StudyctlError (a user error no retry can fix).
+FATAL_ATTR = "studyctl:fatal"
+# The logger of Optuna's "Trial N failed with parameters ..." warnings.
+OPTUNA_OPTIMIZE_LOGGER = "optuna.study._optimize"
 
 
 @dataclass
@@ -122,12 +126,21 @@ class _TrialRunner:
                     result = run_keras_trial(ctx, self.objective)
                 else:
                     result = self.objective.func(trial, ctx)
+                    ctx.check_grid_axes()
             return _check_result(result, self.spec)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt as exc:
             self.last_error = exc
             trial.set_user_attr("fail_reason", stop_reason())
+            raise
+        except StudyctlError as exc:
+            # The user's to fix (a spec that does not fit the objective, data that cannot
+            # load): one line, no traceback, and a mark, so a run that created the study
+            # for nothing but this deletes it again (study_run.discard_fatal_start).
+            self.last_error = exc
+            trial.set_user_attr("fail_reason", str(exc)[:1000])
+            trial.study._storage.set_trial_system_attr(trial._trial_id, FATAL_ATTR, True)
             raise
         except Exception as exc:
             self.last_error = exc
@@ -136,6 +149,22 @@ class _TrialRunner:
             raise
         finally:
             trial.set_user_attr("duration_s", round(time.monotonic() - start, 3))
+
+
+class _QuietFatal(logging.Filter):
+    """Drops Optuna's "Trial N failed ..." warnings (with their traceback) for a trial that
+    stopped on a StudyctlError: the run reports it as one error line."""
+
+    def __init__(self, runner: _TrialRunner) -> None:
+        super().__init__()
+        self.runner = runner
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            isinstance(self.runner.last_error, StudyctlError)
+            and record.levelno == logging.WARNING
+            and " failed with " in record.getMessage()
+        )
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -255,7 +284,10 @@ def run_trial_loop(
     stale_after = float(spec.worker.grace_period)
     warmed = False
     reset_stop()
-    with on_stop_signals(stop_at_safe_point):
+    quiet = _QuietFatal(runner)
+    optuna_logger = logging.getLogger(OPTUNA_OPTIMIZE_LOGGER)
+    optuna_logger.addFilter(quiet)
+    with on_stop_signals(stop_at_safe_point), _removing_filter(optuna_logger, quiet):
         try:
             while True:
                 signum = stop_requested()
@@ -350,6 +382,14 @@ def _fail_unfinished(
             if callback is not None:
                 callback(study, storage.get_trial(trial._trial_id))
     return storage.get_trial(trial._trial_id)
+
+
+@contextlib.contextmanager
+def _removing_filter(logger: logging.Logger, quiet: logging.Filter) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _retry_if_interrupted(storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -150,7 +150,7 @@ def _median(spec: StudySpec, seed: int | None) -> Any:
 
 
 def _hyperband(spec: StudySpec, seed: int | None) -> Any:
-    options: dict[str, Any] = {"max_resource": spec.training.epochs, **spec.pruner.options}
+    options: dict[str, Any] = {"max_resource": spec.max_epochs, **spec.pruner.options}
     return _optuna().pruners.HyperbandPruner(**options)
 
 
