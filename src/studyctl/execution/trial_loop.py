@@ -16,11 +16,13 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from studyctl.artifacts import best_effort
 from studyctl.errors import (
     StudyctlError,
     TrialFailed,
@@ -113,6 +115,7 @@ class _TrialRunner:
             objective=self.objective,
             worker=info,
             strategy_provider=get_strategy,
+            forget_attrs=self._forget_attrs,
         )
         start = time.monotonic()
         try:
@@ -149,6 +152,11 @@ class _TrialRunner:
             raise
         finally:
             trial.set_user_attr("duration_s", round(time.monotonic() - start, 3))
+
+    def _forget_attrs(self, trial_id: int, user_keys: list[str], system_keys: list[str]) -> None:
+        self.storage.control.forget_trial_attrs(
+            trial_id=trial_id, user_keys=user_keys, system_keys=system_keys
+        )
 
 
 class _QuietFatal(logging.Filter):
@@ -336,6 +344,7 @@ def run_trial_loop(
                     if frozen is not None:
                         _retry_if_interrupted(storage, study, frozen)
                         discard_checkpoint(spec, frozen)
+                        _forget_removed_checkpoint(storage, study, frozen)
                 if frozen is None:
                     continue
                 outcome = _trial_outcome(frozen)
@@ -390,6 +399,27 @@ def _removing_filter(logger: logging.Logger, quiet: logging.Filter) -> Iterator[
         yield
     finally:
         logger.removeFilter(quiet)
+
+
+def _forget_removed_checkpoint(
+    storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial
+) -> None:
+    """Once a trial's checkpoint folder is gone (`discard_checkpoint`), no trial names it:
+    the `checkpoint_dir` of this trial and of the originals a retry resumed from is
+    deleted (a finished trial's attribute, hence `forget_trial_attrs`)."""
+    folder = trial.user_attrs.get("checkpoint_dir")
+    if not folder or Path(folder).exists():
+        return
+    target = Path(folder).absolute()
+    for t in study.get_trials(deepcopy=False):
+        named = t.user_attrs.get("checkpoint_dir")
+        if named and Path(named).absolute() == target:
+            best_effort(
+                f"removal of trial {t.number}'s checkpoint_dir",
+                lambda trial_id=t._trial_id: storage.control.forget_trial_attrs(
+                    trial_id=trial_id, user_keys=["checkpoint_dir"], system_keys=[]
+                ),
+            )
 
 
 def _retry_if_interrupted(storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -78,6 +78,9 @@ class TrialContext:
     # Set by the trial loop: returns the process's one distribution strategy (TensorFlow is
     # imported on the first call).
     strategy_provider: Callable[[], Any] | None = None
+    # Set by the trial loop: deletes attributes of any trial of the study (finished ones
+    # included) that name an artifact studyctl removed: `(trial_id, user_keys, system_keys)`.
+    forget_attrs: Callable[[int, list[str], list[str]], None] | None = None
 
     @property
     def training(self) -> Any:
