@@ -11,6 +11,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from studyctl.errors import SpecError
+from studyctl.spec import load_spec
+
 from .conftest import run_cli, write_objectives, write_spec
 
 pytestmark = pytest.mark.slow
@@ -158,3 +161,40 @@ def test_grid_axis_nothing_suggests_is_an_error(tmp_path: Path, sqlite_url: str)
     assert "typo-axis" not in names or not optuna.load_study(
         study_name="typo-axis", storage=sqlite_url
     ).get_trials(states=(optuna.trial.TrialState.FAIL,))
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ("[params]\nbatch_size = 0", "params.batch_size"),
+        ("[sampler]\ntype = 'grid'\n[sampler.grid]\nepochs = [1.5, 2]", "sampler.grid.epochs"),
+        ("[space.batch_size]\ntype = 'float'\nlow = 8.0\nhigh = 64.0", "space.batch_size.type"),
+        ("[space.epochs]\ntype = 'int'\nlow = 0\nhigh = 3", "space.epochs.low"),
+        (
+            "[sampler]\ntype = 'grid'\n[sampler.grid]\nx = [1]\n"
+            "[space.batch_size]\ntype = 'int'\nlow = 8\nhigh = 64",
+            "space.batch_size",
+        ),
+    ],
+)
+def test_training_axes_take_positive_integers(tmp_path: Path, table: str, key: str) -> None:
+    path = tmp_path / "axes.toml"
+    path.write_text(f'name = "axes"\nobjective = "x"\nn_trials = 2\n{table}\n')
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert f"{path}: {key}: " in str(info.value)
+
+
+def test_epochs_axis_sets_hyperband_max_resource(tmp_path: Path) -> None:
+    from studyctl.spec.choices import build_pruner
+
+    path = tmp_path / "hb.toml"
+    path.write_text(
+        'name = "hb"\nobjective = "x"\nn_trials = 2\n[pruner]\ntype = "hyperband"\n'
+        "[space.epochs]\ntype = 'categorical'\nchoices = [2, 9]\n"
+    )
+    spec = load_spec(path)
+    assert spec.training_axes == ("epochs",) and spec.max_epochs == 9
+    pruner = build_pruner(spec)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert pruner._max_resource == 9
