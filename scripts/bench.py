@@ -843,7 +843,11 @@ def main() -> None:
         plot_search(search.pop("_curves"), search["epoch_budget"], folder / "search.png")
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     if all(key in results for key in FIGURES):
-        (args.out / "BENCHMARKS.md").write_text(markdown(results))
+        # The table is generated; hand-written sections after it (## headings) are kept.
+        page = args.out / "BENCHMARKS.md"
+        old = page.read_text() if page.is_file() else ""
+        kept = old[old.index("\n## ") :] if "\n## " in old else ""
+        page.write_text(markdown(results).rstrip("\n") + "\n" + kept)
         print(markdown(results))
     else:  # --only without earlier results: no full table to write
         print(json.dumps(results, indent=2))
