@@ -707,7 +707,8 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"Machine: {r['machine']}. Date: {r['date']}. Command: `{r['command']}`"
         + "".join(
-            f"; figure {key} run on {run['date']} with `{run['command']}`"
+            f"; figure {list(FIGURES).index(key) + 1} ({key}) run on {run['date']} with "
+            f"`{run['command']}`"
             for key, run in r.get("runs", {}).items()
         )
         + ". Raw results: [benchmarks/results.json](benchmarks/results.json).",
@@ -762,12 +763,17 @@ def markdown(r: dict[str, Any]) -> str:
                 if v["epochs_to_reach_ratio_mean"] is not None
                 else "never"
             )
+            reach = f"reaches RandomSearch's best in {reach} ({v['reached_in']})"
+            if label == "keras-tuner RandomSearch":
+                reach = (
+                    f"finds its final best after {v['epochs_to_reach_ratio_mean']}x its "
+                    "epochs (the reference)"
+                )
             lines.append(
                 f"| 7 | {label}: best val_loss after {q['epoch_budget']} epochs ({q['trials']} "
                 f"trials of {q['epochs_per_trial']} epochs for RandomSearch), mean of "
                 f"{len(q['seeds'])} seeds | **{v['best_val_loss_at_budget_mean']}** "
-                f"{v['best_val_loss_at_budget']}; reaches RandomSearch's best in {reach} "
-                f"({v['reached_in']}) | below RandomSearch |"
+                f"{v['best_val_loss_at_budget']}; {reach} | below RandomSearch |"
             )
         lines.append(
             f"| 7 | TPE with 2 workers vs sequential, same trials: mean best val_loss ratio "
