@@ -13,7 +13,12 @@ Figures (ratios within one run: these machines are shared and noisy):
 4. pruning: epochs trained and best val_loss with no pruning, median, Hyperband (TPE) and
    random search, over seeds;
 5. start-up: `studyctl --help` vs `python -c pass`; a worker's time to its first trial;
-6. storage under load: 1/4/8 workers, near-zero objective, SQLite and PostgreSQL.
+6. storage under load: 1/4/8 workers, near-zero objective, SQLite and PostgreSQL;
+7. what the search buys: studyctl's TPE (sequential, 2 workers, 2 workers with a median
+   pruner) against KerasTuner's RandomSearch on the same model, space, data and epochs,
+   over seeds: best val_loss at equal epochs, and epochs to reach RandomSearch's best.
+
+    python scripts/bench.py --only search   # one figure; merged into the existing results
 """
 
 from __future__ import annotations
@@ -118,6 +123,30 @@ def objective(trial):
     return h.history["val_loss"][-1]
 optuna.create_study().optimize(objective, n_trials=max(marks))
 print(json.dumps(rss))
+"""
+
+
+KERAS_TUNER = """
+import json, sys
+sys.path.insert(0, {folder!r})
+from bench_objectives import build, load_data
+import keras_tuner as kt
+data = load_data()
+
+
+def hypermodel(hp):
+    # The same model and space as the studyctl objective bench_mlp.
+    return build(hp.Int("units", 8, 128, sampling="log"),
+                 hp.Float("lr", 1e-4, 3e-2, sampling="log"))
+
+
+tuner = kt.RandomSearch(hypermodel, objective="val_loss", max_trials={trials}, seed={seed},
+                        directory={directory!r}, project_name="rs", overwrite=True)
+tuner.search(data.x, data.y, validation_data=(data.x_val, data.y_val), batch_size=64,
+             epochs={epochs}, verbose=0)
+# Trial by trial: epochs trained and the best epoch's val_loss (KerasTuner's score).
+trials = sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id)
+print(json.dumps([[{epochs}, t.score] for t in trials if t.score is not None]))
 """
 
 
@@ -477,6 +506,114 @@ class Bench:
                     drop()
         return out
 
+    # 7 ---------------------------------------------------------------------------------
+    def search(self) -> dict[str, Any]:
+        """Best val_loss at equal epochs, and epochs to reach RandomSearch's best, over seeds.
+
+        Every configuration trains the same bench_mlp model (units, lr) on the same digits
+        split for the same epochs per trial. A study's curve orders its trials by completion
+        time (with workers, the order in which results became known) and counts each trial's
+        epochs (a pruned trial's only up to its last report).
+        """
+        seeds, trials, epochs = ([0], 3, 1) if self.quick else ([0, 1, 2, 3, 4], 15, 4)
+        budget = trials * epochs  # RandomSearch's epochs: the budget every row is read at
+        startup = max(1, trials // 3)
+        tpe = f'type = "tpe"\nn_startup_trials = {startup}'
+        configs: dict[str, tuple[str, str, int, int]] = {
+            # label: sampler table, pruner table, workers, n_trials
+            "studyctl tpe, sequential": (tpe, "", 0, trials),
+            "studyctl tpe, 2 workers": (tpe, "", 2, trials),
+            # Pruned trials cost fewer epochs: more trials, read at the same epoch budget.
+            "studyctl tpe + median pruner, 2 workers": (
+                tpe,
+                f'type = "median"\nn_startup_trials = {startup}\nn_warmup_steps = 1',
+                2,
+                trials * 3 // 2,
+            ),
+        }
+        import optuna
+
+        curves: dict[str, list[list[tuple[int, float]]]] = {"keras-tuner RandomSearch": []}
+        for seed in seeds:
+            folder = self.work / f"kt-{seed}"
+            rs = self.python(
+                KERAS_TUNER.format(
+                    folder=str(self.objectives),
+                    trials=trials,
+                    seed=seed,
+                    directory=str(folder),
+                    epochs=epochs,
+                )
+            )
+            curves["keras-tuner RandomSearch"].append(_curve(rs))
+        for label, (sampler, pruner, workers, n_trials) in configs.items():
+            curves[label] = []
+            for seed in seeds:
+                spec, name, url = self.spec(f"""
+                    objective = "bench_mlp"
+                    n_trials = {n_trials}
+                    [sampler]
+                    seed = {seed}
+                    {sampler}
+                    [pruner]
+                    {pruner}
+                    [training]
+                    epochs = {epochs}
+                    batch_size = 64
+                    objective_value = "best"
+                    [artifacts]
+                    path = "{self.work / "artifacts"}"
+                    checkpoints = false
+                    keep_best_model = false
+                """)
+                args = ["run", str(spec), "-q", "-s", url]
+                if workers:
+                    args += ["--workers", str(workers), "--threads-per-worker", "1"]
+                self.studyctl(*args)
+                study = optuna.load_study(study_name=name, storage=url)
+                done = sorted(
+                    (t for t in study.trials if t.datetime_complete and t.intermediate_values),
+                    key=lambda t: t.datetime_complete,  # type: ignore[arg-type, return-value]
+                )
+                curves[label].append(
+                    _curve(
+                        [
+                            [len(t.intermediate_values), min(t.intermediate_values.values())]
+                            for t in done
+                        ]
+                    )
+                )
+        out: dict[str, Any] = {
+            "seeds": seeds,
+            "trials": trials,
+            "epochs_per_trial": epochs,
+            "epoch_budget": budget,
+            "tpe_n_startup_trials": startup,
+        }
+        targets = [c[-1][1] for c in curves["keras-tuner RandomSearch"]]
+        for label, runs in curves.items():
+            at_budget = [_best_at(c, budget) for c in runs]
+            needed = [
+                next((spent for spent, best in c if best <= target), None)
+                for c, target in zip(runs, targets, strict=True)
+            ]
+            reached = [n / budget for n in needed if n is not None]
+            out[label] = {
+                "best_val_loss_at_budget": [round(v, 4) for v in at_budget],
+                "best_val_loss_at_budget_mean": round(statistics.mean(at_budget), 4),
+                "epochs_to_reach_random_search_best": needed,
+                "epochs_to_reach_ratio_mean": round(statistics.mean(reached), 2)
+                if reached
+                else None,
+                "reached_in": f"{len(reached)}/{len(needed)} seeds",
+                "trials_run": [len(c) for c in runs],
+            }
+        sequential = out["studyctl tpe, sequential"]["best_val_loss_at_budget_mean"]
+        parallel = out["studyctl tpe, 2 workers"]["best_val_loss_at_budget_mean"]
+        out["parallel_over_sequential"] = round(parallel / sequential, 3)
+        out["_curves"] = curves
+        return out
+
     def _url(self, backend: str) -> tuple[str, Any]:
         if backend == "sqlite":
             self.n += 1
@@ -493,6 +630,45 @@ class Bench:
             admin.close()
 
         return f"postgresql+psycopg://root@127.0.0.1:5432/{name}", drop
+
+
+def _curve(trials: list[list[float]]) -> list[tuple[int, float]]:
+    """(epochs so far, best value so far) after each trial, in the order given."""
+    spent, best, curve = 0, float("inf"), []
+    for n_epochs, value in trials:
+        spent += int(n_epochs)
+        best = min(best, float(value))
+        curve.append((spent, best))
+    return curve
+
+
+def _best_at(curve: list[tuple[int, float]], budget: int) -> float:
+    """The best value found within `budget` epochs."""
+    within = [best for spent, best in curve if spent <= budget]
+    return within[-1] if within else float("inf")
+
+
+def plot_search(curves: dict[str, list[list[tuple[int, float]]]], budget: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for color, (label, runs) in enumerate(curves.items()):
+        for i, run in enumerate(runs):
+            xs, ys = zip(*run, strict=True)
+            ax.step(
+                xs, ys, where="post", alpha=0.7, color=f"C{color}", label=label if i == 0 else None
+            )
+    ax.axvline(budget, color="grey", linestyle=":", label="RandomSearch's epochs")
+    ax.set_xlabel("epochs trained (cumulative)")
+    ax.set_ylabel("best val_loss so far")
+    ax.set_yscale("log")
+    ax.set_title("studyctl TPE vs KerasTuner RandomSearch (one line per seed)")
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 def plot_pruning(curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> None:
@@ -529,8 +705,13 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Machine: {r['machine']}. Date: {r['date']}. Command: `{r['command']}`. "
-        "Raw results: [benchmarks/results.json](benchmarks/results.json).",
+        f"Machine: {r['machine']}. Date: {r['date']}. Command: `{r['command']}`"
+        + "".join(
+            f"; figure {list(FIGURES).index(key) + 1} ({key}) run on {run['date']} with "
+            f"`{run['command']}`"
+            for key, run in r.get("runs", {}).items()
+        )
+        + ". Raw results: [benchmarks/results.json](benchmarks/results.json).",
         "",
         "| # | figure | result | target |",
         "|---|---|---|---|",
@@ -572,16 +753,55 @@ def markdown(r: dict[str, Any]) -> str:
             f"| 6 | near-zero objective, {label} workers | {v['trials_per_s']} trials/s, "
             f"{v['errors']} errors | 0 errors |"
         )
+    if "search" in r:
+        q = r["search"]
+        for label, v in q.items():
+            if not isinstance(v, dict):
+                continue
+            reach = (
+                f"{v['epochs_to_reach_ratio_mean']}x its epochs"
+                if v["epochs_to_reach_ratio_mean"] is not None
+                else "never"
+            )
+            reach = f"reaches RandomSearch's best in {reach} ({v['reached_in']})"
+            if label == "keras-tuner RandomSearch":
+                reach = (
+                    f"finds its final best after {v['epochs_to_reach_ratio_mean']}x its "
+                    "epochs (the reference)"
+                )
+            lines.append(
+                f"| 7 | {label}: best val_loss after {q['epoch_budget']} epochs ({q['trials']} "
+                f"trials of {q['epochs_per_trial']} epochs for RandomSearch), mean of "
+                f"{len(q['seeds'])} seeds | **{v['best_val_loss_at_budget_mean']}** "
+                f"{v['best_val_loss_at_budget']}; {reach} | below RandomSearch |"
+            )
+        lines.append(
+            f"| 7 | TPE with 2 workers vs sequential, same trials: mean best val_loss ratio "
+            f"| **{q['parallel_over_sequential']}** | <= 1 (no loss from parallelism) |"
+        )
     lines += [
         "",
         "![best value against epochs](benchmarks/pruning.png)",
         "",
+        *(["![studyctl against KerasTuner](benchmarks/search.png)", ""] if "search" in r else []),
         "More workers or GPUs: run the same figure 2 study with "
         "`studyctl run SPEC --workers N --gpus 0-7 --gpus-per-worker K` on the bigger "
         "machine; efficiency = wall(1 worker) / wall(N workers) / N.",
         "",
     ]
     return "\n".join(lines)
+
+
+# Figure name -> the Bench method that measures it, in the order a full run takes them.
+FIGURES = {
+    "overhead": "overhead",
+    "speedup": "speedup",
+    "memory": "memory",
+    "pruning": "pruning",
+    "startup": "startup",
+    "storage": "storage_load",
+    "search": "search",
+}
 
 
 def main() -> None:
@@ -593,33 +813,50 @@ def main() -> None:
         default=REPO,
         help="folder for BENCHMARKS.md and benchmarks/ (default: repo)",
     )
+    parser.add_argument(
+        "--only",
+        choices=FIGURES,
+        help="run one figure and merge it into the existing benchmarks/results.json",
+    )
     args = parser.parse_args()
+    folder = args.out / "benchmarks"
+    command = "python scripts/bench.py" + (" --quick" if args.quick else "")
     with tempfile.TemporaryDirectory(prefix="studyctl-bench-") as tmp:
         bench = Bench(Path(tmp), args.quick)
         results: dict[str, Any] = {
             "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB, no GPU",
-            "command": "python scripts/bench.py" + (" --quick" if args.quick else ""),
+            "command": command,
         }
-        for key, fn in [
-            ("overhead", bench.overhead),
-            ("speedup", bench.speedup),
-            ("memory", bench.memory),
-            ("pruning", bench.pruning),
-            ("startup", bench.startup),
-            ("storage", bench.storage_load),
-        ]:
+        if args.only and (folder / "results.json").is_file():
+            results = json.loads((folder / "results.json").read_text())
+            results.setdefault("runs", {})[args.only] = {
+                "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+                "command": f"{command} --only {args.only}",
+            }
+        for key in FIGURES:
+            if args.only and key != args.only:
+                continue
             start = time.perf_counter()
-            results[key] = fn()
+            results[key] = getattr(bench, FIGURES[key])()
             print(f"{key}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    folder = args.out / "benchmarks"
     folder.mkdir(parents=True, exist_ok=True)
-    curves = results["pruning"].pop("_curves")
-    plot_pruning(curves, folder / "pruning.png")
+    if "_curves" in results.get("pruning", {}):
+        plot_pruning(results["pruning"].pop("_curves"), folder / "pruning.png")
+    if "_curves" in results.get("search", {}):
+        search = results["search"]
+        plot_search(search.pop("_curves"), search["epoch_budget"], folder / "search.png")
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "BENCHMARKS.md").write_text(markdown(results))
-    print(markdown(results))
+    if all(key in results for key in FIGURES):
+        # The table is generated; hand-written sections after it (## headings) are kept.
+        page = args.out / "BENCHMARKS.md"
+        old = page.read_text() if page.is_file() else ""
+        kept = old[old.index("\n## ") :] if "\n## " in old else ""
+        page.write_text(markdown(results).rstrip("\n") + "\n" + kept)
+        print(markdown(results))
+    else:  # --only without earlier results: no full table to write
+        print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

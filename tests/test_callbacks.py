@@ -64,7 +64,8 @@ def test_a_nan_loss_stops_the_fit_and_says_when(study: optuna.Study) -> None:
 def test_a_missing_metric_names_the_logged_ones(study: optuna.Study) -> None:
     cb = reporter(study.ask())
     cb.on_epoch_end(0, {"loss": 0.5, "accuracy": 0.9})
-    assert cb.failure == "metric 'val_loss' not in the model's logs; available: accuracy, loss"
+    assert cb.missing_metric == "metric 'val_loss' is not logged; logged: loss, accuracy"
+    assert cb.failure is None
     assert cb.model.stop_training
 
 

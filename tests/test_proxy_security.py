@@ -247,3 +247,30 @@ def test_cmaes_workers_are_sent_to_the_database(
     assert "cmaes" in refused.stderr and "database URL" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert optuna.load_study(study_name="cma-study", storage=sqlite_url).trials == []
+
+
+def test_only_artifact_attributes_can_be_forgotten(tmp_path: Path, sqlite_url: str) -> None:
+    """forget_trial_attrs (a superseded model's attributes) deletes through the proxy only
+    the attributes that name artifacts studyctl removes."""
+    study = _study(sqlite_url)
+    trial = study.ask()
+    trial.set_user_attr("model_path", "/gone/trial-0.keras")
+    trial.set_user_attr("note", "kept")
+    study.tell(trial, 1.0)
+    with proxy(sqlite_url, tmp_path) as port:
+        remote = cast(Any, open_worker_storage(f"grpc://127.0.0.1:{port}")).remote
+        for kwargs, words in [
+            ({"user_keys": ["note"], "system_keys": []}, "is not one of"),
+            ({"user_keys": [], "system_keys": ["fixed_params"]}, "not an artifact attribute"),
+        ]:
+            with pytest.raises(StorageError, match=words):
+                remote.rpc("forget_trial_attrs", trial_id=trial._trial_id, **kwargs)
+        remote.rpc(
+            "forget_trial_attrs",
+            trial_id=trial._trial_id,
+            user_keys=["model_path"],
+            system_keys=[],
+        )
+    stored = optuna.load_study(study_name="guarded", storage=sqlite_url).trials[-1]
+    assert stored.state == TrialState.COMPLETE
+    assert "model_path" not in stored.user_attrs and stored.user_attrs["note"] == "kept"

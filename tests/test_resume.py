@@ -132,7 +132,10 @@ def test_kill_9_mid_trial_then_resume_from_last_epoch(tmp_path: Path, sqlite_url
     # The learning curve continues the original's: epochs 0..7, no gap.
     assert sorted(retry.intermediate_values) == list(range(8))
     assert retry.user_attrs["epochs_run"] == 8
-    assert not Path(retry.user_attrs["checkpoint_dir"]).exists()  # removed when it finished
+    # The checkpoint is removed when the retry finished, and no trial names it any more.
+    assert not (tmp_path / "artifacts" / "slow" / f"trial-{victim.number}").exists()
+    assert retry.user_attrs.get("checkpoint_dir") is None
+    assert original.user_attrs.get("checkpoint_dir") is None
     status = json.loads(
         run_cli(["status", "slow", "-s", sqlite_url, "-f", "json"], cwd=tmp_path).stdout
     )

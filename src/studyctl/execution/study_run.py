@@ -5,15 +5,21 @@ there is anything to run, runs the study here or in worker processes, and return
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studyctl.execution.prepare import prepare_study
+import optuna
+from optuna.trial import TrialState
+
+from studyctl.execution.prepare import PreparedStudy, prepare_study
+from studyctl.execution.trial_loop import FATAL_ATTR
 from studyctl.inspect.summary import study_status
 from studyctl.spec import StudySpec
+from studyctl.storage.studies import delete_study
 from studyctl.storage.urls import mask_url
 
 # Exit codes of `studyctl run`/`resume` (and of a worker): see docs/ARCHITECTURE.md.
@@ -46,6 +52,42 @@ class RunOutcome:
     @property
     def fatal(self) -> bool:
         return self.stopped == "fatal"
+
+
+def fatal_message(study: optuna.Study) -> str | None:
+    """The reason of the first trial failed by a user error (`FATAL_ATTR`), if any."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.system_attrs.get(FATAL_ATTR):
+            return str(t.user_attrs.get("fail_reason") or "fatal error")
+    return None
+
+
+def discard_fatal_start(prepared: PreparedStudy) -> bool:
+    """Delete the study again when this run created it and every trial it has failed on a
+    user error (a metric the model does not log, a grid axis nothing suggests, data that
+    cannot load): the run leaves nothing behind but its error line, as a spec rejected
+    before any trial does. Optuna cannot delete one trial, so in a study that existed
+    before, such a trial stays, FAIL with its reason (and `FATAL_ATTR`)."""
+    trials = prepared.study.get_trials(deepcopy=False)
+    if not prepared.created or not trials:
+        return False
+    if not all(t.state == TrialState.FAIL and t.system_attrs.get(FATAL_ATTR) for t in trials):
+        return False
+    delete_study(prepared.storage, prepared.spec.name)
+    _remove_empty_folders(Path(prepared.spec.artifacts.path) / prepared.spec.name)
+    return True
+
+
+def _remove_empty_folders(root: Path) -> None:
+    """Remove `root` and the folders under it that hold no file (checkpoint folders of
+    the deleted trials are already gone); never a file."""
+    if not root.is_dir():
+        return
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def _signal_exit(signum: int | None) -> int:
@@ -111,12 +153,21 @@ def run_study(
             code = EXIT_FATAL if EXIT_FATAL in bad else EXIT_FAILURES
         else:
             code = EXIT_OK
+        # A worker stopped by a user error (a spec that does not fit the objective) says
+        # why in its own output; the run reports the first such reason as its error.
+        message = fatal_message(prepared.study) if code == EXIT_FATAL else None
+        status = study_status(prepared.storage, spec.name)
+        if message is not None:
+            discard_fatal_start(prepared)
         return RunOutcome(
             spec=spec,
             created=prepared.created,
-            status=study_status(prepared.storage, spec.name),
-            stopped="interrupted" if launched.signum else "workers-exited",
+            status=status,
+            stopped="interrupted"
+            if launched.signum
+            else ("fatal" if message is not None else "workers-exited"),
             exit_code=code,
+            message=message or "",
             workers=launched.exit_codes,
             signum=launched.signum,
         )
@@ -127,10 +178,13 @@ def run_study(
         "fatal": EXIT_FATAL,
         "failures": EXIT_FAILURES,
     }.get(result.reason, EXIT_OK)
+    status = study_status(prepared.storage, spec.name)
+    if result.reason == "fatal":
+        discard_fatal_start(prepared)
     return RunOutcome(
         spec=spec,
         created=prepared.created,
-        status=study_status(prepared.storage, spec.name),
+        status=status,
         stopped=result.reason,
         exit_code=code,
         trials_run=result.trials_run,

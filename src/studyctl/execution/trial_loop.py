@@ -14,13 +14,15 @@ import logging
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from studyctl.artifacts import best_effort
 from studyctl.errors import (
     StudyctlError,
     TrialFailed,
@@ -56,6 +58,10 @@ INHERITED_ATTRS = (
     "checkpoint_fallback",
     "history_inherited_epochs",
 )
+# System attribute of a trial failed by a StudyctlError (a user error no retry can fix).
+FATAL_ATTR = "studyctl:fatal"
+# The logger of Optuna's "Trial N failed with parameters ..." warnings.
+OPTUNA_OPTIMIZE_LOGGER = "optuna.study._optimize"
 
 
 @dataclass
@@ -110,6 +116,7 @@ class _TrialRunner:
             objective=self.objective,
             worker=info,
             strategy_provider=get_strategy,
+            forget_attrs=self._forget_attrs,
         )
         start = time.monotonic()
         try:
@@ -123,12 +130,21 @@ class _TrialRunner:
                     result = run_keras_trial(ctx, self.objective)
                 else:
                     result = self.objective.func(trial, ctx)
+                    ctx.check_grid_axes()
             return _check_result(result, self.spec)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt as exc:
             self.last_error = exc
             trial.set_user_attr("fail_reason", stop_reason())
+            raise
+        except StudyctlError as exc:
+            # The user's to fix (a spec that does not fit the objective, data that cannot
+            # load): one line, no traceback, and a mark, so a run that created the study
+            # for nothing but this deletes it again (study_run.discard_fatal_start).
+            self.last_error = exc
+            trial.set_user_attr("fail_reason", str(exc)[:1000])
+            trial.study._storage.set_trial_system_attr(trial._trial_id, FATAL_ATTR, True)
             raise
         except Exception as exc:
             self.last_error = exc
@@ -137,6 +153,27 @@ class _TrialRunner:
             raise
         finally:
             trial.set_user_attr("duration_s", round(time.monotonic() - start, 3))
+
+    def _forget_attrs(self, trial_id: int, user_keys: list[str], system_keys: list[str]) -> None:
+        self.storage.control.forget_trial_attrs(
+            trial_id=trial_id, user_keys=user_keys, system_keys=system_keys
+        )
+
+
+class _QuietFatal(logging.Filter):
+    """Drops Optuna's "Trial N failed ..." warnings (with their traceback) for a trial that
+    stopped on a StudyctlError: the run reports it as one error line."""
+
+    def __init__(self, runner: _TrialRunner) -> None:
+        super().__init__()
+        self.runner = runner
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            isinstance(self.runner.last_error, StudyctlError)
+            and record.levelno == logging.WARNING
+            and " failed with " in record.getMessage()
+        )
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -256,7 +293,10 @@ def run_trial_loop(
     stale_after = float(spec.worker.grace_period)
     warmed = False
     reset_stop()
-    with on_stop_signals(stop_at_safe_point):
+    quiet = _QuietFatal(runner)
+    optuna_logger = logging.getLogger(OPTUNA_OPTIMIZE_LOGGER)
+    optuna_logger.addFilter(quiet)
+    with on_stop_signals(stop_at_safe_point), _removing_filter(optuna_logger, quiet):
         try:
             while True:
                 signum = stop_requested()
@@ -305,6 +345,7 @@ def run_trial_loop(
                     if frozen is not None:
                         _retry_if_interrupted(storage, study, frozen)
                         discard_checkpoint(spec, frozen)
+                        _forget_removed_checkpoint(storage, study, frozen)
                 if frozen is None:
                     continue
                 outcome = _trial_outcome(frozen)
@@ -351,6 +392,35 @@ def _fail_unfinished(
             if callback is not None:
                 callback(study, storage.get_trial(trial._trial_id))
     return storage.get_trial(trial._trial_id)
+
+
+@contextlib.contextmanager
+def _removing_filter(logger: logging.Logger, quiet: logging.Filter) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _forget_removed_checkpoint(
+    storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial
+) -> None:
+    """Once a trial's checkpoint folder is gone (`discard_checkpoint`), no trial names it:
+    the `checkpoint_dir` of this trial and of the originals a retry resumed from is
+    deleted (a finished trial's attribute, hence `forget_trial_attrs`)."""
+    folder = trial.user_attrs.get("checkpoint_dir")
+    if not folder or Path(folder).exists():
+        return
+    target = Path(folder).absolute()
+    for t in study.get_trials(deepcopy=False):
+        named = t.user_attrs.get("checkpoint_dir")
+        if named and Path(named).absolute() == target:
+            best_effort(
+                f"removal of trial {t.number}'s checkpoint_dir",
+                lambda trial_id=t._trial_id: storage.control.forget_trial_attrs(
+                    trial_id=trial_id, user_keys=["checkpoint_dir"], system_keys=[]
+                ),
+            )
 
 
 def _retry_if_interrupted(storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -202,11 +202,34 @@ def export_best_model(storage: StudyctlStorage, name: str, destination: str) -> 
 
         download(path, Path(destination))
         return best[0].number
-    if not path or not Path(path).is_file():
-        where = f" (expected at {path}, on the machine that trained it)" if path else ""
+    if not path:
         raise StudyctlError(
-            f"best trial #{best[0].number} of study {name!r} has no saved model{where}",
-            hint="keep_best_model in the spec's [artifacts] saves it",
+            f"best trial #{best[0].number} of study {name!r} has no saved model",
+            hint=_no_model_hint(storage, name),
+        )
+    if not Path(path).is_file():
+        relative = "" if Path(path).is_absolute() else f", relative to {Path.cwd()}"
+        raise StudyctlError(
+            f"the model of best trial #{best[0].number} of study {name!r} is not at "
+            f"{path}{relative}",
+            hint="it was removed, or it lies on the machine that trained it: export it "
+            "there, or use a shared [artifacts] path or an s3:// store",
         )
     shutil.copyfile(path, destination)
     return best[0].number
+
+
+def _no_model_hint(storage: StudyctlStorage, name: str) -> str:
+    """Why a best trial may have no model: keep_best_model off in the stored spec, or, with
+    it on, an objective studyctl does not train (a function objective) or several
+    objectives."""
+    try:
+        spec = load_stored_spec(storage, name)
+    except StudyctlError:
+        return "studyctl keeps the best model of the Keras objectives it trains"
+    if not spec.artifacts.keep_best_model:
+        return "keep_best_model = true in the spec's [artifacts] saves it"
+    return (
+        "keep_best_model is on; studyctl keeps the model of a single-objective Keras "
+        "objective it trains, not of a function objective"
+    )

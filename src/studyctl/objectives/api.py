@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from studyctl.errors import ObjectiveError, one_line
+from studyctl.errors import ObjectiveError, SpecError, one_line
 
 if TYPE_CHECKING:
     import optuna
@@ -78,6 +78,9 @@ class TrialContext:
     # Set by the trial loop: returns the process's one distribution strategy (TensorFlow is
     # imported on the first call).
     strategy_provider: Callable[[], Any] | None = None
+    # Set by the trial loop: deletes attributes of any trial of the study (finished ones
+    # included) that name an artifact studyctl removed: `(trial_id, user_keys, system_keys)`.
+    forget_attrs: Callable[[int, list[str], list[str]], None] | None = None
 
     @property
     def training(self) -> Any:
@@ -103,9 +106,37 @@ class TrialContext:
             raise ObjectiveError("ctx.strategy is available only inside a studyctl trial")
         return self.strategy_provider()
 
+    def _set_by_studyctl(self, name: str) -> tuple[bool, Any]:
+        """A training setting the spec makes a search axis (batch_size, epochs) is
+        suggested by studyctl before a Keras objective runs; asked again, it is that value,
+        whatever range the objective gives."""
+        if name in self.spec.training_axes:
+            params = self.trial.params
+            if name in params:
+                return True, params[name]
+        return False, None
+
+    def check_grid_axes(self) -> None:
+        """Raise a `SpecError` naming the first [sampler.grid] axis nothing suggested in
+        this trial: the grid would run each such point as if the axis did not exist."""
+        params = self.trial.params
+        for name in self.spec.sampler.grid:
+            if name not in params:
+                suggested = ", ".join(sorted(params)) or "nothing"
+                raise SpecError(
+                    self.spec.path,
+                    f"sampler.grid.{name}",
+                    f"objective {self.spec.objective!r} never suggests {name!r} (it suggests "
+                    f"{suggested}); suggest it in the objective (ctx.suggest_*) or remove it "
+                    "from the grid",
+                )
+
     def suggest_float(
         self, name: str, low: float, high: float, *, log: bool = False, step: float | None = None
     ) -> float:
+        done, value = self._set_by_studyctl(name)
+        if done:
+            return float(value)
         p = self.spec.space.get(name)
         if p is not None and p.type == "float":
             assert p.low is not None and p.high is not None
@@ -115,6 +146,9 @@ class TrialContext:
     def suggest_int(
         self, name: str, low: int, high: int, *, log: bool = False, step: int = 1
     ) -> int:
+        done, value = self._set_by_studyctl(name)
+        if done:
+            return int(value)
         p = self.spec.space.get(name)
         if p is not None and p.type == "int":
             assert p.low is not None and p.high is not None
@@ -123,6 +157,9 @@ class TrialContext:
         return self.trial.suggest_int(name, low, high, log=log, step=step)
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        done, value = self._set_by_studyctl(name)
+        if done:
+            return value
         p = self.spec.space.get(name)
         if p is not None and p.type == "categorical":
             choices = list(p.choices)

@@ -4,6 +4,14 @@ An entry says which options the spec may set (their type and valid range, checke
 spec is parsed, before anything touches a database) and how to build the Optuna object.
 Adding a sampler or pruner is one entry here. Optuna is imported only by the builders, so
 parsing a spec stays cheap.
+
+A spec's `seed` never makes two trials draw the same random numbers: every trial samples with
+a seed derived from the spec's seed and the trial's number, which is unique in the study
+(`seeding.trial_seed`). Seeding each process with the spec's seed instead made every worker, and
+every replaced trial process, repeat the same points. Sequentially the whole sequence of
+trials reproduces; with workers, each trial's own draws reproduce, while what a model-based
+sampler (TPE, CMA-ES, GP, NSGA-II) has seen of the others when a trial starts depends on
+timing.
 """
 
 from __future__ import annotations
@@ -76,7 +84,9 @@ def _random(spec: StudySpec, seed: int | None) -> Any:
 
 
 def _grid(spec: StudySpec, seed: int | None) -> Any:
-    return _optuna().samplers.GridSampler(search_space=spec.sampler.grid, seed=seed)
+    from studyctl.spec.seeding import SeededGridSampler
+
+    return SeededGridSampler(search_space=spec.sampler.grid, seed=seed)
 
 
 def _cmaes(spec: StudySpec, seed: int | None) -> Any:
@@ -140,7 +150,7 @@ def _median(spec: StudySpec, seed: int | None) -> Any:
 
 
 def _hyperband(spec: StudySpec, seed: int | None) -> Any:
-    options: dict[str, Any] = {"max_resource": spec.training.epochs, **spec.pruner.options}
+    options: dict[str, Any] = {"max_resource": spec.max_epochs, **spec.pruner.options}
     return _optuna().pruners.HyperbandPruner(**options)
 
 
@@ -182,16 +192,29 @@ PRUNERS: dict[str, Choice] = {
 
 
 def build_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with `seed` (default: the spec's seed), with the spec's
-    fixed ``[params]`` applied on top."""
-    sampler: optuna.samplers.BaseSampler = SAMPLERS[spec.sampler.type].build(
-        spec, spec.sampler.seed if seed is None else seed
-    )
-    if spec.params:
-        sampler = _optuna().samplers.PartialFixedSampler(
-            fixed_params=dict(spec.params), base_sampler=sampler
-        )
-    return sampler
+    """The spec's sampler with the spec's fixed ``[params]`` applied on top.
+
+    With a seed (`seed`, default: the spec's), every trial gets the sampler built afresh
+    with `trial_seed(seed, trial.number)`, except the grid sampler: its grid order must be
+    the same in every process (a trial below the grid's size takes the point of its own
+    number), so it keeps the seed for the order and reseeds only its choice among the
+    points left (`seeding.SeededGridSampler`).
+    """
+    seed = spec.sampler.seed if seed is None else seed
+
+    def build(with_seed: int | None) -> optuna.samplers.BaseSampler:
+        sampler: optuna.samplers.BaseSampler = SAMPLERS[spec.sampler.type].build(spec, with_seed)
+        if spec.params:
+            sampler = _optuna().samplers.PartialFixedSampler(
+                fixed_params=dict(spec.params), base_sampler=sampler
+            )
+        return sampler
+
+    if seed is None or spec.sampler.type == "grid":
+        return build(seed)
+    from studyctl.spec.seeding import TrialSeededSampler
+
+    return TrialSeededSampler(build, seed)
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:

@@ -17,6 +17,11 @@ SPACE_TYPES = ("float", "int", "categorical")
 BACKENDS = ("tensorflow", "jax")
 GridValue = str | int | float | bool
 
+# Training settings studyctl applies itself to a Keras objective's `fit`. Named in
+# [sampler.grid], [space] or [params], each is a search axis: studyctl suggests it before the
+# objective runs, trains with it and records it in the trial's params.
+TRAINING_AXES = ("batch_size", "epochs")
+
 
 @dataclass(frozen=True)
 class SamplerSpec:
@@ -122,6 +127,32 @@ class StudySpec:
     @property
     def metric(self) -> str:
         return self.metrics[0]
+
+    @property
+    def training_axes(self) -> tuple[str, ...]:
+        """The training settings (`TRAINING_AXES`) this spec makes search axes."""
+        named = (*self.sampler.grid, *self.space, *self.params)
+        return tuple(name for name in TRAINING_AXES if name in named)
+
+    def axis_values(self, name: str) -> list[int]:
+        """The values training axis `name` can take: its fixed value, its grid values, its
+        categorical choices or the bounds of its integer range (for the largest epochs)."""
+        if name in self.params:
+            return [int(self.params[name])]
+        if name in self.sampler.grid:
+            return [int(v) for v in self.sampler.grid[name]]
+        p = self.space[name]
+        if p.type == "categorical":
+            return [int(v) for v in p.choices]
+        assert p.low is not None and p.high is not None
+        return [int(p.low), int(p.high)]
+
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs a trial can train (Hyperband's default max_resource)."""
+        if "epochs" in self.training_axes:
+            return max(self.axis_values("epochs"))
+        return self.training.epochs
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot, stored with the study."""

@@ -20,6 +20,7 @@ from studyctl.spec.model import (
     DIRECTIONS,
     SPACE_TYPES,
     STUDY_NAME_RE,
+    TRAINING_AXES,
     ArtifactsSpec,
     GridValue,
     LoggingSpec,
@@ -370,6 +371,41 @@ def _parse_enqueue(top: _Table) -> tuple[dict[str, GridValue], ...]:
     return tuple(enqueue)
 
 
+def _positive_ints(values: Iterable[Any]) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
+def _check_training_axes(spec: StudySpec) -> None:
+    """batch_size and epochs as search axes take positive integers; a grid sampler samples
+    only its grid, so there a [space] range of them has no sampler."""
+    path = spec.path
+    for name in TRAINING_AXES:
+        expected = f"expected positive integers for the training setting {name}"
+        if name in spec.params and not _positive_ints([spec.params[name]]):
+            raise SpecError(path, f"params.{name}", f"{expected}, got {spec.params[name]!r}")
+        if name in spec.sampler.grid and not _positive_ints(spec.sampler.grid[name]):
+            raise SpecError(
+                path, f"sampler.grid.{name}", f"{expected}, got {_show(spec.sampler.grid[name])}"
+            )
+        p = spec.space.get(name)
+        if p is None or name in spec.params:
+            continue
+        key = f"space.{name}"
+        if p.type == "float":
+            raise SpecError(path, f"{key}.type", f"{expected}: use 'int' or 'categorical'")
+        if p.type == "categorical" and not _positive_ints(p.choices):
+            raise SpecError(path, f"{key}.choices", f"{expected}, got {_show(list(p.choices))}")
+        if p.type == "int" and (p.low is None or p.low < 1):
+            raise SpecError(path, f"{key}.low", f"{expected}, got {p.low!r}")
+        if spec.sampler.type == "grid" and name not in spec.sampler.grid:
+            raise SpecError(
+                path,
+                key,
+                f"the grid sampler samples only [sampler.grid]; give {name} there as a list "
+                "of values",
+            )
+
+
 def _check_whole(spec: StudySpec) -> StudySpec:
     """Rules that join several tables; returns the spec with a grid's budget filled in."""
     path = spec.path
@@ -383,6 +419,7 @@ def _check_whole(spec: StudySpec) -> StudySpec:
     sampler = SAMPLERS[spec.sampler.type]
     if multi and sampler.single_objective:
         raise SpecError(path, "sampler.type", sampler.multi_objective_hint)
+    _check_training_axes(spec)
     n_trials = spec.n_trials
     if spec.sampler.type == "grid":
         grid_size = math.prod(len(v) for v in spec.sampler.grid.values())

@@ -41,6 +41,7 @@ OPERATIONS = (
     "count_finished",
     "state_counts",
     "fail_lost_trials",
+    "forget_trial_attrs",
 )
 
 _UPDATABLE = {"current_trial", "trials_done", "state", "message"}
@@ -101,6 +102,13 @@ class Control(Protocol):
         """Fail the RUNNING trials whose worker is gone and queue their retries; return
         the failed trials' numbers. Each gets `reason` as its `fail_reason` (a default that
         names the stopped heartbeat, or the trial process's exit, when None)."""
+        ...
+
+    def forget_trial_attrs(
+        self, *, trial_id: int, user_keys: list[str], system_keys: list[str]
+    ) -> None:
+        """Delete attributes of a trial, finished or not, that name an artifact studyctl
+        has removed (a superseded model, a removed checkpoint folder)."""
         ...
 
 
@@ -237,3 +245,17 @@ class SqlControl(Control):
             retry(study, trial)
             failed.append(trial.number)
         return failed
+
+    def forget_trial_attrs(
+        self, *, trial_id: int, user_keys: list[str], system_keys: list[str]
+    ) -> None:
+        """Delete attributes of a trial that name an artifact studyctl has removed.
+
+        Optuna refuses to change a finished trial's attributes, and a superseded best
+        model is deleted after its trial finished, so this is one DELETE on Optuna's
+        attribute tables (their trial_id and key columns have not changed since Optuna's
+        schema v3.2.0.a). A process that cached the finished trial (Optuna's
+        `_CachedStorage`, a running dashboard) shows the old attributes until it reloads.
+        """
+        with db.transaction(self.engine) as conn:
+            db.delete_trial_attrs(conn, trial_id, user_keys=user_keys, system_keys=system_keys)

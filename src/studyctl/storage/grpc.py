@@ -300,6 +300,16 @@ class RemoteControl(Control):
         )
         return [int(n) for n in numbers]
 
+    def forget_trial_attrs(
+        self, *, trial_id: int, user_keys: list[str], system_keys: list[str]
+    ) -> None:
+        self.rpc(
+            "forget_trial_attrs",
+            trial_id=trial_id,
+            user_keys=list(user_keys),
+            system_keys=list(system_keys),
+        )
+
     def close(self) -> None:
         self._channel.close()
 

@@ -210,8 +210,13 @@ _ARGS: dict[str, dict[str, Arg]] = {
         "max_retries": Arg(int, low=0, high=1000),
         "worker_id": Arg(str, required=False, nullable=True),
     },
+    "forget_trial_attrs": {"trial_id": _INT, "user_keys": Arg(list), "system_keys": Arg(list)},
 }
 MAX_TEXT = 4096
+# What forget_trial_attrs may delete: the attributes naming artifacts studyctl removes (a
+# kept model, its dashboard artifact, a checkpoint folder), nothing else a client chooses.
+FORGETTABLE_USER_KEYS = ("model_path", "checkpoint_dir")
+FORGETTABLE_SYSTEM_PREFIX = "artifacts:"
 
 
 def check_control_call(op: str, kwargs: Any) -> dict[str, Any]:
@@ -249,6 +254,8 @@ def check_control_call(op: str, kwargs: Any) -> dict[str, Any]:
                 raise ValueError(f"{op}: {name} must be at least {arg.low}, got {value}")
             if arg.high is not None and value > arg.high:
                 raise ValueError(f"{op}: {name} must be at most {arg.high}, got {value}")
+    if op == "forget_trial_attrs":
+        _check_forgettable(kwargs["user_keys"], kwargs["system_keys"])
     if op == "fail_lost_trials" and kwargs.get("worker_id") is None:
         grace = float(kwargs["grace_s"])
         if grace < MIN_GRACE_S:
@@ -257,6 +264,23 @@ def check_control_call(op: str, kwargs: Any) -> dict[str, Any]:
                 f"worker_id, got {grace}"
             )
     return dict(kwargs)
+
+
+def _check_forgettable(user_keys: list[Any], system_keys: list[Any]) -> None:
+    for key in user_keys:
+        if key not in FORGETTABLE_USER_KEYS:
+            raise ValueError(
+                f"forget_trial_attrs: user key {key!r} is not one of "
+                f"{', '.join(FORGETTABLE_USER_KEYS)}"
+            )
+    for key in system_keys:
+        if not (
+            isinstance(key, str) and key.startswith(FORGETTABLE_SYSTEM_PREFIX) and len(key) <= 200
+        ):
+            raise ValueError(
+                f"forget_trial_attrs: system key {key!r} is not an artifact attribute "
+                f"({FORGETTABLE_SYSTEM_PREFIX}<id>)"
+            )
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:

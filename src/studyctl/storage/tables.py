@@ -10,7 +10,9 @@ take the connection explicitly (`studyctl.storage.control` composes them into th
 operations a worker makes). The tables are created and changed only by the Alembic
 revisions in `migrations/` (`studyctl.storage.schema`); this metadata describes the head
 revision. Optuna's `trials` table is read (never written) here; its columns used here
-(trial_id, study_id, state) have not changed since Optuna's schema v3.2.0.a.
+(trial_id, study_id, state) have not changed since Optuna's schema v3.2.0.a. The one write
+to Optuna's tables is `delete_trial_attrs`: attributes naming an artifact that studyctl
+removed (Optuna itself refuses to change a finished trial).
 """
 
 from __future__ import annotations
@@ -194,6 +196,24 @@ _LIVE_CLAIMS_SQL = (
     "  (c.trial_id IS NOT NULL AND t.state IN ('RUNNING', 'WAITING'))"
     "  OR (c.trial_id IS NULL AND w.heartbeat_at >= :stale_before))"
 )
+
+
+# Optuna's trial attribute tables, by the two columns `delete_trial_attrs` needs.
+_TRIAL_ATTR_TABLES = {
+    kind: sa.table(f"trial_{kind}_attributes", sa.column("trial_id"), sa.column("key"))
+    for kind in ("user", "system")
+}
+
+
+def delete_trial_attrs(
+    conn: Connection, trial_id: int, *, user_keys: list[str], system_keys: list[str]
+) -> None:
+    for kind, keys in (("user", user_keys), ("system", system_keys)):
+        if keys:
+            table = _TRIAL_ATTR_TABLES[kind]
+            conn.execute(
+                sa.delete(table).where(table.c.trial_id == trial_id, table.c.key.in_(keys))
+            )
 
 
 def count_finished_trials(conn: Connection, study_id: int) -> int:

@@ -62,6 +62,8 @@ def make_epoch_callback(
             self.history: dict[str, list[float]] = {}
             self.epochs_run = 0
             self.failure: str | None = None
+            # The spec's metric is not in the logs: no trial of this spec can give a value.
+            self.missing_metric: str | None = None
             self.pruned_epoch: int | None = None
             self.initial_epoch = 0
             self._batches = 0
@@ -108,9 +110,8 @@ def make_epoch_callback(
                 return
             missing = [m for m in metrics if m not in logs]
             if missing:
-                self.failure = (
-                    f"metric {missing[0]!r} not in the model's logs; available: "
-                    f"{', '.join(sorted(logs))}"
+                self.missing_metric = (
+                    f"metric {missing[0]!r} is not logged; logged: {', '.join(logs) or 'nothing'}"
                 )
                 self.model.stop_training = True
                 return

@@ -59,7 +59,9 @@ def checkpoint_name(ctx: TrialContext) -> str:
 
 
 def checkpoint_dir(ctx: TrialContext) -> Path:
-    return Path(ctx.spec.artifacts.path) / ctx.spec.name / checkpoint_name(ctx)
+    """The trial's checkpoint folder, absolute (the trial's `checkpoint_dir` attribute
+    names it, and must resolve from any folder)."""
+    return (Path(ctx.spec.artifacts.path) / ctx.spec.name / checkpoint_name(ctx)).absolute()
 
 
 def pull_checkpoint(store: ObjectStore, local: Path, study: str) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from studyctl.artifacts import object_store
-from studyctl.errors import StudyctlError, TrialFailed, WorkerInterrupted
+from studyctl.errors import SpecError, StudyctlError, TrialFailed, WorkerInterrupted
 from studyctl.signals import safe_points, stop_requested
 from studyctl.training.callbacks import make_epoch_callback, make_mirror_callback
 from studyctl.training.checkpoints import checkpoint_dir, pull_checkpoint
@@ -18,6 +18,7 @@ from studyctl.training.models import keep_if_best
 
 if TYPE_CHECKING:
     from studyctl.objectives import KerasObjective, TrainingData, TrialContext
+    from studyctl.spec import StudySpec
 
 
 def _fit_inputs(data: TrainingData, validation_split: float) -> dict[str, Any]:
@@ -27,6 +28,29 @@ def _fit_inputs(data: TrainingData, validation_split: float) -> dict[str, Any]:
     elif validation_split > 0:
         kwargs["validation_split"] = validation_split
     return kwargs
+
+
+def suggest_training_axes(trial: optuna.Trial, spec: StudySpec) -> dict[str, int]:
+    """Suggest the training settings the spec makes search axes (`spec.training_axes`), so
+    they are sampled, recorded in the trial's params and applied whether or not the
+    objective suggests them: a fixed [params] value (PartialFixedSampler returns it), a grid
+    axis's values, or a [space] range or choices."""
+    chosen: dict[str, int] = {}
+    for name in spec.training_axes:
+        if name in spec.params:
+            value = trial.suggest_categorical(name, [spec.params[name]])
+        elif name in spec.sampler.grid:
+            value = trial.suggest_categorical(name, list(spec.sampler.grid[name]))
+        else:
+            p = spec.space[name]
+            if p.type == "categorical":
+                value = trial.suggest_categorical(name, list(p.choices))
+            else:
+                assert p.low is not None and p.high is not None
+                step = int(p.step) if p.step is not None else 1
+                value = trial.suggest_int(name, int(p.low), int(p.high), log=p.log, step=step)
+        chosen[name] = int(value)  # type: ignore[arg-type]  # positive ints (spec parse)
+    return chosen
 
 
 def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | list[float]:
@@ -46,11 +70,13 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
             f"objective {objective.name!r}: load_data returned {type(data).__name__}; "
             "expected studyctl.TrainingData"
         )
+    suggest_training_axes(trial, spec)
     strategy = get_strategy()
     with strategy.scope():
         model = objective.build_model(trial, ctx)
     if not isinstance(model, keras.Model) or model.optimizer is None:
         raise TrialFailed(f"build_model of {objective.name!r} must return a compiled keras.Model")
+    ctx.check_grid_axes()  # before any epoch: a grid axis nothing suggests is a spec error
     trial.set_user_attr("n_params", int(model.count_params()))
     save_trial_note(trial, spec, model)
     trial.set_user_attr("replicas", int(strategy.num_replicas_in_sync))
@@ -64,7 +90,10 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
         prune=not spec.is_multi_objective and spec.pruner.type != "none",
         checkpoint=backup_dir,
     )
+    # A trial parameter named batch_size or epochs (studyctl's own suggestion of a search
+    # axis, or the objective's) overrides the spec's [training] value.
     batch_size = int(trial.params.get("batch_size", training.batch_size))
+    epochs = int(trial.params.get("epochs", training.epochs))
     callbacks = [reporter]
     store = object_store(spec)
     if backup_dir is not None:
@@ -82,7 +111,7 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
             model.fit(
                 **_fit_inputs(data, training.validation_split),
                 batch_size=batch_size,
-                epochs=training.epochs,
+                epochs=epochs,
                 shuffle=training.shuffle,
                 verbose=training.verbose,
                 callbacks=callbacks,
@@ -93,6 +122,8 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
     signum = stop_requested()
     if signum is not None:
         raise WorkerInterrupted(signum)  # the checkpoint stays for the retry
+    if reporter.missing_metric is not None:
+        raise SpecError(spec.path, None, reporter.missing_metric)
     if reporter.failure is not None:
         raise TrialFailed(reporter.failure)
     if reporter.pruned_epoch is not None:
