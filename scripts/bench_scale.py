@@ -243,8 +243,12 @@ class Database:
 
 
 class Scale:
-    def __init__(self, work: Path, quick: bool, baseline: Path | None, reps: int) -> None:
+    def __init__(
+        self, work: Path, quick: bool, baseline: Path | None, reps: int, report_max: int
+    ) -> None:
         self.work = work
+        self.report_max = report_max
+        self.size = 0
         self.quick = quick
         self.baseline = baseline
         self.reps = reps
@@ -253,7 +257,7 @@ class Scale:
         (self.objectives / "noop.py").write_text(textwrap.dedent(NOOP))
         self.new_trials = 8 if quick else 25
         self.python_pass = statistics.median(
-            run_process([sys.executable, "-c", "pass"], self.env(None), work)[0] for _ in range(5)
+            run_process([sys.executable, "-c", "pass"], self.env(None), work)[0] for _ in range(3)
         )
 
     def env(self, src: Path | None) -> dict[str, str]:
@@ -336,7 +340,7 @@ class Scale:
             "best": self.timed([*cli, "best", STUDY, *s], src),
             "trials_csv": self.timed([*cli, "trials", STUDY, *s, "--format", "csv"], src),
         }
-        if not self.quick:
+        if not self.quick and self.size <= self.report_max:
             html = str(self.work / "report.html")
             out["report"] = self.timed([*cli, "report", STUDY, *s, "-o", html], src)
         self.set_budget(url, self.new_trials)
@@ -347,13 +351,14 @@ class Scale:
     def plain_figures(self, url: str) -> dict[str, Any]:
         py = [sys.executable, "-c"]
         optuna_cli = [str(Path(sys.executable).parent / "optuna"), "--storage", url]
-        out: dict[str, Any] = {
-            "status": self.timed([*py, PLAIN_STATUS, PLAIN, url]),
-            "studies": self.timed([*optuna_cli, "studies", "-f", "json"]),
-            "best": self.timed([*optuna_cli, "best-trial", "--study-name", PLAIN, "-f", "json"]),
-            "trials_csv": self.timed([*py, PLAIN_CSV, PLAIN, url]),
-        }
-        if not self.quick:
+        out: dict[str, Any] = {}
+        if not self.quick:  # the smoke run checks studyctl's side only
+            out["status"] = self.timed([*py, PLAIN_STATUS, PLAIN, url])
+            out["studies"] = self.timed([*optuna_cli, "studies", "-f", "json"])
+            best = [*optuna_cli, "best-trial", "--study-name", PLAIN, "-f", "json"]
+            out["best"] = self.timed(best)
+            out["trials_csv"] = self.timed([*py, PLAIN_CSV, PLAIN, url])
+        if not self.quick and self.size <= self.report_max:
             html = str(self.work / "plain.html")
             out["report"] = self.timed([*py, PLAIN_REPORT, PLAIN, url, html])
         loop = [*py, PLAIN_LOOP, PLAIN, url, str(self.new_trials)]
@@ -365,6 +370,7 @@ class Scale:
 
         from studyctl.storage import schema
 
+        self.size = n
         db = Database(backend, self.work, f"{backend}_{n}")
         try:
             built = self.build(db.url, n)
@@ -453,7 +459,7 @@ def markdown(r: dict[str, Any]) -> str:
             row("resume to first trial (s)", lambda d: d["trial_loop"]["to_first_trial_s"]),
         ]
         for c in COMMANDS:
-            if c in by_size[lo]["studyctl"]:
+            if all(c in by_size[str(n)]["studyctl"] for n in sizes):
                 table.append(row(f"`{c}` (s)", lambda d, c=c: d[c]["s"]))
         table.append(
             row("`trials --format csv` peak RSS (MiB)", lambda d: d["trials_csv"]["rss_mib"])
@@ -530,15 +536,37 @@ def main() -> None:
     parser.add_argument("--backends", help="sqlite,postgresql (default both)")
     parser.add_argument("--baseline", metavar="GIT_REF", help="also measure this ref's studyctl")
     parser.add_argument("--reps", type=int, default=None, help="runs of each command (median)")
+    parser.add_argument(
+        "--report-max",
+        type=int,
+        default=10000,
+        help="measure `report` up to this size (its plots read every trial, in both tools)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print JSON, write no files")
+    parser.add_argument(
+        "--from-json",
+        nargs="+",
+        metavar="FILE",
+        help="write the files from the JSON of earlier --no-write runs (one per backend, "
+        "run side by side), measuring nothing",
+    )
     args = parser.parse_args()
+    if args.from_json:
+        parts = [json.loads(Path(f).read_text()) for f in args.from_json]
+        merged = {**parts[0], "results": {}}
+        merged["command"] = " + ".join(p["command"] for p in parts)
+        for part in parts:
+            merged["results"].update(part["results"])
+        write_files(merged)
+        return
     default_sizes = "100,1000" if args.quick else "1000,10000,100000"
     sizes = [int(s) for s in (args.sizes or default_sizes).split(",")]
     backends = (args.backends or ("sqlite" if args.quick else "sqlite,postgresql")).split(",")
     with tempfile.TemporaryDirectory(prefix="studyctl-scale-") as tmp:
         work = Path(tmp)
         baseline = checkout_baseline(args.baseline, work) if args.baseline else None
-        bench = Scale(work, args.quick, baseline, args.reps or (1 if args.quick else 3))
+        reps = args.reps or (1 if args.quick else 3)
+        bench = Scale(work, args.quick, baseline, reps, args.report_max)
         results: dict[str, Any] = {}
         for backend in backends:
             results[backend] = {}
@@ -559,6 +587,10 @@ def main() -> None:
     if args.quick or args.no_write:
         print(json.dumps(report, indent=1))
         return
+    write_files(report)
+
+
+def write_files(report: dict[str, Any]) -> None:
     out = REPO / "benchmarks"
     (out / "scale.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(report, out / "scale.png")

@@ -112,3 +112,37 @@ def test_tally_follows_the_study_incrementally(storage_url: str, tmp_path: Path)
         study.tell(study.ask({"x": FloatDistribution(-10, 10)}), value)
     check()
     assert tally.best is not None and tally.best[0] == -200.0
+
+
+def test_schema_check_reads_the_head_without_alembic() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from studyctl.storage import schema
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(schema.files("studyctl.migrations")))
+    script = ScriptDirectory.from_config(cfg)
+    assert schema.head_revision() == script.get_current_head()
+    assert schema.known_revisions() == {s.revision for s in script.walk_revisions()}
+
+
+def test_inspection_imports_no_alembic_when_the_schema_is_current(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    _mixed_study(sqlite_url, tmp_path)
+    code = (
+        "import sys\n"
+        "from studyctl.inspect.summary import study_status\n"
+        "from studyctl.storage import open_storage\n"
+        f"study_status(open_storage({sqlite_url!r}), 'mixed')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('studyctl.migrations.')))\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    # Optuna's own version check still loads Alembic; studyctl's check runs no revision file.
+    assert out[0] == "[]"

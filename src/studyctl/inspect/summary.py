@@ -247,9 +247,7 @@ def write_trials_csv(
     writer.writerow(_csv_header(value_cols, params, attrs))
     distributions: dict[str, BaseDistribution] = {}
     n = 0
-    for row in tables.iter_trial_rows(
-        storage.engine, study._study_id, wanted, batch_size
-    ):
+    for row in tables.iter_trial_rows(storage.engine, study._study_id, wanted, batch_size):
         writer.writerow(_csv_row(_row_dict(row, distributions), value_cols, params, attrs))
         n += 1
     return n
