@@ -247,6 +247,7 @@ class Scale:
         self, work: Path, quick: bool, baseline: Path | None, reps: int, report_max: int
     ) -> None:
         self.work = work
+        self.current = snapshot_worktree(work)
         self.report_max = report_max
         self.size = 0
         self.quick = quick
@@ -384,7 +385,7 @@ class Scale:
                 out["baseline"] = self.studyctl_figures(db.url, self.baseline)
                 schema.upgrade_studyctl(engine)
                 engine.dispose()
-            out["studyctl"] = self.studyctl_figures(db.url, None)
+            out["studyctl"] = self.studyctl_figures(db.url, self.current)
             out["plain_optuna"] = self.plain_figures(db.url)
             return out
         finally:
@@ -408,6 +409,15 @@ def checkout_baseline(ref: str, work: Path) -> Path:
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     shutil.move(str(dest / "migrations"), str(dest / "src" / "studyctl" / "migrations"))
     return dest / "src"
+
+
+def snapshot_worktree(work: Path) -> Path:
+    """A copy of the working tree's src/ (and migrations), so that the measured studyctl
+    stays the same while the run lasts."""
+    dest = work / "current" / "src"
+    shutil.copytree(REPO / "src", dest, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "migrations", dest / "studyctl" / "migrations")
+    return dest
 
 
 # --- reporting ---------------------------------------------------------------------------
