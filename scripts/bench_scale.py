@@ -420,6 +420,53 @@ def snapshot_worktree(work: Path) -> Path:
     return dest
 
 
+# --- an index on Optuna's table, measured and not added ----------------------------------
+
+# The per-trial queries that read every trial of the study through Optuna's only index on
+# `trials` (study_id): studyctl's budget count, Optuna's stale-trial sweep (heartbeat),
+# Optuna's trial numbering, and the state counts/best of a status.
+PER_TRIAL_QUERIES = {
+    "budget count (studyctl claim)": "SELECT count(*) FROM trials WHERE study_id = :sid "
+    "AND state IN ('COMPLETE', 'PRUNED')",
+    "running trials (Optuna heartbeat sweep)": "SELECT trial_id FROM trials "
+    "WHERE state = 'RUNNING' AND study_id = :sid",
+    "trial number (Optuna create_new_trial)": "SELECT count(trial_id) FROM trials "
+    "WHERE study_id = :sid AND trial_id < :big",
+    "state counts (status)": "SELECT state, count(*) FROM trials WHERE study_id = :sid "
+    "GROUP BY state",
+}
+INDEX_DDL = "CREATE INDEX ix_bench_trials_study_state ON trials (study_id, state)"
+
+
+def index_effect(url: str, reps: int = 30) -> dict[str, dict[str, float]]:
+    """Median ms of each per-trial query without and with an index on trials(study_id,
+    state); the index is dropped again."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    out: dict[str, dict[str, float]] = {name: {} for name in PER_TRIAL_QUERIES}
+    with engine.connect() as conn:
+        sid = conn.execute(
+            sa.text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": STUDY}
+        ).scalar_one()
+        for label in ("without", "with"):
+            if label == "with":
+                conn.execute(sa.text(INDEX_DDL))
+                conn.execute(sa.text("ANALYZE"))
+                conn.commit()
+            for name, sql in PER_TRIAL_QUERIES.items():
+                times = []
+                for _ in range(reps):
+                    start = time.perf_counter()
+                    conn.execute(sa.text(sql), {"sid": sid, "big": 2**31 - 1}).all()
+                    times.append(time.perf_counter() - start)
+                out[name][f"{label}_index_ms"] = round(1000 * statistics.median(times), 2)
+        conn.execute(sa.text("DROP INDEX ix_bench_trials_study_state"))
+        conn.commit()
+    engine.dispose()
+    return out
+
+
 # --- reporting ---------------------------------------------------------------------------
 
 COMMANDS = ("status", "studies", "best", "trials_csv", "report")
@@ -560,7 +607,27 @@ def main() -> None:
         help="write the files from the JSON of earlier --no-write runs (one per backend, "
         "run side by side), measuring nothing",
     )
+    parser.add_argument(
+        "--index-effect",
+        type=int,
+        metavar="N",
+        help="only time the per-trial queries on a study of N trials, without and with an "
+        "index on Optuna's trials(study_id, state) (studyctl does not add it)",
+    )
     args = parser.parse_args()
+    if args.index_effect:
+        effect: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory(prefix="studyctl-scale-") as tmp:
+            bench = Scale(Path(tmp), True, None, 1, 0)
+            for backend in (args.backends or "sqlite,postgresql").split(","):
+                db = Database(backend, Path(tmp), f"index_{backend}")
+                try:
+                    bench.build(db.url, args.index_effect)
+                    effect[backend] = index_effect(db.url)
+                finally:
+                    db.drop()
+        print(json.dumps({"trials": args.index_effect, "queries": effect}, indent=1))
+        return
     if args.from_json:
         parts = [json.loads(Path(f).read_text()) for f in args.from_json]
         merged = {**parts[0], "results": {}}
