@@ -247,6 +247,7 @@ class Scale:
         self, work: Path, quick: bool, baseline: Path | None, reps: int, report_max: int
     ) -> None:
         self.work = work
+        self.on_partial: Any = lambda backend, n, out: None
         self.current = snapshot_worktree(work)
         self.report_max = report_max
         self.size = 0
@@ -377,16 +378,18 @@ class Scale:
             built = self.build(db.url, n)
             print(f"  {backend} {n}: built in {built:.1f} s", file=sys.stderr, flush=True)
             out: dict[str, Any] = {"build_s": round(built, 1)}
+            self.on_partial(backend, n, out)
+            out["studyctl"] = self.studyctl_figures(db.url, self.current)
+            self.on_partial(backend, n, out)
+            out["plain_optuna"] = self.plain_figures(db.url)
+            self.on_partial(backend, n, out)
             if self.baseline is not None:
                 # The baseline's studyctl knows only the revisions it shipped with.
                 engine = sa.create_engine(db.url)
-                base_head = _baseline_head(self.baseline)
-                schema.downgrade_studyctl(engine, base_head)
+                schema.downgrade_studyctl(engine, _baseline_head(self.baseline))
                 out["baseline"] = self.studyctl_figures(db.url, self.baseline)
                 schema.upgrade_studyctl(engine)
                 engine.dispose()
-            out["studyctl"] = self.studyctl_figures(db.url, self.current)
-            out["plain_optuna"] = self.plain_figures(db.url)
             return out
         finally:
             db.drop()
@@ -465,6 +468,34 @@ def index_effect(url: str, reps: int = 30) -> dict[str, dict[str, float]]:
         conn.commit()
     engine.dispose()
     return out
+
+
+def startup(baseline_ref: str | None, reps: int) -> dict[str, Any]:
+    """Median seconds of `python -c pass`, `studyctl --help` and `studyctl status` (a study
+    of 100 trials on SQLite), for the baseline and the working tree, interleaved."""
+    with tempfile.TemporaryDirectory(prefix="studyctl-scale-") as tmp:
+        work = Path(tmp)
+        bench = Scale(work, True, None, 1, 0)
+        db = Database("sqlite", work, "startup")
+        bench.build(db.url, 100)
+        variants = {"studyctl": bench.current}
+        if baseline_ref:
+            variants = {"baseline": checkout_baseline(baseline_ref, work), **variants}
+        cli = [sys.executable, "-m", "studyctl.cli"]
+        cmds = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "--help": [*cli, "--help"],
+            "status": [*cli, "status", STUDY, "--storage", db.url],
+        }
+        times: dict[str, dict[str, list[float]]] = {v: {c: [] for c in cmds} for v in variants}
+        for _ in range(reps):
+            for variant, src in variants.items():
+                for name, cmd in cmds.items():
+                    times[variant][name].append(run_process(cmd, bench.env(src), work)[0])
+        return {
+            v: {c: round(statistics.median(ts), 3) for c, ts in by_cmd.items()}
+            for v, by_cmd in times.items()
+        }
 
 
 # --- reporting ---------------------------------------------------------------------------
@@ -599,6 +630,9 @@ def main() -> None:
         default=10000,
         help="measure `report` up to this size (its plots read every trial, in both tools)",
     )
+    parser.add_argument(
+        "--partial", metavar="FILE", help="keep the results so far in FILE after each step"
+    )
     parser.add_argument("--no-write", action="store_true", help="print JSON, write no files")
     parser.add_argument(
         "--from-json",
@@ -614,7 +648,16 @@ def main() -> None:
         help="only time the per-trial queries on a study of N trials, without and with an "
         "index on Optuna's trials(study_id, state) (studyctl does not add it)",
     )
+    parser.add_argument(
+        "--startup",
+        action="store_true",
+        help="only time `studyctl --help` and `status` of a 100-trial study (SQLite) against "
+        "`python -c pass`, for --baseline and the working tree",
+    )
     args = parser.parse_args()
+    if args.startup:
+        print(json.dumps(startup(args.baseline, args.reps or 9), indent=1))
+        return
     if args.index_effect:
         effect: dict[str, Any] = {}
         with tempfile.TemporaryDirectory(prefix="studyctl-scale-") as tmp:
@@ -645,6 +688,13 @@ def main() -> None:
         reps = args.reps or (1 if args.quick else 3)
         bench = Scale(work, args.quick, baseline, reps, args.report_max)
         results: dict[str, Any] = {}
+        if args.partial:
+
+            def save(backend: str, n: int, out: dict[str, Any]) -> None:
+                results.setdefault(backend, {})[str(n)] = out
+                Path(args.partial).write_text(json.dumps(results, indent=1))
+
+            bench.on_partial = save
         for backend in backends:
             results[backend] = {}
             for n in sizes:
