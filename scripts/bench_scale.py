@@ -470,6 +470,60 @@ def index_effect(url: str, reps: int = 30) -> dict[str, dict[str, float]]:
     return out
 
 
+IN_PROCESS = """
+import io, json, os, resource, sys, time
+from studyctl.inspect import summary
+from studyctl.storage import open_storage
+op, url = sys.argv[1], sys.argv[2]
+storage = open_storage(url)
+start = time.perf_counter()
+if op == "status":
+    summary.study_status(storage, "scale")
+elif op == "studies":
+    summary.list_studies(storage)
+elif op == "best":
+    summary.best_summary(storage, "scale")
+elif op == "trials_csv":
+    out = open(os.devnull, "w")
+    if hasattr(summary, "write_trials_csv"):
+        summary.write_trials_csv(storage, "scale", out)
+    else:
+        out.write(summary.trials_csv(summary.list_trials(storage, "scale")))
+elapsed = time.perf_counter() - start
+print(json.dumps({"s": round(elapsed, 3),
+                  "rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+"""
+
+
+def in_process(baseline_ref: str | None, sizes: list[int]) -> dict[str, Any]:
+    """The inspection functions timed inside the process, after the imports (which dominate
+    whole-process times on a loaded machine): seconds and the process's peak RSS."""
+    with tempfile.TemporaryDirectory(prefix="studyctl-scale-") as tmp:
+        work = Path(tmp)
+        bench = Scale(work, True, None, 1, 0)
+        variants = {"studyctl": bench.current}
+        if baseline_ref:
+            variants["baseline"] = checkout_baseline(baseline_ref, work)
+        result: dict[str, Any] = {}
+        for n in sizes:
+            db = Database("sqlite", work, f"inproc_{n}")
+            bench.build(db.url, n)
+            for variant, src in variants.items():
+                for op in ("status", "studies", "best", "trials_csv"):
+                    out = subprocess.run(
+                        [sys.executable, "-c", IN_PROCESS, op, db.url],
+                        env=bench.env(src),
+                        cwd=work,
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    ).stdout
+                    fig = json.loads(out.strip().splitlines()[-1])
+                    result.setdefault(str(n), {}).setdefault(variant, {})[op] = fig
+                    print(n, variant, op, fig, file=sys.stderr, flush=True)
+        return result
+
+
 def startup(baseline_ref: str | None, reps: int) -> dict[str, Any]:
     """Median seconds of `python -c pass`, `studyctl --help` and `studyctl status` (a study
     of 100 trials on SQLite), for the baseline and the working tree, interleaved."""
@@ -654,7 +708,17 @@ def main() -> None:
         help="only time `studyctl --help` and `status` of a 100-trial study (SQLite) against "
         "`python -c pass`, for --baseline and the working tree",
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="only time the inspection functions inside the process (SQLite, --sizes), for "
+        "--baseline and the working tree",
+    )
     args = parser.parse_args()
+    if args.in_process:
+        sizes_ = [int(x) for x in (args.sizes or "1000,100000").split(",")]
+        print(json.dumps(in_process(args.baseline, sizes_), indent=1))
+        return
     if args.startup:
         print(json.dumps(startup(args.baseline, args.reps or 9), indent=1))
         return
