@@ -4,6 +4,7 @@ open an existing one only."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -123,18 +124,18 @@ def trials(
 ) -> None:
     """List a study's trials with params, values, state, duration and attributes
     (--format csv or json exports them all)."""
-    from studyctl.inspect.summary import list_trials, trials_csv
+    from studyctl.inspect.summary import list_trials, write_trials_csv
     from studyctl.storage.tables import STATES
 
     for s in state or []:
         if s.upper() not in STATES:
             fail(f"--state {s!r}: expected one of {', '.join(x.lower() for x in STATES)}")
+    if output == TrialsFormat.csv:
+        write_trials_csv(open_storage_of(storage), study, sys.stdout, state)
+        return
     rows = list_trials(open_storage_of(storage), study, state)
     if output == TrialsFormat.json:
         echo_json(rows)
-        return
-    if output == TrialsFormat.csv:
-        typer.echo(trials_csv(rows), nl=False)
         return
     table(
         ["#", "state", "value", "duration", "params", "note"],

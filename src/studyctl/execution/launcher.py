@@ -20,8 +20,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+import optuna
+
 from studyctl.execution.parent import ChildLink, link_child
-from studyctl.execution.progress import best_text, eta_text, format_duration
+from studyctl.execution.progress import StudyTotals, eta_text, format_duration
 from studyctl.signals import on_stop_signals
 from studyctl.storage.rdb import StudyctlStorage
 from studyctl.storage.tables import finished_count
@@ -112,8 +114,8 @@ def launch_workers(
             start(slot)
         started = time.monotonic()
         last_finished = -1
-        study_id = storage.get_study_id_from_name(study_name)
-        at_start = finished_count(storage.control.state_counts(study_id))
+        totals = StudyTotals(storage, optuna.load_study(study_name=study_name, storage=storage))
+        at_start = finished_count(totals.read()[0])
         while any(s.proc is not None for s in slots):
             time.sleep(POLL_S)
             for slot in slots:
@@ -136,30 +138,26 @@ def launch_workers(
                 slot.exit_code = code
                 result.exit_codes[slot.label] = code
                 echo(f"[{slot.label}] exited with code {code}")
-            counts = storage.control.state_counts(study_id)
+            counts, best = totals.read()
             finished = finished_count(counts)
             if finished != last_finished and not quiet:
                 last_finished = finished
-                echo(_totals_line(storage, study_name, counts, n_trials, started, at_start))
+                echo(_totals_line(counts, best, n_trials, started, at_start))
     return result
 
 
 def _totals_line(
-    storage: StudyctlStorage,
-    study_name: str,
     counts: dict[str, int],
+    best: str,
     n_trials: int | None,
     started: float,
     at_start: int,
 ) -> str:
-    import optuna
-
     finished = finished_count(counts)
     done_here = finished - at_start
-    study = optuna.load_study(study_name=study_name, storage=storage)
     elapsed = time.monotonic() - started
     eta = eta_text(elapsed, done_here, None if n_trials is None else n_trials - finished)
     return (
         f"[study] {finished}/{n_trials or '?'} finished, {counts['RUNNING']} running, "
-        f"{counts['FAIL']} failed | {best_text(study)} | elapsed {format_duration(elapsed)}{eta}"
+        f"{counts['FAIL']} failed | {best} | elapsed {format_duration(elapsed)}{eta}"
     )

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
+from studyctl.storage import tables
+from studyctl.storage.rdb import StudyctlStorage
 from studyctl.storage.studies import best_trials
 from studyctl.storage.tables import FINISHED_STATES, finished_count
 
@@ -37,6 +39,34 @@ def best_text(study: optuna.Study) -> str:
     return f"{len(best)} on the Pareto front" if best else "best -"
 
 
+class StudyTotals:
+    """A study's trial counts per state and its best-so-far text, for progress lines.
+
+    On a database (single objective) a `tables.StudyTally` reads only new and unfinished
+    trials at each call, so a line costs the same in a study of 100 trials or 100,000;
+    otherwise (several objectives, a storage proxy) the counts and the best are queried.
+    """
+
+    def __init__(self, storage: WorkerStorage, study: optuna.Study) -> None:
+        self.storage = storage
+        self.study = study
+        self._tally: tables.StudyTally | None = None
+        if isinstance(storage, StudyctlStorage) and len(study.directions) == 1:
+            self._tally = tables.StudyTally(
+                study._study_id, maximize=study.directions[0].name == "MAXIMIZE"
+            )
+
+    def read(self) -> tuple[dict[str, int], str]:
+        """(counts per state, ``best ...`` text)."""
+        if self._tally is None or not isinstance(self.storage, StudyctlStorage):
+            return self.storage.control.state_counts(self.study._study_id), best_text(self.study)
+        with tables.transaction(self.storage.engine) as conn:
+            self._tally.refresh(conn)
+        best = self._tally.best
+        text = "best -" if best is None else f"best {_fmt(best[0])} (#{best[1]})"
+        return dict(self._tally.counts), text
+
+
 def eta_text(elapsed: float, done_here: int, remaining: int | None) -> str:
     """`` · ETA h:mm:ss`` from the pace of the trials finished here, or nothing yet."""
     if remaining is None or done_here <= 0:
@@ -60,9 +90,10 @@ class ProgressPrinter:
         self.echo = echo
         self.started = time.monotonic()
         self.finished_here = 0
+        self.totals = StudyTotals(storage, study)
 
     def __call__(self, outcome: TrialOutcome) -> None:
-        counts = self.storage.control.state_counts(self.study._study_id)
+        counts, best = self.totals.read()
         finished = finished_count(counts)
         if outcome.state.name in FINISHED_STATES:
             self.finished_here += 1
@@ -78,5 +109,5 @@ class ProgressPrinter:
         self.echo(
             f"trial {outcome.number:>4} {what} [{outcome.duration_s:.1f}s] | "
             f"{finished}/{budget} finished ({counts['PRUNED']} pruned, {counts['FAIL']} failed)"
-            f" | {best_text(self.study)} | elapsed {format_duration(elapsed)}{eta}"
+            f" | {best} | elapsed {format_duration(elapsed)}{eta}"
         )

@@ -3,11 +3,15 @@ or for ``--format json``."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
 
 import optuna
+from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.trial import FrozenTrial, TrialState
 
 from studyctl.errors import StudyctlError
@@ -95,6 +99,8 @@ def study_status(
         record = tables.get_study_record(conn, name)
         workers = tables.list_workers(conn, name)
         now = tables.db_utcnow(conn)
+        # From the attribute rows: loading every trial for this took seconds at 10k trials.
+        retried = tables.retried_trials(conn, study._study_id)
     for w in workers:
         alive = w["state"] == tables.WORKER_RUNNING and now - w["heartbeat_at"] < timedelta(
             seconds=stale_after
@@ -105,12 +111,6 @@ def study_status(
         for key in ("started_at", "heartbeat_at"):
             w[key] = w[key].isoformat()
     best = best_trials(study)
-    trials = study.get_trials(deepcopy=False)
-    retried = [
-        {"trial": t.number, "retry_of": t.system_attrs["failed_trial"], "state": t.state.name}
-        for t in trials
-        if "failed_trial" in t.system_attrs
-    ]
     n_trials = record["n_trials"] if record else None
     finished = tables.finished_count(counts)
     return {
@@ -139,50 +139,118 @@ def best_summary(storage: StudyctlStorage, name: str) -> list[dict[str, Any]]:
     return [trial_dict(t) for t in best_trials(_load(storage, name))]
 
 
+def _csv_cell(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, dict | list) else ("" if v is None else v)
+
+
+def _csv_header(value_cols: list[str], params: list[str], attrs: list[str]) -> list[str]:
+    return [
+        "number",
+        "state",
+        *value_cols,
+        "datetime_start",
+        "datetime_complete",
+        "duration_s",
+        *(f"params_{p}" for p in params),
+        *(f"user_attrs_{a}" for a in attrs),
+    ]
+
+
+def _csv_row(
+    r: dict[str, Any], value_cols: list[str], params: list[str], attrs: list[str]
+) -> list[Any]:
+    values = list(r["values"] or []) + [None] * (len(value_cols) - len(r["values"] or []))
+    return [
+        r["number"],
+        r["state"],
+        *map(_csv_cell, values),
+        _csv_cell(r["datetime_start"]),
+        _csv_cell(r["datetime_complete"]),
+        _csv_cell(r["duration_s"]),
+        *(_csv_cell(r["params"].get(p)) for p in params),
+        *(_csv_cell(r["user_attrs"].get(a)) for a in attrs),
+    ]
+
+
+def _value_cols(n_values: int) -> list[str]:
+    return ["value"] if n_values <= 1 else [f"values_{i}" for i in range(n_values)]
+
+
 def trials_csv(rows: list[dict[str, Any]]) -> str:
     """`list_trials` rows as CSV: one column per value, parameter and user attribute
     (non-scalar attributes as JSON)."""
-    import csv
-    import io
-    import json
-
     n_values = max((len(r["values"] or []) for r in rows), default=1)
     params = sorted({k for r in rows for k in r["params"]})
     attrs = sorted({k for r in rows for k in r["user_attrs"]})
-    value_cols = ["value"] if n_values <= 1 else [f"values_{i}" for i in range(n_values)]
+    value_cols = _value_cols(n_values)
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(
-        [
-            "number",
-            "state",
-            *value_cols,
-            "datetime_start",
-            "datetime_complete",
-            "duration_s",
-            *(f"params_{p}" for p in params),
-            *(f"user_attrs_{a}" for a in attrs),
-        ]
-    )
-
-    def cell(v: Any) -> Any:
-        return json.dumps(v) if isinstance(v, dict | list) else ("" if v is None else v)
-
+    writer.writerow(_csv_header(value_cols, params, attrs))
     for r in rows:
-        values = list(r["values"] or []) + [None] * (len(value_cols) - len(r["values"] or []))
-        writer.writerow(
-            [
-                r["number"],
-                r["state"],
-                *map(cell, values),
-                cell(r["datetime_start"]),
-                cell(r["datetime_complete"]),
-                cell(r["duration_s"]),
-                *(cell(r["params"].get(p)) for p in params),
-                *(cell(r["user_attrs"].get(a)) for a in attrs),
-            ]
-        )
+        writer.writerow(_csv_row(r, value_cols, params, attrs))
     return out.getvalue()
+
+
+def _local(value: datetime | None) -> datetime | None:
+    """Optuna stores naive UTC and shows naive local time (as its FrozenTrial does)."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite through a plain text query
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
+
+
+def _row_dict(row: tables.TrialRow, distributions: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """A stored trial row as `trial_dict` makes it from a FrozenTrial."""
+    values = None
+    if row.values:
+        slots: list[float | None] = [None] * (max(o for o, _, _ in row.values) + 1)
+        for objective, value, value_type in row.values:
+            slots[objective] = tables.stored_value(value, value_type)
+        values = [_json_value(v) for v in slots]
+    params = {}
+    for name, internal, dist_json in row.params:
+        dist = distributions.get(dist_json)
+        if dist is None:
+            dist = distributions[dist_json] = json_to_distribution(dist_json)
+        params[name] = dist.to_external_repr(internal)
+    start, complete = _local(row.datetime_start), _local(row.datetime_complete)
+    return {
+        "number": row.number,
+        "state": row.state,
+        "values": values,
+        "params": params,
+        "datetime_start": start.isoformat() if start else None,
+        "datetime_complete": complete.isoformat() if complete else None,
+        "duration_s": (complete - start).total_seconds() if start and complete else None,
+        "user_attrs": {k: json.loads(v) for k, v in row.user_attrs.items()},
+    }
+
+
+def write_trials_csv(
+    storage: StudyctlStorage,
+    name: str,
+    out: TextIO,
+    states: list[str] | None = None,
+    *,
+    batch_size: int = 2000,
+) -> int:
+    """Write the study's trials (in `states`, or all) to `out` as `trials_csv` would, one
+    batch of trials at a time: memory stays flat however many trials the study has.
+    Returns the number of trials written."""
+    study = _load(storage, name)
+    wanted = tuple(s.upper() for s in states) if states else None
+    with tables.transaction(storage.engine) as conn:
+        n_values, params, attrs = tables.trial_columns(conn, study._study_id, wanted)
+    value_cols = _value_cols(n_values)
+    writer = csv.writer(out)
+    writer.writerow(_csv_header(value_cols, params, attrs))
+    distributions: dict[str, BaseDistribution] = {}
+    n = 0
+    for row in tables.iter_trial_rows(storage.engine, study._study_id, wanted, batch_size):
+        writer.writerow(_csv_row(_row_dict(row, distributions), value_cols, params, attrs))
+        n += 1
+    return n
 
 
 def export_best_model(storage: StudyctlStorage, name: str, destination: str) -> int:

@@ -7,27 +7,36 @@
 A database without studyctl's tables is set up at head on first use. A database at another
 revision makes every command stop with one line naming both revisions and the fix;
 only `studyctl db upgrade` migrates.
+
+Every command checks the revision, so the check for a current schema is one query and
+imports no Alembic: the head is read from the revision files' ``revision``/
+``down_revision`` lines (`head_revision`, kept equal to Alembic's by a test).
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
 from studyctl.errors import StorageError
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 VERSION_TABLE = "studyctl_alembic_version"
 FIRST_REVISION = "0001"
+_REVISION_LINE = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*["']?(\w+)["']?""", re.M)
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(files("studyctl.migrations")))
     if connection is not None:
@@ -35,19 +44,41 @@ def _config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+@functools.cache
+def _revisions() -> dict[str, str | None]:
+    """revision -> down_revision, from the files in migrations/versions."""
+    chain: dict[str, str | None] = {}
+    for path in (files("studyctl.migrations") / "versions").iterdir():
+        if not path.name.endswith(".py") or path.name.startswith("_"):
+            continue
+        found = {m[1]: m[2] for m in _REVISION_LINE.finditer(path.read_text())}
+        if "revision" in found:
+            down = found.get("down_revision")
+            chain[found["revision"]] = None if down in (None, "None") else down
+    return chain
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(_config()).get_current_head()
-    assert head is not None
-    return head
+    """The revision no other revision revises (Alembic's head of a linear history)."""
+    chain = _revisions()
+    heads = set(chain) - {d for d in chain.values() if d is not None}
+    assert len(heads) == 1, f"migrations/versions has heads {sorted(heads)}"
+    return heads.pop()
 
 
 def known_revisions() -> set[str]:
-    return {s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()}
+    return set(_revisions())
 
 
 def current_revision(conn: Connection) -> str | None:
-    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-    return context.get_current_revision()
+    """studyctl's revision in this database (None before studyctl's first use): two cheap
+    queries, without Alembic."""
+    if not sa.inspect(conn).has_table(VERSION_TABLE):
+        return None
+    rows = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    if len(rows) > 1:
+        raise StorageError(f"{VERSION_TABLE} holds several revisions: {sorted(r[0] for r in rows)}")
+    return str(rows[0][0]) if rows else None
 
 
 def _has_studyctl_tables(conn: Connection) -> bool:
@@ -89,6 +120,8 @@ def ensure_schema(engine: Engine, shown_url: str) -> None:
 
 def upgrade_studyctl(engine: Engine, revision: str = "head") -> None:
     """Bring studyctl's tables to `revision`; tables made before versioning are adopted."""
+    from alembic import command
+
     with engine.begin() as conn:
         if current_revision(conn) is None and _has_studyctl_tables(conn):
             command.stamp(_config(conn), FIRST_REVISION)
@@ -96,5 +129,7 @@ def upgrade_studyctl(engine: Engine, revision: str = "head") -> None:
 
 
 def downgrade_studyctl(engine: Engine, revision: str) -> None:
+    from alembic import command
+
     with engine.begin() as conn:
         command.downgrade(_config(conn), revision)
