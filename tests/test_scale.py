@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from studyctl.inspect import summary
 from studyctl.spec import load_spec
-from studyctl.storage import open_storage, tables
+from studyctl.storage import open_storage, tables, trial_rows
 from studyctl.storage.studies import open_study
 
 from .conftest import run_cli, write_spec
@@ -93,7 +93,7 @@ def test_status_retries_and_best_without_loading_trials(storage_url: str, tmp_pa
 def test_tally_follows_the_study_incrementally(storage_url: str, tmp_path: Path) -> None:
     study = _mixed_study(storage_url, tmp_path)
     storage = open_storage(storage_url)
-    tally = tables.StudyTally(study._study_id, maximize=False)
+    tally = trial_rows.StudyTally(study._study_id, maximize=False)
 
     def check() -> None:
         with tables.transaction(storage.engine) as conn:

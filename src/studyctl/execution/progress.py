@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
-from studyctl.storage import tables
+from studyctl.storage import tables, trial_rows
 from studyctl.storage.rdb import StudyctlStorage
 from studyctl.storage.studies import best_trials
 from studyctl.storage.tables import FINISHED_STATES, finished_count
@@ -42,7 +42,7 @@ def best_text(study: optuna.Study) -> str:
 class StudyTotals:
     """A study's trial counts per state and its best-so-far text, for progress lines.
 
-    On a database (single objective) a `tables.StudyTally` reads only new and unfinished
+    On a database (single objective) a `trial_rows.StudyTally` reads only new and unfinished
     trials at each call, so a line costs the same in a study of 100 trials or 100,000;
     otherwise (several objectives, a storage proxy) the counts and the best are queried.
     """
@@ -50,9 +50,9 @@ class StudyTotals:
     def __init__(self, storage: WorkerStorage, study: optuna.Study) -> None:
         self.storage = storage
         self.study = study
-        self._tally: tables.StudyTally | None = None
+        self._tally: trial_rows.StudyTally | None = None
         if isinstance(storage, StudyctlStorage) and len(study.directions) == 1:
-            self._tally = tables.StudyTally(
+            self._tally = trial_rows.StudyTally(
                 study._study_id, maximize=study.directions[0].name == "MAXIMIZE"
             )
 

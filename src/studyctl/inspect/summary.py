@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from studyctl.errors import StudyctlError
 from studyctl.spec import WorkerSpec
-from studyctl.storage import tables
+from studyctl.storage import tables, trial_rows
 from studyctl.storage.rdb import StudyctlStorage, study_exists
 from studyctl.storage.studies import best_trials, load_stored_spec, unknown_study
 
@@ -100,7 +100,7 @@ def study_status(
         workers = tables.list_workers(conn, name)
         now = tables.db_utcnow(conn)
         # From the attribute rows: loading every trial for this took seconds at 10k trials.
-        retried = tables.retried_trials(conn, study._study_id)
+        retried = trial_rows.retried_trials(conn, study._study_id)
     for w in workers:
         alive = w["state"] == tables.WORKER_RUNNING and now - w["heartbeat_at"] < timedelta(
             seconds=stale_after
@@ -200,13 +200,15 @@ def _local(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
 
 
-def _row_dict(row: tables.TrialRow, distributions: dict[str, BaseDistribution]) -> dict[str, Any]:
+def _row_dict(
+    row: trial_rows.TrialRow, distributions: dict[str, BaseDistribution]
+) -> dict[str, Any]:
     """A stored trial row as `trial_dict` makes it from a FrozenTrial."""
     values = None
     if row.values:
         slots: list[float | None] = [None] * (max(o for o, _, _ in row.values) + 1)
         for objective, value, value_type in row.values:
-            slots[objective] = tables.stored_value(value, value_type)
+            slots[objective] = trial_rows.stored_value(value, value_type)
         values = [_json_value(v) for v in slots]
     params = {}
     for name, internal, dist_json in row.params:
@@ -241,13 +243,13 @@ def write_trials_csv(
     study = _load(storage, name)
     wanted = tuple(s.upper() for s in states) if states else None
     with tables.transaction(storage.engine) as conn:
-        n_values, params, attrs = tables.trial_columns(conn, study._study_id, wanted)
+        n_values, params, attrs = trial_rows.trial_columns(conn, study._study_id, wanted)
     value_cols = _value_cols(n_values)
     writer = csv.writer(out)
     writer.writerow(_csv_header(value_cols, params, attrs))
     distributions: dict[str, BaseDistribution] = {}
     n = 0
-    for row in tables.iter_trial_rows(storage.engine, study._study_id, wanted, batch_size):
+    for row in trial_rows.iter_trial_rows(storage.engine, study._study_id, wanted, batch_size):
         writer.writerow(_csv_row(_row_dict(row, distributions), value_cols, params, attrs))
         n += 1
     return n

@@ -1,0 +1,284 @@
+"""Reading Optuna's trials without loading them all: retries, the columns and rows of a
+trials export in batches, and the incremental tally behind progress lines.
+
+Optuna's `trials` table is indexed on study_id only (and trial_id, its key); studyctl never
+adds indexes to Optuna's tables. The queries here touch each of a study's rows at most once
+and hold at most one batch of trials in memory. Within a study, a trial's `number` is the
+count of the study's trials with a smaller trial_id, so trial_id order is number order.
+(studyctl's own tables and the budget are in `tables`.)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from studyctl.storage.tables import STATES, transaction
+
+
+def retried_trials(conn: Connection, study_id: int) -> list[dict[str, Any]]:
+    """Trials that retry another (system attribute ``failed_trial``), by number:
+    ``{"trial", "retry_of", "state"}``."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT t.number, t.state, a.value_json FROM trial_system_attributes a "
+            "JOIN trials t ON t.trial_id = a.trial_id "
+            "WHERE t.study_id = :sid AND a.key = 'failed_trial' ORDER BY t.trial_id"
+        ),
+        {"sid": study_id},
+    )
+    return [
+        {"trial": int(n), "retry_of": json.loads(v), "state": str(getattr(s, "name", s))}
+        for n, s, v in rows
+    ]
+
+
+def _state_filter(states: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
+    if not states:
+        return "", {}
+    names = {f"st{i}": s for i, s in enumerate(states)}
+    return f" AND t.state IN ({', '.join(':' + k for k in names)})", names
+
+
+def trial_columns(
+    conn: Connection, study_id: int, states: tuple[str, ...] | None = None
+) -> tuple[int, list[str], list[str]]:
+    """(objectives, parameter names, user attribute keys) over the study's trials in
+    `states` (all when None): the columns of a trials table, read without the trials."""
+    where, params = _state_filter(states)
+    params["sid"] = study_id
+    objectives = conn.execute(
+        sa.text(
+            "SELECT max(v.objective) FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
+            f"WHERE t.study_id = :sid{where}"
+        ),
+        params,
+    ).scalar()
+    names = [
+        str(r[0])
+        for r in conn.execute(
+            sa.text(
+                "SELECT DISTINCT p.param_name FROM trial_params p "
+                f"JOIN trials t ON t.trial_id = p.trial_id WHERE t.study_id = :sid{where}"
+            ),
+            params,
+        )
+    ]
+    keys = [
+        str(r[0])
+        for r in conn.execute(
+            sa.text(
+                "SELECT DISTINCT a.key FROM trial_user_attributes a "
+                f"JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :sid{where}"
+            ),
+            params,
+        )
+    ]
+    return (0 if objectives is None else int(objectives) + 1), sorted(names), sorted(keys)
+
+
+@dataclass
+class TrialRow:
+    """One trial as stored (Optuna's internal representations; `summary` converts them)."""
+
+    trial_id: int
+    number: int
+    state: str
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+    # (objective, value, value_type) / (name, internal value, distribution JSON), in order.
+    values: list[tuple[int, float | None, str]] = field(default_factory=list)
+    params: list[tuple[str, float, str]] = field(default_factory=list)
+    user_attrs: dict[str, str] = field(default_factory=dict)  # key -> JSON
+    system_attrs: dict[str, str] = field(default_factory=dict)
+
+
+def _enum_name(value: Any) -> str:
+    return str(getattr(value, "name", value))
+
+
+def _batch_children(
+    conn: Connection, bounds: dict[str, int], sql: str, order: str = "c.trial_id"
+) -> Any:
+    """Child rows (values, params, attributes) of the trials in a trial_id range: the range
+    holds a batch's trials and possibly others of the study (other states), which the
+    caller skips."""
+    return conn.execute(
+        sa.text(
+            sql + " JOIN trials t ON t.trial_id = c.trial_id WHERE t.study_id = :sid "
+            f"AND c.trial_id BETWEEN :lo AND :hi ORDER BY {order}"
+        ),
+        bounds,
+    )
+
+
+def iter_trial_rows(
+    engine: Engine,
+    study_id: int,
+    states: tuple[str, ...] | None = None,
+    batch_size: int = 2000,
+) -> Iterator[TrialRow]:
+    """The study's trials in number order, `batch_size` at a time (keyset on trial_id), each
+    batch read in its own short transaction: memory stays bounded by one batch."""
+    where, params = _state_filter(states)
+    after = -1
+    while True:
+        with transaction(engine) as conn:
+            trials = conn.execute(
+                sa.text(
+                    "SELECT t.trial_id, t.number, t.state, t.datetime_start, "
+                    "t.datetime_complete FROM trials t WHERE t.study_id = :sid AND "
+                    f"t.trial_id > :after{where} ORDER BY t.trial_id LIMIT :limit"
+                ),
+                {**params, "sid": study_id, "after": after, "limit": batch_size},
+            ).all()
+            if not trials:
+                return
+            rows = {
+                int(tid): TrialRow(int(tid), int(num), _enum_name(state), start, complete)
+                for tid, num, state, start, complete in trials
+            }
+            bounds = {"sid": study_id, "lo": min(rows), "hi": max(rows)}
+            children = functools.partial(_batch_children, conn, bounds)
+            for tid, objective, value, vtype in children(
+                "SELECT c.trial_id, c.objective, c.value, c.value_type FROM trial_values c"
+            ):
+                if (row := rows.get(int(tid))) is not None:
+                    row.values.append((int(objective), value, _enum_name(vtype)))
+            for tid, name, value, dist in children(
+                "SELECT c.trial_id, c.param_name, c.param_value, c.distribution_json "
+                "FROM trial_params c",
+                "c.param_id",
+            ):
+                if (row := rows.get(int(tid))) is not None:
+                    row.params.append((str(name), value, str(dist)))
+            for tid, key, value in children(
+                "SELECT c.trial_id, c.key, c.value_json FROM trial_user_attributes c"
+            ):
+                if (row := rows.get(int(tid))) is not None:
+                    row.user_attrs[str(key)] = str(value)
+            for tid, key, value in children(
+                "SELECT c.trial_id, c.key, c.value_json FROM trial_system_attributes c"
+            ):
+                if (row := rows.get(int(tid))) is not None:
+                    row.system_attrs[str(key)] = str(value)
+        yield from rows.values()
+        after = max(rows)
+
+
+_UNFINISHED = ("RUNNING", "WAITING")
+# One statement (one snapshot, also under PostgreSQL's READ COMMITTED): per finished state
+# its count and largest trial_id, and each unfinished trial on its own row.
+_TALLY_SQL = (
+    "SELECT state, count(*), max(trial_id), 0 FROM trials WHERE study_id = :sid AND state "
+    "NOT IN ('RUNNING', 'WAITING') GROUP BY state UNION ALL "
+    "SELECT state, 1, trial_id, 1 FROM trials WHERE study_id = :sid "
+    "AND state IN ('RUNNING', 'WAITING')"
+)
+_TALLY_ROWS_SQL = (
+    "SELECT t.trial_id, t.number, t.state, v.value, v.value_type FROM trials t "
+    "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+    "WHERE t.study_id = :sid AND "
+)
+_BEST_SQL = (
+    "SELECT t.number, v.value, v.value_type FROM trials t "
+    "JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
+    "WHERE t.study_id = :sid AND t.state = 'COMPLETE' ORDER BY "
+    "CASE v.value_type WHEN 'INF_NEG' THEN -1 WHEN 'FINITE' THEN 0 ELSE 1 END {order}, "
+    "v.value {order} LIMIT 1"
+)
+
+
+def stored_value(value: float | None, value_type: Any) -> float:
+    kind = _enum_name(value_type)
+    if kind == "INF_POS":
+        return float("inf")
+    if kind == "INF_NEG":
+        return float("-inf")
+    return float(value if value is not None else "nan")
+
+
+class StudyTally:
+    """Trial counts per state and the best value (first objective) of one study, kept up to
+    date by reading only the trials created since the last read and those unfinished then.
+
+    A finished state (COMPLETE, PRUNED, FAIL) is final, so a study of 100,000 trials costs
+    one aggregate query at the start and then a few rows per refresh, where `state_counts`
+    and Optuna's best-trial query read every trial of the study each time. A full recount
+    every `RESYNC_EVERY` refreshes bounds any drift (a trial whose id was allocated before,
+    but committed after, a refresh).
+    """
+
+    RESYNC_EVERY = 500
+
+    def __init__(self, study_id: int, *, maximize: bool) -> None:
+        self.study_id = study_id
+        self.maximize = maximize
+        self.counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        self.best: tuple[float, int] | None = None  # (value, trial number)
+        self._last_id = 0
+        self._unfinished: dict[int, str] = {}  # trial_id -> state
+        self._refreshes = 0
+
+    def refresh(self, conn: Connection) -> None:
+        if self._refreshes % self.RESYNC_EVERY == 0:
+            self._load(conn)
+        else:
+            self._update(conn)
+        self._refreshes += 1
+
+    def _load(self, conn: Connection) -> None:
+        self.counts = dict.fromkeys(STATES, 0)
+        self._unfinished = {}
+        self._last_id = 0
+        for state, n, max_id, unfinished in conn.execute(
+            sa.text(_TALLY_SQL), {"sid": self.study_id}
+        ):
+            name = _enum_name(state)
+            self.counts[name] = self.counts.get(name, 0) + int(n)
+            self._last_id = max(self._last_id, int(max_id))
+            if unfinished:
+                self._unfinished[int(max_id)] = name
+        order = "DESC" if self.maximize else "ASC"
+        row = conn.execute(sa.text(_BEST_SQL.format(order=order)), {"sid": self.study_id}).first()
+        self.best = None
+        if row is not None:
+            self._offer(stored_value(row[1], row[2]), int(row[0]))
+
+    def _offer(self, value: float, number: int) -> None:
+        if self.best is None or (value > self.best[0] if self.maximize else value < self.best[0]):
+            self.best = (value, number)
+
+    def _update(self, conn: Connection) -> None:
+        rows = list(
+            conn.execute(
+                sa.text(_TALLY_ROWS_SQL + "t.trial_id > :after"),
+                {"sid": self.study_id, "after": self._last_id},
+            )
+        )
+        if self._unfinished:
+            ids = sorted(self._unfinished)
+            names = {f"id{i}": v for i, v in enumerate(ids)}
+            rows += conn.execute(
+                sa.text(_TALLY_ROWS_SQL + f"t.trial_id IN ({', '.join(':' + k for k in names)})"),
+                {"sid": self.study_id, **names},
+            ).all()
+        # The two reads are disjoint: new trials (id > last) and unfinished ones (id <= last).
+        for trial_id, number, state, value, value_type in rows:
+            tid, name = int(trial_id), _enum_name(state)
+            before = self._unfinished.pop(tid, None)
+            if before is not None:
+                self.counts[before] -= 1
+            self.counts[name] = self.counts.get(name, 0) + 1
+            if name in _UNFINISHED:
+                self._unfinished[tid] = name
+            elif name == "COMPLETE" and value_type is not None:
+                self._offer(stored_value(value, value_type), int(number))
+        self._last_id = max([self._last_id, *(int(r[0]) for r in rows)])
