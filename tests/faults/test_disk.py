@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import run_cli, write_objectives, write_spec
+from ..conftest import STUDYCTL, run_cli, write_objectives, write_spec
 from .conftest import figures, finished_snapshot, wait_for
 
 SLOW_QUADRATIC = """
@@ -104,7 +104,6 @@ def test_read_only_sqlite_file(tmp_path: Path, objectives_dir: Path) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     for path in tmp_path.glob("ro.db*"):
         path.chmod(stat.S_IRUSR | stat.S_IRGRP)
-    os.environ.get("CI")
     try:
         if os.geteuid() == 0:
             # root ignores file modes; make the file immutable instead.
@@ -163,7 +162,7 @@ def test_disk_full_mid_run_then_resume(tmp_path: Path, small_tmpfs: Path) -> Non
     args = ["run", str(spec), "--storage", url, "--objectives-dir", str(objectives), "-q"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(
-        ["python", "-m", "studyctl.cli", *args],
+        [*STUDYCTL, *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -189,6 +188,7 @@ def test_disk_full_mid_run_then_resume(tmp_path: Path, small_tmpfs: Path) -> Non
     result = subprocess.CompletedProcess(args, proc.returncode, out, err)
     assert result.returncode == 2, (result.returncode, err[-3000:])
     line = _one_error_line(result)
+    print(f"disk full: {line}")
     assert "full" in line, line
     # Room again: the database is intact and `resume` completes the study.
     filler.unlink()

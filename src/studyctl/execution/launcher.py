@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from studyctl.errors import StorageError
 from studyctl.execution.progress import best_text, eta_text, format_duration
 from studyctl.signals import on_stop_signals
 from studyctl.storage.rdb import StudyctlStorage
@@ -108,6 +109,7 @@ def launch_workers(
         last_finished = -1
         study_id = storage.get_study_id_from_name(study_name)
         at_start = finished_count(storage.control.state_counts(study_id))
+        lost: StorageError | None = None
         while any(s.proc is not None for s in slots):
             time.sleep(POLL_S)
             for slot in slots:
@@ -128,11 +130,20 @@ def launch_workers(
                 slot.exit_code = code
                 result.exit_codes[slot.label] = code
                 echo(f"[{slot.label}] exited with code {code}")
-            counts = storage.control.state_counts(study_id)
-            finished = finished_count(counts)
-            if finished != last_finished and not quiet:
-                last_finished = finished
-                echo(_totals_line(storage, study_name, counts, n_trials, started, at_start))
+            if lost is not None:
+                continue
+            try:
+                counts = storage.control.state_counts(study_id)
+                finished = finished_count(counts)
+                if finished != last_finished and not quiet:
+                    last_finished = finished
+                    echo(_totals_line(storage, study_name, counts, n_trials, started, at_start))
+            except StorageError as exc:
+                # The database is gone past the tolerance: the workers find out too and
+                # stop; wait for them rather than leave them without a parent.
+                lost = exc
+    if lost is not None:
+        raise lost
     return result
 
 

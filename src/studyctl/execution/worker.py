@@ -24,7 +24,7 @@ from studyctl.artifacts import check_artifact_path
 from studyctl.execution.registration import WorkerRegistration
 from studyctl.execution.trial_process import EXIT_DONE, EXIT_FAILURES, EXIT_FATAL, EXIT_RECYCLE
 from studyctl.signals import on_stop_signals
-from studyctl.storage.connect import open_worker_storage
+from studyctl.storage.connect import open_worker_storage, set_outage_tolerance
 from studyctl.storage.studies import load_stored_spec
 from studyctl.storage.tables import WORKER_STOPPED
 from studyctl.storage.urls import STORAGE_ENV
@@ -73,6 +73,7 @@ def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
     """Run trial processes until the budget is met; return the exit code."""
     storage = open_worker_storage(opts.storage_url)
     spec = load_stored_spec(storage, opts.study_name)
+    set_outage_tolerance(storage, spec.worker.storage_outage_tolerance)
     check_artifact_path(spec)
     per_process = opts.trials_per_process or spec.worker.trials_per_process
     started = time.monotonic()

@@ -52,6 +52,9 @@ class WorkerSpec:
     max_retries: int = 3
     trials_per_process: int = 25
     max_consecutive_failures: int = 5
+    # Seconds every process of a run waits for a database that went away (a restart, a
+    # fail-over, a network cut) before it stops with one error line; 0 stops at once.
+    storage_outage_tolerance: int = 300
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from studyctl.storage.connect import WorkerStorage, enable_heartbeat, open_worker_storage
+    from studyctl.storage.connect import (
+        WorkerStorage,
+        enable_heartbeat,
+        open_worker_storage,
+        set_outage_tolerance,
+    )
     from studyctl.storage.rdb import (
         StudyctlStorage,
         close_storage,
@@ -36,6 +41,7 @@ _EXPORTS = {
     "WorkerStorage": "connect",
     "enable_heartbeat": "connect",
     "open_worker_storage": "connect",
+    "set_outage_tolerance": "connect",
     "StudyctlStorage": "rdb",
     "close_storage": "rdb",
     "open_storage": "rdb",
@@ -60,6 +66,7 @@ __all__ = [
     "open_worker_storage",
     "resolve_storage_url",
     "schema_versions",
+    "set_outage_tolerance",
     "study_exists",
     "upgrade_storage",
 ]

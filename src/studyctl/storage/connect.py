@@ -3,10 +3,12 @@ Optuna's heartbeat and stale-trial retry set for either."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, TypeAlias
 
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from studyctl.storage.outage import OUTAGE_TOLERANCE_ENV
 from studyctl.storage.rdb import StudyctlStorage, open_storage
 
 if TYPE_CHECKING:
@@ -46,3 +48,13 @@ def enable_heartbeat(
         storage.heartbeat_interval = interval
         storage.grace_period = grace_period
         storage.failed_trial_callback = retry
+
+
+def set_outage_tolerance(storage: WorkerStorage, seconds: float) -> None:
+    """Let `storage` wait up to `seconds` for a database that went away and came back (the
+    spec's `[worker] storage_outage_tolerance`), and so every process this one starts (a
+    worker, a trial process) even if it starts while the database is away. Behind a
+    `studyctl proxy` the proxy holds the database connections and waits itself."""
+    if isinstance(storage, StudyctlStorage):
+        storage.outage.tolerance_s = float(seconds)
+    os.environ[OUTAGE_TOLERANCE_ENV] = str(seconds)
