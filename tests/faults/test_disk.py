@@ -37,8 +37,26 @@ def slow_quadratic(trial, ctx):
 """
 
 
-def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+WRITER = """
+from pathlib import Path
+
+from studyctl import function_objective
+
+
+@function_objective("writer")
+def writer(trial, ctx):
+    x = trial.suggest_float("x", -1, 1)
+    out = Path(ctx.options["out"]) / f"trial-{trial.number}.bin"
+    out.write_bytes(b"\\0" * 400_000)  # what a checkpoint costs, on the trial's disk
+    return x * x
+"""
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str], *, failed_trials: int = 0) -> str:
+    # Optuna logs the objective's own traceback with each failed trial (as for any failing
+    # objective); no other traceback may appear.
+    assert result.stderr.count("Traceback") == failed_trials, result.stderr[-3000:]
+    assert result.stderr.count("failed with parameters") == failed_trials, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr[-3000:]
     return errors[0]
@@ -114,6 +132,7 @@ def test_read_only_sqlite_file(tmp_path: Path, objectives_dir: Path) -> None:
             subprocess.run(["chattr", "-i", str(db)], check=False, capture_output=True)
     assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
     line = _one_error_line(result)
+    print(f"read-only file: {line}")
     assert "read-only" in line or "readonly" in line, line
 
 
@@ -176,7 +195,7 @@ def test_disk_full_mid_run_then_resume(tmp_path: Path, small_tmpfs: Path) -> Non
 
     assert wait_for(lambda: used() > 600_000, 90)
     filler = small_tmpfs / "filler"
-    with filler.open("wb") as f:
+    with filler.open("wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
@@ -195,9 +214,53 @@ def test_disk_full_mid_run_then_resume(tmp_path: Path, small_tmpfs: Path) -> Non
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     before = finished_snapshot(url, "full")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT state FROM studyctl_workers").fetchall()
+    print(f"disk full: worker rows left 'running': {sum(r[0] == 'running' for r in rows)}")
     spec.write_text(
         spec.read_text().replace(f"n_trials = {n_trials}", f"n_trials = {len(before) + 3}")
     )
     resumed = run_cli(args, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     figures("disk full (sqlite)", url, "full", len(before) + 3, before).assert_nothing_lost()
+
+
+def test_trial_disk_full_stops_the_run_with_the_reason(tmp_path: Path, small_tmpfs: Path) -> None:
+    """The disk a trial writes to (checkpoints, models) fills up: every next trial would
+    fail the same way, so the run stops at the first one, with the reason on the trial,
+    the worker row closed and one error line."""
+    objectives = write_objectives(tmp_path / "objectives", WRITER, "writer.py")
+    spec = write_spec(
+        tmp_path / "w.toml",
+        f"""
+        name = "w"
+        objective = "writer"
+        n_trials = 40
+        [sampler]
+        type = "random"
+        [options]
+        out = "{small_tmpfs}"
+        """,
+    )
+    db = tmp_path / "w.db"
+    url = f"sqlite:///{db}"
+    result = run_cli(
+        ["run", str(spec), "--storage", url, "--objectives-dir", str(objectives), "-q"], tmp_path
+    )
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    line = _one_error_line(result, failed_trials=1)
+    print(f"trial disk full: {line}")
+    assert "No space left on device" in line, line
+    with sqlite3.connect(db) as conn:
+        workers = [r[0] for r in conn.execute("SELECT state FROM studyctl_workers")]
+        reasons = [
+            r[0]
+            for r in conn.execute(
+                "SELECT a.value_json FROM trials t JOIN trial_user_attributes a "
+                "ON a.trial_id = t.trial_id WHERE t.state = 'FAIL' AND a.key = 'fail_reason'"
+            )
+        ]
+    assert workers and "running" not in workers, workers
+    assert len(reasons) == 1 and "No space left on device" in reasons[0], reasons
+    result_figures = figures("trial disk full (sqlite)", url, "w", None)
+    assert result_figures.running == 0 and result_figures.failed_without_reason == 0
