@@ -29,6 +29,7 @@ from optuna.storages import GrpcStorageProxy
 from optuna.storages._grpc.server import make_server
 
 from studyctl.errors import StorageError
+from studyctl.spec import WorkerSpec
 from studyctl.storage.control import OPERATIONS, Control, SqlControl
 from studyctl.storage.rdb import open_storage
 from studyctl.storage.urls import mask_url
@@ -80,6 +81,9 @@ def serve(
 ) -> int:
     """Serve until SIGINT/SIGTERM; return the exit code (0 after a signal)."""
     storage = open_storage(storage_url, pool_size=PROXY_POOL_SIZE)
+    # The proxy serves many studies' workers and outlives their runs: it rides out database
+    # outages as long as a run does by default (each call waits, its client with it).
+    storage.outage.tolerance_s = WorkerSpec().storage_outage_tolerance
     server = make_server(storage, host, port, ThreadPoolExecutor(max_workers=PROXY_THREADS))
     server.add_generic_rpc_handlers((_handler(storage.control),))
     try:

@@ -39,9 +39,6 @@ from studyctl.errors import StorageError
 
 T = TypeVar("T")
 
-# Five minutes: longer than a database restart or a fail-over, shorter than the time after
-# which an operator would rather see the run stop and resume it.
-DEFAULT_OUTAGE_TOLERANCE_S = 300
 # The environment carries the tolerance to processes started by a run (worker, trial
 # process), so one started while the database is away waits for it too.
 OUTAGE_TOLERANCE_ENV = "STUDYCTL_STORAGE_OUTAGE_TOLERANCE"
