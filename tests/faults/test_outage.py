@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from studyctl.errors import SpecError
+from studyctl.spec import parse_spec
+
 from ..conftest import STUDYCTL, run_cli, write_objectives, write_spec
 from .conftest import ThrowawayPostgres, figures, finished_snapshot, wait_for
 
@@ -38,6 +41,16 @@ def steppy(trial, ctx):
 """
 
 OUTAGE_S = 10.0
+
+
+def test_outage_tolerance_in_the_spec() -> None:
+    base = {"name": "s", "objective": "quadratic", "n_trials": 1}
+    assert parse_spec(base, "s.toml").worker.storage_outage_tolerance == 300
+    spec = parse_spec({**base, "worker": {"storage_outage_tolerance": 0}}, "s.toml")
+    assert spec.worker.storage_outage_tolerance == 0
+    for bad, expected in ((-1, "expected a number >= 0"), ("5m", "expected an integer")):
+        with pytest.raises(SpecError, match=f"worker.storage_outage_tolerance: {expected}"):
+            parse_spec({**base, "worker": {"storage_outage_tolerance": bad}}, "s.toml")
 
 
 def _count_finished(url: str, name: str) -> int:

@@ -17,10 +17,13 @@ What the guard deliberately does not do:
   at once, so closing rows and exiting take no second tolerance.
 
 Staleness after an outage: a heartbeat that could not be written while the database was
-away must not make a live trial or worker look dead when it returns. `quiet_after_outage`
-says when a sweep must wait: this process itself reconnected less than `grace_s` ago, or
-the database server (PostgreSQL) started less than `grace_s` ago (every process then had
-its heartbeat interrupted, including those that were idle and saw nothing).
+away must not make a live trial or worker look dead when it returns (Optuna #5470: a false
+"stale" verdict discards a real result). A sweep judges no heartbeat while this process
+reconnected less than `grace_period` ago (`OutageGuard.recently_recovered`) or the
+database server (PostgreSQL) started less than `grace_period` ago
+(`server_started_within`; then every process had its heartbeat interrupted, including
+those that were idle and saw nothing). `StudyctlStorage._get_stale_trial_ids` and
+`SqlControl.fail_lost_trials` apply the rule.
 """
 
 from __future__ import annotations
