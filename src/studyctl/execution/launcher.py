@@ -23,6 +23,7 @@ from typing import IO
 from studyctl.errors import StorageError
 from studyctl.execution.progress import best_text, eta_text, format_duration
 from studyctl.signals import on_stop_signals
+from studyctl.storage.connect import outage_env
 from studyctl.storage.rdb import StudyctlStorage
 from studyctl.storage.tables import finished_count
 from studyctl.storage.urls import STORAGE_ENV
@@ -80,7 +81,12 @@ def launch_workers(
             cmd += ["--trials-per-process", str(trials_per_process)]
         if quiet:
             cmd.append("--quiet")
-        env = {**os.environ, STORAGE_ENV: storage_url, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            STORAGE_ENV: storage_url,
+            "PYTHONUNBUFFERED": "1",
+            **outage_env(storage),
+        }
         slot.proc = subprocess.Popen(
             cmd,
             env=env,

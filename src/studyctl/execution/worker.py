@@ -24,7 +24,7 @@ from studyctl.artifacts import check_artifact_path
 from studyctl.execution.registration import WorkerRegistration
 from studyctl.execution.trial_process import EXIT_DONE, EXIT_FAILURES, EXIT_FATAL, EXIT_RECYCLE
 from studyctl.signals import on_stop_signals
-from studyctl.storage.connect import open_worker_storage, set_outage_tolerance
+from studyctl.storage.connect import open_worker_storage, outage_env, set_outage_tolerance
 from studyctl.storage.studies import load_stored_spec
 from studyctl.storage.tables import WORKER_STOPPED
 from studyctl.storage.urls import STORAGE_ENV
@@ -108,6 +108,7 @@ def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
                 cmd.append("--quiet")
             env = child_env(opts.gpus, opts.threads)
             env[STORAGE_ENV] = opts.storage_url  # not on the command line: ps shows it
+            env.update(outage_env(storage))
             forwarder.child = subprocess.Popen(cmd, env=env, start_new_session=True)
             code = forwarder.child.wait()
             forwarder.child = None

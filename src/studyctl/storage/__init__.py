@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         WorkerStorage,
         enable_heartbeat,
         open_worker_storage,
+        outage_env,
         set_outage_tolerance,
     )
     from studyctl.storage.rdb import (
@@ -42,6 +43,7 @@ _EXPORTS = {
     "enable_heartbeat": "connect",
     "open_worker_storage": "connect",
     "set_outage_tolerance": "connect",
+    "outage_env": "connect",
     "StudyctlStorage": "rdb",
     "close_storage": "rdb",
     "open_storage": "rdb",
@@ -64,6 +66,7 @@ __all__ = [
     "mask_url",
     "open_storage",
     "open_worker_storage",
+    "outage_env",
     "resolve_storage_url",
     "schema_versions",
     "set_outage_tolerance",

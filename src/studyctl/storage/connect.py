@@ -3,7 +3,6 @@ Optuna's heartbeat and stale-trial retry set for either."""
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, TypeAlias
 
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -52,9 +51,16 @@ def enable_heartbeat(
 
 def set_outage_tolerance(storage: WorkerStorage, seconds: float) -> None:
     """Let `storage` wait up to `seconds` for a database that went away and came back (the
-    spec's `[worker] storage_outage_tolerance`), and so every process this one starts (a
-    worker, a trial process) even if it starts while the database is away. Behind a
-    `studyctl proxy` the proxy holds the database connections and waits itself."""
+    spec's `[worker] storage_outage_tolerance`). Behind a `studyctl proxy` the proxy holds
+    the database connections and waits itself."""
     if isinstance(storage, StudyctlStorage):
         storage.outage.tolerance_s = float(seconds)
-    os.environ[OUTAGE_TOLERANCE_ENV] = str(seconds)
+
+
+def outage_env(storage: WorkerStorage) -> dict[str, str]:
+    """The environment that gives a process started on `storage` (a worker, a trial
+    process) the same tolerance from its first connection, even if it starts while the
+    database is away."""
+    if isinstance(storage, StudyctlStorage):
+        return {OUTAGE_TOLERANCE_ENV: f"{storage.outage.tolerance_s:g}"}
+    return {}
