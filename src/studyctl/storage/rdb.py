@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import optuna
 import sqlalchemy as sa
@@ -59,8 +59,6 @@ POSTGRES_MAX_OVERFLOW = 1
 # pg_advisory_lock key serialising set-up and study creation in one PostgreSQL database
 # (any fixed 64-bit number; this one reads "studyctl").
 SETUP_LOCK_KEY = 0x7374_7564_7963_746C
-
-T = TypeVar("T")
 
 
 class StudyctlStorage(RDBStorage):
@@ -192,6 +190,8 @@ _GUARDED_METHODS = (
     "get_study_directions",
     "get_study_user_attrs",
     "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
     "get_all_studies",
     "create_new_trial",
     "set_trial_param",
@@ -230,7 +230,9 @@ def setup_lock(url: sa.engine.URL) -> Iterator[None]:
     lock each runs once and the others find its result."""
     backend = url.get_backend_name()
     if backend == "postgresql":
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool, **_pg_connect_args())
+        engine = sa.create_engine(
+            url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 10}
+        )
         try:
             with engine.connect() as conn:
                 conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": SETUP_LOCK_KEY})
@@ -260,10 +262,6 @@ def setup_lock(url: sa.engine.URL) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the flock
-
-
-def _pg_connect_args() -> dict[str, Any]:
-    return {"connect_args": {"connect_timeout": 10}}
 
 
 def _sqlite_lock_path(url: sa.engine.URL) -> Path | None:
