@@ -55,7 +55,7 @@ def get_json(url: str) -> Any:
 def dashboard(url: str, cwd: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     proc = subprocess.Popen(
-        [*STUDYCTL, "dashboard", "-s", url, "--port", str(port)],
+        [*STUDYCTL, "dashboard", "-s", url, "--port", str(port), "--no-token"],
         cwd=cwd,
         env={**os.environ},
         stdout=subprocess.PIPE,
@@ -123,7 +123,7 @@ def test_dashboard_api_shows_trials_and_is_bound_to_loopback(
             if c.status == psutil.CONN_LISTEN
         ]
         assert [a.ip for a in listening] == ["127.0.0.1"]
-        assert "no authentication" in run_cli(["dashboard", "--help"], cwd=tmp_path).stdout
+        assert "--read-only" in run_cli(["dashboard", "--help"], cwd=tmp_path).stdout
 
 
 @pytest.mark.slow

@@ -280,7 +280,7 @@ def test_ctrl_c_leaves_no_running_trial(
     trials = optuna.load_study(study_name="par", storage=sqlite_url).trials
     assert [t for t in trials if t.state == TrialState.RUNNING] == []
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert [t.user_attrs["fail_reason"] for t in failed] == ["interrupted"] * 2
+    assert [t.user_attrs["fail_reason"] for t in failed] == ["interrupted by SIGINT"] * 2
     # Interrupted trials are queued again with the same parameters, to be resumed.
     retries = [t for t in trials if t.state == TrialState.WAITING]
     assert sorted(t.params["x"] for t in retries) == sorted(t.params["x"] for t in failed)

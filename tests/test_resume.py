@@ -193,7 +193,8 @@ def test_sigint_stops_at_a_batch_end_and_resume_continues_on_two_replicas(
     assert run.returncode == 130, out
     study = optuna.load_study(study_name="slow", storage=sqlite_url)
     first = study.trials[0]
-    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["fail_reason"] == "interrupted by SIGINT"
     assert first.user_attrs["replicas"] == 2
     assert Path(first.user_attrs["checkpoint_dir"]).is_dir()
     assert [t.state for t in study.trials[1:]] == [TrialState.WAITING]

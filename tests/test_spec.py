@@ -85,6 +85,12 @@ def test_full_spec_round_trips_through_its_snapshot(tmp_path: Path) -> None:
 BAD = [
     # (what, toml, key named in the error, words in the error)
     ("invalid TOML", "name = ", None, "invalid TOML"),
+    (
+        "unknown backend",
+        GOOD + '[training]\nbackend = "torch"',
+        "training.backend",
+        "expected one of tensorflow, jax, got 'torch'",
+    ),
     ("missing name", 'objective = "q"\nn_trials = 1', "name", "missing"),
     ("unknown top-level key", GOOD + "n_trails = 3", "n_trails", "unknown key"),
     (

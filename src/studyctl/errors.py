@@ -11,8 +11,11 @@ Two families, as KerasTuner separates them:
 
 from __future__ import annotations
 
+import logging
 import signal
 import traceback
+
+from studyctl.storage.urls import mask_secrets
 
 
 class StudyctlError(Exception):
@@ -26,6 +29,9 @@ class StudyctlError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        # Whatever a message quotes (a URL, a driver's error), it never shows a password.
+        message = mask_secrets(message)
+        hint = None if hint is None else mask_secrets(hint)
         self.message = message
         self.hint = hint
         super().__init__(message if hint is None else f"{message} ({hint})")
@@ -67,6 +73,28 @@ def one_line(exc: BaseException, *, with_type: bool = True) -> str:
     orig = getattr(exc, "orig", None) or exc
     if with_type:
         text = "".join(traceback.format_exception_only(orig)).strip().splitlines()
-        return text[-1] if text else type(orig).__name__
+        return mask_secrets(text[-1]) if text else type(orig).__name__
     lines = str(orig).strip().splitlines()
-    return lines[0] if lines else type(orig).__name__
+    return mask_secrets(lines[0]) if lines else type(orig).__name__
+
+
+class SecretMaskingFilter(logging.Filter):
+    """Masks URL passwords and ``password=`` values in a log record, its traceback included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_text is None:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+            record.exc_text = mask_secrets(text)
+        return True
+
+
+def mask_secrets_in_logs(logger: logging.Logger) -> None:
+    """Every handler of `logger` masks secrets (Optuna's logs a failed trial's error and
+    traceback, which may quote a database URL)."""
+    for handler in logger.handlers:
+        if not any(isinstance(f, SecretMaskingFilter) for f in handler.filters):
+            handler.addFilter(SecretMaskingFilter())

@@ -5,7 +5,7 @@ in S3 (or any S3-compatible store: MinIO, Ceph, GCS's XML API; the endpoint come
 boto3's usual settings, e.g. ``$AWS_ENDPOINT_URL``, and so do the credentials). Keras still
 writes to the local `[artifacts] path`; studyctl mirrors it:
 
-* every epoch's `BackupAndRestore` checkpoint is uploaded to
+* every epoch's checkpoint (`training.checkpoints`) is uploaded to
   ``<prefix>/<study>/trial-<n>/`` once the epoch ends, and a retry on another machine
   downloads its original's checkpoint before it trains;
 * the best trial's model goes to ``<prefix>/<study>/models/trial-<n>.keras`` and, as an

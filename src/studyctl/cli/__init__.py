@@ -9,8 +9,13 @@ one function in one of them, registered with `@command`.
 
 from __future__ import annotations
 
+import sys
+import traceback
+from types import TracebackType
+
 from studyctl.cli import admin, inspect, run
 from studyctl.cli._common import app
+from studyctl.storage.urls import mask_secrets
 
 __all__ = ["admin", "app", "inspect", "main", "run"]
 
@@ -31,6 +36,15 @@ app.registered_commands.sort(
 )
 
 
+def _print_masked_traceback(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    """An unexpected error's traceback, with every URL password and secret masked."""
+    text = "".join(traceback.format_exception(exc_type, exc, tb))
+    sys.stderr.write(mask_secrets(text))
+
+
 def main() -> None:
     """Console entry point."""
+    sys.excepthook = _print_masked_traceback
     app()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -76,8 +77,7 @@ def dashboard(
         str,
         typer.Option(
             "--host",
-            help="Address to bind. The dashboard has NO authentication: anything "
-            "other than 127.0.0.1 exposes every study to the network.",
+            help="Address to bind. Beyond loopback a token is always required.",
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 8080,
@@ -88,8 +88,37 @@ def dashboard(
             help="Artifact store: the studies' [artifacts] path, or their s3://BUCKET store.",
         ),
     ] = "artifacts",
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Another name the dashboard may be reached by (a reverse proxy's); "
+            "requests for any name but these, the bound address and loopback get 403.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="STUDYCTL_DASHBOARD_TOKEN",
+            help="Token to ask for [default: a random one per start, printed in the URL]; "
+            "prefer $STUDYCTL_DASHBOARD_TOKEN or --token-file (the command line is visible "
+            "to other users).",
+            show_default=False,
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="Read the token from this file.")
+    ] = None,
+    no_token: Annotated[
+        bool, typer.Option("--no-token", help="Ask for no token (loopback addresses only).")
+    ] = False,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Refuse every change (a read-only role suffices).")
+    ] = False,
 ) -> None:
-    """Serve optuna-dashboard on the storage (no authentication; 127.0.0.1 by default)."""
+    """Serve optuna-dashboard on the storage, behind a token, a Host check and same-origin
+    writes (127.0.0.1 by default; see SECURITY.md)."""
     from studyctl.inspect.dashboard import serve_dashboard
     from studyctl.storage import resolve_storage_url
 
@@ -99,6 +128,11 @@ def dashboard(
         port=port,
         artifact_dir=artifact_dir,
         echo=typer.echo,
+        token=token,
+        token_file=token_file,
+        no_token=no_token,
+        read_only=read_only,
+        extra_hosts=allowed_host or (),
     )
 
 
@@ -109,21 +143,49 @@ def proxy(
         str,
         typer.Option(
             "--host",
-            help="Address to bind. The proxy has NO authentication: bind an address that "
-            "only the cluster's nodes reach.",
+            help="Address to bind; beyond loopback a token is required.",
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535)] = 13000,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="File holding the token every call must carry [default: "
+            "$STUDYCTL_PROXY_TOKEN_FILE, then $STUDYCTL_PROXY_TOKEN]",
+            show_default=False,
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Serve TLS with this PEM certificate.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="The certificate's PEM private key.")
+    ] = None,
 ) -> None:
-    """Serve the storage to workers over gRPC (`worker STUDY -s grpc://HOST:PORT`).
+    """Serve the storage to workers over gRPC (`worker STUDY -s grpc://HOST:PORT`, or
+    grpcs:// with TLS).
 
     Optuna's gRPC storage proxy plus studyctl's claims and worker heartbeats: however many
     workers connect, the database sees only the proxy's pool (at most 9 connections).
+    Workers send the token from $STUDYCTL_PROXY_TOKEN or $STUDYCTL_PROXY_TOKEN_FILE and
+    trust the CA in $STUDYCTL_PROXY_CA (see SECURITY.md).
     """
+    import os
+
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from studyctl.storage import resolve_storage_url
     from studyctl.storage.grpc import serve
 
-    serve(resolve_storage_url(storage), host, port, ready=typer.echo)
+    serve(
+        resolve_storage_url(storage),
+        host,
+        port,
+        token_file=token_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        ready=typer.echo,
+    )
 
 
 @command

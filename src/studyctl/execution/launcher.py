@@ -21,6 +21,7 @@ from types import FrameType
 from typing import IO
 
 from studyctl.errors import StorageError
+from studyctl.execution.parent import ChildLink, link_child
 from studyctl.execution.progress import best_text, eta_text, format_duration
 from studyctl.signals import on_stop_signals
 from studyctl.storage.connect import outage_env
@@ -40,6 +41,7 @@ class WorkerSlot:
     restarts: int = 0
     exit_code: int | None = None
     reader: threading.Thread | None = None
+    link: ChildLink | None = None
 
 
 @dataclass
@@ -81,10 +83,13 @@ def launch_workers(
             cmd += ["--trials-per-process", str(trials_per_process)]
         if quiet:
             cmd.append("--quiet")
+        # The worker stops (its trial at the next batch end) if this launcher is killed.
+        slot.link = link_child()
         env = {
             **os.environ,
             STORAGE_ENV: storage_url,
             "PYTHONUNBUFFERED": "1",
+            **slot.link.env,
             **outage_env(storage),
         }
         slot.proc = subprocess.Popen(
@@ -94,7 +99,9 @@ def launch_workers(
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            pass_fds=slot.link.pass_fds,
         )
+        slot.link.started()
         assert slot.proc.stdout is not None
         slot.reader = threading.Thread(
             target=_pump, args=(slot.label, slot.proc.stdout, echo), daemon=True
@@ -122,6 +129,8 @@ def launch_workers(
                 if slot.proc is None or slot.proc.poll() is None:
                     continue
                 code = slot.proc.returncode
+                if slot.link is not None:
+                    slot.link.close()
                 if slot.reader is not None:
                     slot.reader.join(timeout=5)
                 slot.proc = None

@@ -15,6 +15,7 @@ from studyctl.spec import StudySpec
 from studyctl.storage.connect import enable_heartbeat, set_outage_tolerance
 from studyctl.storage.rdb import StudyctlStorage, open_storage
 from studyctl.storage.studies import open_study
+from studyctl.training.devices import use_backend
 
 
 @dataclass
@@ -32,6 +33,7 @@ def prepare_study(
 
     The objective is resolved first, so an unknown objective never creates a study.
     """
+    use_backend(spec.training.backend)  # before the objective file can import Keras
     resolve_objective(spec.objective, objectives_dir)
     check_artifact_path(spec)
     storage = open_storage(storage_url)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import signal
 import time
 import traceback
@@ -21,16 +22,40 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from studyctl.errors import StudyctlError, TrialFailed, WorkerInterrupted, one_line
+from studyctl.errors import (
+    StudyctlError,
+    TrialFailed,
+    WorkerInterrupted,
+    mask_secrets_in_logs,
+    one_line,
+)
 from studyctl.execution.registration import WorkerRegistration
 from studyctl.objectives import KerasObjective, Objective, TrialContext
-from studyctl.signals import on_stop_signals, reset_stop, stop_at_safe_point, stop_requested
+from studyctl.signals import (
+    interruptible,
+    on_stop_signals,
+    reset_stop,
+    stop_at_safe_point,
+    stop_reason,
+    stop_requested,
+)
 from studyctl.spec import StudySpec
 from studyctl.storage.connect import WorkerStorage
+from studyctl.storage.urls import mask_secrets
+from studyctl.training.checkpoints import discard_checkpoint
 from studyctl.training.devices import get_strategy, warm_up
 
 # How long a worker without a claim waits before looking again while others' trials run.
 IDLE_POLL_S = 2.0
+# A retry carries its original's user attributes; these describe the original only.
+INHERITED_ATTRS = (
+    "fail_reason",
+    "traceback",
+    "pruned_at_epoch",
+    "resumed_from_epoch",
+    "checkpoint_fallback",
+    "history_inherited_epochs",
+)
 
 
 @dataclass
@@ -73,7 +98,7 @@ class _TrialRunner:
         if self.claim_id is not None:
             self.storage.control.attach_claim(self.claim_id, trial._trial_id)
         self.registration.update(current_trial=trial.number)
-        for inherited in ("fail_reason", "traceback", "pruned_at_epoch", "resumed_from_epoch"):
+        for inherited in INHERITED_ATTRS:
             # A retry carries its original's attributes; these describe the original only.
             if trial.user_attrs.get(inherited) is not None:
                 trial.set_user_attr(inherited, None)
@@ -89,30 +114,35 @@ class _TrialRunner:
         start = time.monotonic()
         try:
             result: Any
-            if isinstance(self.objective, KerasObjective):
-                from studyctl.training.trial import run_keras_trial
+            # Only here may a stop signal raise (signals.interruptible); elsewhere in
+            # Optuna's bookkeeping it is recorded and the loop stops at its next check.
+            with interruptible():
+                if isinstance(self.objective, KerasObjective):
+                    from studyctl.training.trial import run_keras_trial
 
-                result = run_keras_trial(ctx, self.objective)
-            else:
-                result = self.objective.func(trial, ctx)
+                    result = run_keras_trial(ctx, self.objective)
+                else:
+                    result = self.objective.func(trial, ctx)
             return _check_result(result, self.spec)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt as exc:
             self.last_error = exc
-            trial.set_user_attr("fail_reason", "interrupted")
+            trial.set_user_attr("fail_reason", stop_reason())
             raise
         except Exception as exc:
             self.last_error = exc
             trial.set_user_attr("fail_reason", _failure_reason(exc)[:1000])
-            trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
+            trial.set_user_attr("traceback", mask_secrets(traceback.format_exc())[-8000:])
             raise
         finally:
             trial.set_user_attr("duration_s", round(time.monotonic() - start, 3))
 
 
 def _failure_reason(exc: BaseException) -> str:
-    if type(exc).__name__ == "ResourceExhaustedError":  # tf.errors, without importing TF
+    # TensorFlow's ResourceExhaustedError, or JAX's XlaRuntimeError "RESOURCE_EXHAUSTED: Out
+    # of memory ...", recognised without importing either framework.
+    if type(exc).__name__ == "ResourceExhaustedError" or str(exc).startswith("RESOURCE_EXHAUSTED"):
         return f"out of memory: {one_line(exc)}"
     return one_line(exc)
 
@@ -225,6 +255,7 @@ def run_trial_loop(
     """Run trials until the study's budget is met (or timeout, max_trials, a signal, or
     `max_consecutive_failures` failures in a row)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    mask_secrets_in_logs(logging.getLogger("optuna"))
     runner = _TrialRunner(spec, objective, storage, registration)
     result = LoopResult(reason="budget-met")
     started = time.monotonic()
@@ -276,8 +307,11 @@ def run_trial_loop(
                     trial_id = storage.control.release_claim(claim)
                     runner.claim_id = None
                     frozen = None if trial_id is None else storage.get_trial(trial_id)
+                    if frozen is not None and frozen.state == TrialState.RUNNING:
+                        frozen = _fail_unfinished(storage, study, frozen)
                     if frozen is not None:
                         _retry_if_interrupted(storage, study, frozen)
+                        discard_checkpoint(spec, frozen)
                 if frozen is None:
                     continue
                 outcome = _trial_outcome(frozen)
@@ -306,13 +340,34 @@ def run_trial_loop(
     return result
 
 
+def _fail_unfinished(
+    storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial
+) -> FrozenTrial:
+    """A trial `study.optimize` left RUNNING (an exception escaped Optuna's own bookkeeping,
+    which `signals.interruptible` exists to prevent): FAIL it with the reason, so no trial
+    outlives its loop RUNNING; `_retry_if_interrupted` then queues it."""
+    reason = (
+        stop_reason()
+        if stop_requested() is not None
+        else "lost: its trial loop stopped on an error"
+    )
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            callback = storage.heartbeat_stale_trial_callback
+            if callback is not None:
+                callback(study, storage.get_trial(trial._trial_id))
+    return storage.get_trial(trial._trial_id)
+
+
 def _retry_if_interrupted(storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial) -> None:
-    """A trial stopped by SIGINT/SIGTERM is queued again (same params, its learning curve
-    and checkpoint), like a trial whose worker died; within `max_retries`."""
+    """A trial stopped by a signal (or because its worker or launcher went away) is queued
+    again (same params, its learning curve and checkpoint), like a trial whose worker died;
+    within `max_retries`."""
     callback = storage.heartbeat_stale_trial_callback
     if (
         trial.state == TrialState.FAIL
-        and trial.user_attrs.get("fail_reason") == "interrupted"
+        and str(trial.user_attrs.get("fail_reason", "")).startswith("interrupted")
         and callback is not None
         # A lost-trial sweep may have failed (and queued) it first, just before our FAIL.
         and not any(

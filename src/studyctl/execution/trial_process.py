@@ -4,8 +4,10 @@ its parent (`studyctl worker`) can replace it and return TensorFlow's leaked mem
 Exit codes: 0 budget met or timeout, 3 recycle (max trials reached), 1 too many failures
 in a row, 2 fatal (objective or data cannot be loaded, unknown study), 4 an unexpected error
 outside a trial (e.g. the storage went away; the worker replaces the process as after a
-crash), 128+N signal N. A trial process whose worker died stops as if sent SIGTERM: its
-trial is recorded "interrupted" and queued again, so no orphan keeps training.
+crash), 128+N signal N. A trial process whose worker is gone (`execution.parent`: a pipe
+and the parent-death signal) stops at the next batch end and claims nothing more: its
+trial is recorded "interrupted: its worker process ended" and queued again, so no orphan
+keeps training.
 """
 
 from __future__ import annotations
@@ -13,10 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 import sys
-import threading
-import time
 
 from studyctl.errors import StudyctlError
 from studyctl.storage.urls import STORAGE_ENV
@@ -28,7 +27,16 @@ EXIT_RECYCLE = 3
 EXIT_CRASH = 4
 
 
+def _hangup_reason(worker_gone: bool) -> str:
+    if worker_gone:
+        return "interrupted: its worker process ended"
+    return "interrupted: the run's launcher ended"  # the worker forwards that as SIGHUP
+
+
 def main(argv: list[str] | None = None) -> int:
+    from studyctl.execution.parent import watch_parent
+
+    watch_parent(_hangup_reason)  # first: the worker may already be gone
     parser = argparse.ArgumentParser(prog="studyctl-trial-process")
     parser.add_argument("--study", required=True)
     parser.add_argument("--storage", required=True)
@@ -48,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from studyctl.objectives import resolve_objective
     from studyctl.storage.connect import enable_heartbeat, open_worker_storage
     from studyctl.storage.studies import load_stored_spec, open_study
+    from studyctl.training.devices import use_backend
 
     try:
         storage = open_worker_storage(args.storage)
@@ -61,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             grace_period=w.grace_period,
             max_retries=w.max_retries,
         )
+        use_backend(spec.training.backend)  # before the objective file can import Keras
         objective = resolve_objective(spec.objective, args.objectives_dir)
         study = open_study(storage, spec, create=False).study
     except StudyctlError as exc:
@@ -76,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
 
     printer = ProgressPrinter(storage, study, spec.n_trials, say)
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     try:
         result = run_trial_loop(
             storage,
@@ -99,15 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         "failures": EXIT_FAILURES,
         "fatal": EXIT_FATAL,
     }.get(result.reason, 128 + int(result.signum or 2))
-
-
-def _watch_parent(parent: int) -> None:
-    """Stop at the next safe point once the worker that started this process is gone."""
-    from studyctl.signals import stop_at_safe_point
-
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    stop_at_safe_point(signal.SIGTERM, None)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 The worker process itself never imports TensorFlow. It registers in ``studyctl_workers``,
 keeps the heartbeat, and runs trials in a child process (`studyctl.execution.trial_process`) that it
 replaces every `trials_per_process` trials, so TensorFlow's per-model leak is returned to
-the OS and its import is paid once per many trials. SIGINT/SIGTERM are forwarded to the
+the OS and its import is paid once per many trials. SIGINT/SIGTERM/SIGHUP are forwarded to the
 child once; the child records its trial FAIL ("interrupted") and exits 130/143.
 A child that crashes (killed, segfault) is replaced up to `MAX_CHILD_CRASHES` times in a row.
 """
@@ -21,14 +21,21 @@ from pathlib import Path
 from types import FrameType
 
 from studyctl.artifacts import check_artifact_path
+from studyctl.execution.parent import link_child, watch_parent
 from studyctl.execution.registration import WorkerRegistration
-from studyctl.execution.trial_process import EXIT_DONE, EXIT_FAILURES, EXIT_FATAL, EXIT_RECYCLE
+from studyctl.execution.trial_process import (
+    EXIT_CRASH,
+    EXIT_DONE,
+    EXIT_FAILURES,
+    EXIT_FATAL,
+    EXIT_RECYCLE,
+)
 from studyctl.signals import on_stop_signals
 from studyctl.storage.connect import open_worker_storage, outage_env, set_outage_tolerance
 from studyctl.storage.studies import load_stored_spec
 from studyctl.storage.tables import WORKER_STOPPED
 from studyctl.storage.urls import STORAGE_ENV
-from studyctl.training.devices import THREADS_ENV
+from studyctl.training.devices import THREADS_ENV, backend_environment
 
 MAX_CHILD_CRASHES = 3
 
@@ -57,7 +64,7 @@ def child_env(gpus: str | None, threads: int | None) -> dict[str, str]:
 
 
 class _Forwarder:
-    """Forwards SIGINT/SIGTERM to the current child; remembers the first signal."""
+    """Forwards SIGINT/SIGTERM/SIGHUP to the current child; remembers the first signal."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -70,7 +77,12 @@ class _Forwarder:
 
 
 def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
-    """Run trial processes until the budget is met; return the exit code."""
+    """Run trial processes until the budget is met; return the exit code.
+
+    Started by `studyctl run --workers N`, the worker stops (and stops its trial process at
+    the next batch end) once that launcher is gone (`execution.parent`); started on its own,
+    it is not tied to any parent."""
+    watch_parent(lambda gone: "interrupted: the run's launcher ended")
     storage = open_worker_storage(opts.storage_url)
     spec = load_stored_spec(storage, opts.study_name)
     set_outage_tolerance(storage, spec.worker.storage_outage_tolerance)
@@ -107,10 +119,19 @@ def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
             if opts.quiet:
                 cmd.append("--quiet")
             env = child_env(opts.gpus, opts.threads)
+            env.update(backend_environment(spec.training.backend))
             env[STORAGE_ENV] = opts.storage_url  # not on the command line: ps shows it
             env.update(outage_env(storage))
-            forwarder.child = subprocess.Popen(cmd, env=env, start_new_session=True)
-            code = forwarder.child.wait()
+            link = link_child()  # the child stops at once if this process dies
+            env.update(link.env)
+            try:
+                forwarder.child = subprocess.Popen(
+                    cmd, env=env, start_new_session=True, pass_fds=link.pass_fds
+                )
+                link.started()
+                code = forwarder.child.wait()
+            finally:
+                link.close()
             forwarder.child = None
             # A trial still RUNNING under this worker's claim lost its only process: fail it
             # and queue its retry now instead of waiting for a heartbeat to go stale.
@@ -119,6 +140,7 @@ def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
                 grace_s=0.0,
                 max_retries=spec.worker.max_retries,
                 worker_id=registration.worker_id,
+                reason=f"trial process {_describe(code)}",
             )
             storage.control.release_worker_claims(registration.worker_id)
             registration.trials_done = storage.control.worker_trials_done(registration.worker_id)
@@ -147,4 +169,6 @@ def _describe(code: int) -> str:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
-    return "crashed"
+    if code == EXIT_CRASH:
+        return "crashed (see its error line above)"
+    return f"exited with code {code}"

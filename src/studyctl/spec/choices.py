@@ -80,6 +80,13 @@ def _grid(spec: StudySpec, seed: int | None) -> Any:
 
 
 def _cmaes(spec: StudySpec, seed: int | None) -> Any:
+    # Installed with studyctl; checked here so a broken environment fails before the
+    # study is created, not after its startup trials.
+    if importlib.util.find_spec("cmaes") is None:
+        raise StudyctlError(
+            f"{spec.path}: sampler.type: 'cmaes' needs the cmaes package, which is not installed",
+            hint="pip install cmaes (a dependency of studyctl), or use tpe",
+        )
     return _optuna().samplers.CmaEsSampler(seed=seed, **spec.sampler.options)
 
 

@@ -14,6 +14,7 @@ DIRECTIONS = ("minimize", "maximize")
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 SPACE_TYPES = ("float", "int", "categorical")
+BACKENDS = ("tensorflow", "jax")
 GridValue = str | int | float | bool
 
 
@@ -41,6 +42,9 @@ class TrainingSpec:
     # "best": the objective value is the best epoch's metric (as KerasTuner reports it);
     # "last": the final epoch's metric.
     objective_value: str = "best"
+    # Keras 3's backend in every trial process: "tensorflow" (MirroredStrategy over the
+    # worker's GPUs) or "jax" (keras.distribution.DataParallel over them).
+    backend: str = "tensorflow"
 
 
 @dataclass(frozen=True)

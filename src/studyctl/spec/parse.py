@@ -16,6 +16,7 @@ from typing import Any
 from studyctl.errors import SpecError
 from studyctl.spec.choices import PRUNERS, SAMPLERS, Choice
 from studyctl.spec.model import (
+    BACKENDS,
     DIRECTIONS,
     SPACE_TYPES,
     STUDY_NAME_RE,
@@ -196,6 +197,7 @@ def _parse_training(table: _Table) -> TrainingSpec:
         shuffle=table.take("shuffle", bool, d.shuffle),
         verbose=table.take("verbose", int, d.verbose),
         objective_value=table.take("objective_value", str, d.objective_value),
+        backend=table.take("backend", str, d.backend),
     )
     _positive(table, "epochs", spec.epochs)
     _positive(table, "batch_size", spec.batch_size)
@@ -209,6 +211,8 @@ def _parse_training(table: _Table) -> TrainingSpec:
         raise table.error(
             "objective_value", f"expected 'best' or 'last', got {spec.objective_value!r}"
         )
+    if spec.backend not in BACKENDS:
+        raise table.error("backend", f"expected one of {', '.join(BACKENDS)}, got {spec.backend!r}")
     table.finish(TrainingSpec.__dataclass_fields__)
     return spec
 

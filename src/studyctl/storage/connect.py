@@ -3,6 +3,7 @@ Optuna's heartbeat and stale-trial retry set for either."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, TypeAlias
 
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -18,9 +19,12 @@ WorkerStorage: TypeAlias = "StudyctlStorage | ProxyStorage"
 
 
 def open_worker_storage(url: str) -> WorkerStorage:
-    """A worker's storage: the database itself, or a `studyctl proxy` at grpc://HOST:PORT
+    """A worker's storage: the database itself, or a `studyctl proxy` at grpc(s)://HOST:PORT
     (gRPC is imported only then)."""
-    if url.startswith("grpc://"):
+    if url.startswith(("grpc://", "grpcs://")):
+        # gRPC's own log lines (a failed TLS handshake, ...) would follow studyctl's one
+        # clear line; its errors reach the user through that line.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         from studyctl.storage.grpc import connect_proxy
 
         return connect_proxy(url)

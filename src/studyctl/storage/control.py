@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from studyctl.storage import tables as db
 from studyctl.storage.outage import OutageGuard, server_started_within
-from studyctl.storage.urls import mask_url
+from studyctl.storage.urls import mask_url, scrub_spec_json
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -101,9 +101,11 @@ class Control(Protocol):
         grace_s: float,
         max_retries: int,
         worker_id: str | None = None,
+        reason: str | None = None,
     ) -> list[int]:
         """Fail the RUNNING trials whose worker is gone and queue their retries; return
-        the failed trials' numbers."""
+        the failed trials' numbers. Each gets `reason` as its `fail_reason` (a default that
+        names the stopped heartbeat, or the trial process's exit, when None)."""
         ...
 
 
@@ -136,7 +138,9 @@ class SqlControl(Control):
         record = self.in_transaction(lambda conn: db.get_study_record(conn, study_name))
         if record is None:
             return None
-        return {"n_trials": record["n_trials"], "spec_json": record["spec_json"]}
+        # Scrubbed again on the way out: a row written by an older studyctl may still hold
+        # a password, and this answer can travel through the proxy.
+        return {"n_trials": record["n_trials"], "spec_json": scrub_spec_json(record["spec_json"])}
 
     def insert_worker(
         self, *, worker_id: str, study_name: str, host: str, pid: int, gpus: str
@@ -216,6 +220,7 @@ class SqlControl(Control):
         grace_s: float,
         max_retries: int,
         worker_id: str | None = None,
+        reason: str | None = None,
     ) -> list[int]:
         """Fail the RUNNING trials whose worker is gone and queue their retries (same
         params, the original's learning curve, so they resume from its checkpoint).
@@ -250,12 +255,16 @@ class SqlControl(Control):
             max_retry=max_retries, inherit_intermediate_values=True
         )
         failed = []
+        if reason is None:
+            reason = (
+                "lost: its trial process ended while the trial ran"
+                if worker_id is not None
+                else f"lost: its worker's heartbeat stopped (none for {grace_s:g} s)"
+            )
         for trial_id in ids:
-            if worker_id is None:
-                record_lost_reason(
-                    self.storage, trial_id, f"lost: its worker sent no heartbeat for {grace_s:g}s"
-                )
             try:
+                # While it is RUNNING (a finished trial's attributes cannot change).
+                self.storage.set_trial_user_attr(trial_id, "fail_reason", reason[:1000])
                 won = self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 won = False  # finished or failed by another process meanwhile
@@ -265,14 +274,3 @@ class SqlControl(Control):
             retry(study, trial)
             failed.append(trial.number)
         return failed
-
-
-def record_lost_reason(storage: RDBStorage, trial_id: int, reason: str) -> None:
-    """Give a trial about to be failed as lost its `fail_reason` (while it is still
-    RUNNING, the only time Optuna lets its attributes change); one set by the trial itself
-    is kept."""
-    try:
-        if not storage.get_trial(trial_id).user_attrs.get("fail_reason"):
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass  # it finished meanwhile: nothing to explain

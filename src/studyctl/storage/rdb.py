@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 
 from studyctl.errors import StorageError, one_line
 from studyctl.storage import tables
-from studyctl.storage.control import SqlControl, record_lost_reason
+from studyctl.storage.control import SqlControl
 from studyctl.storage.outage import (
     OUTAGE_TOLERANCE_ENV,
     OutageGuard,
@@ -156,7 +156,8 @@ class StudyctlStorage(RDBStorage):
         """Optuna's stale trials, except while heartbeats cannot be judged: within
         `grace_period` of this process reconnecting or of the database server starting,
         a live trial may not have beaten yet (a false "stale" would discard its result,
-        Optuna #5470). Each stale trial gets its `fail_reason` before it is failed."""
+        Optuna #5470). Optuna's sweep (`optuna.storages.fail_stale_trials`) fails these
+        trials next and sets no reason: each gets one here first, while it is RUNNING."""
         grace = float(self.grace_period or 2 * (self.heartbeat_interval or 1))
 
         def stale() -> list[int]:
@@ -169,7 +170,12 @@ class StudyctlStorage(RDBStorage):
 
         ids = self.outage.call(stale)
         for trial_id in ids:
-            record_lost_reason(self, trial_id, f"lost: no heartbeat for {grace:g}s")
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.set_trial_user_attr(
+                    trial_id,
+                    "fail_reason",
+                    f"lost: no trial heartbeat for {grace:g} s (its process died or hung)",
+                )
         return ids
 
     @contextlib.contextmanager
@@ -321,6 +327,31 @@ def _engine_kwargs(url: sa.engine.URL, pool_size: int) -> dict[str, Any]:
     return kwargs
 
 
+# PostgreSQL's SQLSTATE for a right the role lacks (permission denied for table/schema).
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+@sa.event.listens_for(sa.Engine, "handle_error")
+def _explain_missing_right(context: sa.engine.ExceptionContext) -> None:
+    """A statement the database role may not run becomes one `StorageError` naming the
+    role and the right, wherever it happens (opening, a command, a worker); the
+    transaction is rolled back, so nothing is half-written."""
+    orig = context.original_exception
+    if getattr(orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE or context.engine is None:
+        return
+    url = context.engine.url
+    what = one_line(orig, with_type=False)
+    if "schema" in what:
+        hint = "run `studyctl db upgrade` with the database's owner role first"
+    else:
+        hint = "SECURITY.md lists the rights each command needs"
+    raise StorageError(
+        f"storage {mask_url(url.render_as_string(hide_password=True))}: {what}: "
+        f"the database role {url.username!r} lacks this right",
+        hint=hint,
+    )
+
+
 _STORAGES: dict[str, StudyctlStorage] = {}
 
 
@@ -352,7 +383,7 @@ def open_storage(
             hint="expected e.g. sqlite:///studyctl.db or postgresql+psycopg://user@host:5432/db",
         ) from None
     backend = parsed.get_backend_name()
-    if backend == "grpc":
+    if backend in ("grpc", "grpcs"):
         raise StorageError(
             f"storage URL {shown!r} is a studyctl storage proxy, which serves workers only",
             hint="give this command the database URL the proxy was started with",

@@ -16,7 +16,7 @@ from studyctl.spec import StudySpec
 from studyctl.spec.choices import build_pruner, build_sampler
 from studyctl.storage import tables
 from studyctl.storage.rdb import StudyctlStorage, study_exists
-from studyctl.storage.urls import mask_url
+from studyctl.storage.urls import mask_url, scrub_secrets_in, scrub_spec_json
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 
 def spec_json(spec: StudySpec) -> str:
-    return json.dumps(spec.to_dict(), sort_keys=True)
+    """The spec snapshot kept with the study, without any credentials (a password in the
+    spec's `storage` URL is never stored)."""
+    return json.dumps(scrub_secrets_in(spec.to_dict()), sort_keys=True)
 
 
 def load_stored_spec(storage: WorkerStorage, study_name: str) -> StudySpec:
@@ -93,6 +95,12 @@ def open_study(storage: WorkerStorage, spec: StudySpec, *, create: bool) -> Open
     leaves no half-written study behind.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if spec.sampler.type == "cmaes" and not isinstance(storage, StudyctlStorage):
+        raise StudyctlError(
+            f"{spec.path}: sampler.type: cmaes keeps its state as pickles in trial system "
+            "attributes, which studyctl's proxy refuses to write (every worker unpickles them)",
+            hint="connect the workers of a CMA-ES study to the database URL, not the proxy",
+        )
     sampler, pruner = build_sampler(spec), build_pruner(spec)
     if study_exists(storage, spec.name):
         study = optuna.load_study(
@@ -183,7 +191,7 @@ def copy_study(
         if record is not None:
             with tables.transaction(target.engine) as conn:
                 tables.upsert_study_record(
-                    conn, study_name, record["n_trials"], record["spec_json"]
+                    conn, study_name, record["n_trials"], scrub_spec_json(record["spec_json"])
                 )
     except BaseException:
         if study_exists(target, study_name):

@@ -1,20 +1,51 @@
-"""Where a trial's checkpoint lives, and fetching or removing it (locally and in the
-object store). A retried trial uses its original's folder, so it resumes from the original's
-last finished epoch."""
+"""Where a trial's checkpoint lives, how it is written and read back, and fetching or
+removing it (locally and in the object store). A retried trial uses its original's folder,
+so it resumes from the original's last finished epoch.
+
+Checkpoints are crash-atomic: a kill -9 at any instant loses at most the epoch in progress,
+and a checkpoint that cannot be read never fails a retry. The folder holds numbered,
+complete checkpoints: `epoch-000004.json` (the epoch count, the per-epoch metric history,
+the weights file's size and SHA-256) and `epoch-000004.weights.h5` (model and optimizer
+variables, Keras's `save_weights`). Each file is written under a temporary name, fsynced,
+then renamed into place (the JSON first, the weights last: the weights' rename is the
+commit point) and the folder is fsynced. The previous checkpoint is removed only once the
+new one is complete, and the newest two are kept. (Keras's `BackupAndRestore`, used before,
+rewrote `latest.weights.h5` in place: a kill during the write left a file no retry could
+open, `OSError: Unable to synchronously open file`.)
+
+Restoring tries the newest checkpoint, then older ones, then epoch 0 (the model as built)
+when one cannot be read: metadata missing or malformed, size or digest different, or Keras
+cannot load it. Why is returned (`Restored.fallback_reason`) and recorded on the trial
+(`checkpoint_fallback`). A `BackupAndRestore` folder of an older studyctl is still restored,
+as the oldest candidate.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from studyctl.artifacts import best_effort
+from studyctl.artifacts import best_effort, object_store
 
 if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
     from studyctl.artifacts.objectstore import ObjectStore
     from studyctl.objectives import TrialContext
+    from studyctl.spec import StudySpec
+
+# Failed trials that are queued again and resume from the checkpoint: stopped by a signal
+# or by the loss of their worker or launcher ("interrupted ..."), found lost ("lost: ...").
+RETRIED_REASONS = ("interrupted", "lost", "trial process")
 
 
 def checkpoint_name(ctx: TrialContext) -> str:
@@ -43,17 +74,200 @@ def pull_checkpoint(store: ObjectStore, local: Path, study: str) -> None:
             shutil.move(str(Path(tmp) / "ckpt"), local)
 
 
-def remove_checkpoint(
-    trial: optuna.Trial, folder: Path | None, store: ObjectStore | None, study: str
-) -> None:
-    """Remove the trial's checkpoint once it has an outcome, unless another process already
-    failed it as lost: its retry resumes from this very checkpoint."""
+def discard_checkpoint(spec: StudySpec, trial: FrozenTrial) -> None:
+    """Remove a trial's checkpoint once its outcome is stored, unless a retry resumes from
+    it (the trial was interrupted or lost). Only after the outcome is stored: a trial killed
+    after its last epoch but before its result reached the database is retried, and that
+    retry must still find every epoch (it then trains none)."""
     from optuna.trial import TrialState
 
-    if folder is None:
+    folder = trial.user_attrs.get("checkpoint_dir")
+    if not folder or not trial.state.is_finished():
         return
-    if trial.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+    reason = str(trial.user_attrs.get("fail_reason") or "")
+    if trial.state == TrialState.FAIL and reason.startswith(RETRIED_REASONS):
         return
     shutil.rmtree(folder, ignore_errors=True)
+    store = object_store(spec)
     if store is not None:
-        best_effort(f"removal of checkpoint {folder.name}", store.delete_dir, study, folder.name)
+        name = Path(folder).name
+        best_effort(f"removal of checkpoint {name}", store.delete_dir, spec.name, name)
+
+
+FORMAT = 1
+KEEP = 2  # complete checkpoints kept: the newest and the one before it
+_NAME = re.compile(r"^epoch-(\d{6})\.weights\.h5$")
+_TMP_PREFIX = ".tmp-"
+LEGACY_WEIGHTS = "latest.weights.h5"
+LEGACY_METADATA = "training_metadata.json"
+
+
+@dataclass
+class Restored:
+    """What a trial resumes from: `epoch` finished epochs (0: from scratch), their metric
+    history, and why newer checkpoints were passed over."""
+
+    epoch: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def fallback_reason(self) -> str | None:
+        if not self.problems:
+            return None
+        where = f"resumed from epoch {self.epoch}" if self.epoch else "started from epoch 0"
+        return f"{'; '.join(self.problems)}; {where}"
+
+
+def weights_path(folder: Path, epoch: int) -> Path:
+    return folder / f"epoch-{epoch:06d}.weights.h5"
+
+
+def metadata_path(folder: Path, epoch: int) -> Path:
+    return folder / f"epoch-{epoch:06d}.json"
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be fsynced
+        _fsync_file(folder)
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def complete_epochs(folder: Path) -> list[int]:
+    """Epoch counts of the checkpoints in `folder` whose weights were committed, newest
+    first."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return sorted((int(m.group(1)) for n in names if (m := _NAME.match(n))), reverse=True)
+
+
+def save(model: Any, folder: Path, epoch: int, history: dict[str, list[float]]) -> None:
+    """Write the checkpoint after `epoch` finished epochs beside the older ones, switch to
+    it atomically, then drop all but the newest `KEEP`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = f"{_TMP_PREFIX}{os.getpid()}-{epoch:06d}"
+    tmp_weights = folder / f"{tag}.weights.h5"  # Keras wants the .weights.h5 suffix
+    tmp_meta = folder / f"{tag}.json"
+    model.save_weights(str(tmp_weights), overwrite=True)
+    _fsync_file(tmp_weights)
+    meta = {
+        "format": FORMAT,
+        "epoch": epoch,
+        "history": {k: [float(v) for v in vs[:epoch]] for k, vs in history.items()},
+        "weights_size": tmp_weights.stat().st_size,
+        "weights_sha256": _digest(tmp_weights),
+    }
+    with tmp_meta.open("w") as f:
+        json.dump(meta, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp_meta, metadata_path(folder, epoch))
+    os.replace(tmp_weights, weights_path(folder, epoch))  # the commit point
+    _fsync_dir(folder)
+    for old in complete_epochs(folder)[KEEP:]:
+        for path in (weights_path(folder, old), metadata_path(folder, old)):
+            path.unlink(missing_ok=True)
+    for legacy in (LEGACY_WEIGHTS, LEGACY_METADATA):
+        (folder / legacy).unlink(missing_ok=True)
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Temporary files of writes a kill interrupted, and metadata without weights."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    committed = set(complete_epochs(folder))
+    for name in names:
+        orphan_meta = re.match(r"^epoch-(\d{6})\.json$", name)
+        if name.startswith(_TMP_PREFIX) or (
+            orphan_meta and int(orphan_meta.group(1)) not in committed
+        ):
+            (folder / name).unlink(missing_ok=True)
+
+
+def _read_metadata(folder: Path, epoch: int) -> dict[str, Any]:
+    path = metadata_path(folder, epoch)
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path.name} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path.name} is unreadable ({type(exc).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("epoch") != epoch:
+        raise ValueError(f"{path.name} does not describe epoch {epoch}")
+    weights = weights_path(folder, epoch)
+    if weights.stat().st_size != meta.get("weights_size"):
+        raise ValueError(
+            f"{weights.name} has {weights.stat().st_size} bytes, not {meta.get('weights_size')}"
+        )
+    if _digest(weights) != meta.get("weights_sha256"):
+        raise ValueError(f"{weights.name} does not match its SHA-256")
+    return meta
+
+
+def _snapshot(model: Any) -> list[Any]:
+    variables = list(model.weights)
+    if model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    return [(v, v.numpy()) for v in variables]
+
+
+def _put_back(snapshot: list[Any]) -> None:
+    for variable, value in snapshot:
+        variable.assign(value)
+
+
+def restore(model: Any, folder: Path) -> Restored:
+    """Load the newest readable checkpoint into `model` (built and compiled); return what
+    it resumed from. Never raises for a bad checkpoint: it falls back to an older one,
+    then to the model as built."""
+    result = Restored()
+    remove_leftovers(folder)
+    candidates: list[tuple[int, Path]] = [
+        (e, weights_path(folder, e)) for e in complete_epochs(folder)
+    ]
+    legacy = folder / LEGACY_WEIGHTS
+    if legacy.exists():
+        candidates.append((-1, legacy))
+    if not candidates:
+        return result
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    initial = _snapshot(model)
+    for epoch, path in candidates:
+        history: dict[str, list[float]] = {}
+        try:
+            if epoch < 0:
+                meta = json.loads((folder / LEGACY_METADATA).read_text())
+                epoch_count = int(meta["epoch"])
+            else:
+                meta = _read_metadata(folder, epoch)
+                epoch_count, history = epoch, meta.get("history") or {}
+            model.load_weights(str(path))
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            detail = text[-1] if text else type(exc).__name__
+            result.problems.append(f"checkpoint {path.name} unreadable ({detail})")
+            _put_back(initial)  # a failed load may have assigned some variables
+            continue
+        result.epoch = epoch_count
+        result.history = {k: [float(v) for v in vs] for k, vs in history.items()}
+        return result
+    return result

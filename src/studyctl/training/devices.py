@@ -1,9 +1,15 @@
-"""Devices and the distribution strategy, once per process.
+"""Keras's backend, the devices and the distribution strategy, once per process.
 
-Devices are configured before the first strategy: GPU memory growth on, threads bounded by
-$STUDYCTL_THREADS, and $STUDYCTL_CPU_REPLICAS logical CPU devices on a machine without GPUs
-(used to test multi-replica MirroredStrategy on CPU). TensorFlow is imported on the first
-call, never at import.
+`use_backend` runs before Keras is imported (before the objective file, which may import
+it): it sets ``KERAS_BACKEND`` and, for JAX, turns off XLA's whole-GPU preallocation so
+several workers can share a GPU (the analogue of TensorFlow's memory growth).
+
+Devices are configured before the first strategy: on TensorFlow, GPU memory growth on,
+threads bounded by $STUDYCTL_THREADS, and $STUDYCTL_CPU_REPLICAS logical CPU devices on a
+machine without GPUs (used to test multi-replica MirroredStrategy on CPU); on JAX,
+$STUDYCTL_CPU_REPLICAS host devices (XLA's ``--xla_force_host_platform_device_count``) and
+`keras.distribution.DataParallel` over every device the process sees. Neither framework is
+imported at import time.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from studyctl.errors import StudyctlError
@@ -22,8 +30,77 @@ if TYPE_CHECKING:
 
 THREADS_ENV = "STUDYCTL_THREADS"
 CPU_REPLICAS_ENV = "STUDYCTL_CPU_REPLICAS"
+BACKEND_ENV = "KERAS_BACKEND"
+# JAX: allocate GPU memory as needed instead of 75 % of the GPU at start-up.
+JAX_PREALLOCATE_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE"
+_HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 _STRATEGY: Any = None
+_DEVICES: list[str] = []
+
+
+def backend_environment(backend: str) -> dict[str, str]:
+    """The environment variables a process needs, before Keras or JAX is imported in it,
+    to train on `backend`."""
+    env = {BACKEND_ENV: backend}
+    if backend == "jax":
+        env[JAX_PREALLOCATE_ENV] = "false"
+        replicas = int(os.environ.get(CPU_REPLICAS_ENV, "1") or 1)
+        flags = os.environ.get("XLA_FLAGS", "")
+        if replicas > 1 and _HOST_DEVICES_FLAG not in flags:
+            env["XLA_FLAGS"] = f"{flags} {_HOST_DEVICES_FLAG}={replicas}".strip()
+    return env
+
+
+def use_backend(backend: str) -> None:
+    """Make this process train on `backend` (``tensorflow`` or ``jax``). Call it before
+    Keras is imported; if Keras already runs on another backend, that is an error a user
+    can fix (e.g. an objective file imported by the process before with another one)."""
+    if "keras" in sys.modules:
+        current = sys.modules["keras"].backend.backend()
+        if current != backend:
+            raise StudyctlError(
+                f"training.backend is {backend!r}, but Keras was already imported here with "
+                f"backend {current!r}",
+                hint=f"set {BACKEND_ENV}={backend} or run the study in its own process",
+            )
+        return
+    for name, value in backend_environment(backend).items():
+        if name == BACKEND_ENV or name == "XLA_FLAGS":
+            os.environ[name] = value
+        else:
+            os.environ.setdefault(name, value)
+
+
+def current_backend() -> str:
+    """The backend this process's Keras uses (or will use once imported)."""
+    if "keras" in sys.modules:
+        return str(sys.modules["keras"].backend.backend())
+    return os.environ.get(BACKEND_ENV, "tensorflow")
+
+
+class JaxStrategy:
+    """The JAX counterpart of a `tf.distribute` strategy: `keras.distribution.DataParallel`
+    over the process's devices, set for the whole process (Keras's JAX trainer reads the
+    distribution when `fit` runs, not only when the model is built). One device: no
+    distribution. `scope()` exists so objectives written for TensorFlow run unchanged."""
+
+    def __init__(self, devices: list[Any]) -> None:
+        import keras
+
+        self.devices = devices
+        self.num_replicas_in_sync = len(devices)
+        if len(devices) > 1:
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        yield
+
+
+def device_names() -> list[str]:
+    """The devices this process's strategy trains on, as its framework names them."""
+    return list(_DEVICES)
 
 
 def configure_devices() -> list[str]:
@@ -50,15 +127,21 @@ def configure_devices() -> list[str]:
 
 
 def get_strategy() -> Any:
-    """One strategy per process: `tf.distribute.MirroredStrategy` over the devices it sees
-    when there are several; TensorFlow's default strategy on a single device, where
-    MirroredStrategy only adds cost (measured: about 3x the time per epoch of a small model
-    on one CPU; docs/ARCHITECTURE.md)."""
+    """One strategy per process: on TensorFlow, `tf.distribute.MirroredStrategy` over the
+    devices it sees when there are several, and TensorFlow's default strategy on a single
+    device, where MirroredStrategy only adds cost (measured: about 3x the time per epoch of
+    a small model on one CPU; docs/ARCHITECTURE.md); on JAX, a `JaxStrategy`."""
     global _STRATEGY
+    if _STRATEGY is None and current_backend() == "jax":
+        import jax
+
+        _STRATEGY = JaxStrategy(list(jax.devices()))
+        _DEVICES[:] = [str(d) for d in _STRATEGY.devices]
     if _STRATEGY is None:
         import tensorflow as tf
 
         devices = configure_devices()
+        _DEVICES[:] = devices
         if len(devices) > 1:
             _STRATEGY = tf.distribute.MirroredStrategy(devices=devices)
         else:
@@ -67,7 +150,7 @@ def get_strategy() -> Any:
 
 
 def warm_up(objective: Objective, spec: StudySpec) -> None:
-    """Once per process, before its first trial starts: import TensorFlow, set up the
+    """Once per process, before its first trial starts: import the framework, set up the
     devices and strategy, and load the objective's data, so the first trial's duration
     measures training, not start-up. A data set that fails to
     load is left to the trial, which records the reason and stops the worker."""

@@ -50,3 +50,17 @@ def write_hparams(log_dir: Path, trial: optuna.Trial, spec: StudySpec, values: l
         hp.hparams(dict(trial.params), trial_id=f"trial-{trial.number}")
         for metric, value in zip(spec.metrics, values, strict=True):
             tf.summary.scalar(f"objective/{metric}", value, step=0)
+
+
+def tensorboard_logs(spec: StudySpec, number: int) -> Path | None:
+    """The trial's TensorBoard folder, or None when the spec asks for no logs or
+    TensorFlow (which writes them, whatever the backend) is not installed."""
+    import importlib.util
+
+    log_dir = tensorboard_dir(spec, number)
+    if log_dir is not None and importlib.util.find_spec("tensorflow") is None:
+        from studyctl.artifacts import warn
+
+        warn("[logging] tensorboard needs TensorFlow, which is not installed: no logs")
+        return None
+    return log_dir

@@ -10,14 +10,10 @@ import optuna
 from studyctl.artifacts import object_store
 from studyctl.errors import StudyctlError, TrialFailed, WorkerInterrupted
 from studyctl.signals import safe_points, stop_requested
-from studyctl.training.callbacks import (
-    make_backup_callback,
-    make_epoch_callback,
-    make_mirror_callback,
-)
-from studyctl.training.checkpoints import checkpoint_dir, pull_checkpoint, remove_checkpoint
-from studyctl.training.devices import get_strategy
-from studyctl.training.logs import save_trial_note, tensorboard_dir, write_hparams
+from studyctl.training.callbacks import make_epoch_callback, make_mirror_callback
+from studyctl.training.checkpoints import checkpoint_dir, pull_checkpoint
+from studyctl.training.devices import current_backend, device_names, get_strategy
+from studyctl.training.logs import save_trial_note, tensorboard_logs, write_hparams
 from studyctl.training.models import keep_if_best
 
 if TYPE_CHECKING:
@@ -58,22 +54,27 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
     trial.set_user_attr("n_params", int(model.count_params()))
     save_trial_note(trial, spec, model)
     trial.set_user_attr("replicas", int(strategy.num_replicas_in_sync))
+    trial.set_user_attr("backend", current_backend())
+    trial.set_user_attr("devices", device_names())
+    backup_dir = checkpoint_dir(ctx) if spec.artifacts.checkpoints else None
+    # Restores the checkpoint at the start of the fit and saves one after each epoch.
     reporter = make_epoch_callback(
-        trial, spec.metrics, prune=not spec.is_multi_objective and spec.pruner.type != "none"
+        trial,
+        spec.metrics,
+        prune=not spec.is_multi_objective and spec.pruner.type != "none",
+        checkpoint=backup_dir,
     )
     batch_size = int(trial.params.get("batch_size", training.batch_size))
     callbacks = [reporter]
-    backup_dir = checkpoint_dir(ctx) if spec.artifacts.checkpoints else None
     store = object_store(spec)
     if backup_dir is not None:
         trial.set_user_attr("checkpoint_dir", str(backup_dir))
-        # Kept when the trial is interrupted (its retry resumes from it); removed below
-        # once the trial has an outcome.
-        callbacks.insert(0, make_backup_callback(backup_dir))
+        # Removed by the trial loop once the trial's outcome is stored
+        # (`checkpoints.discard_checkpoint`); kept when a retry resumes from it.
         if store is not None:
             pull_checkpoint(store, backup_dir, spec.name)
-            callbacks.insert(1, make_mirror_callback(store, backup_dir, spec.name, backup_dir.name))
-    log_dir = tensorboard_dir(spec, trial.number)
+            callbacks.append(make_mirror_callback(store, backup_dir, spec.name, backup_dir.name))
+    log_dir = tensorboard_logs(spec, trial.number)
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
     try:
@@ -86,16 +87,12 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
                 verbose=training.verbose,
                 callbacks=callbacks,
             )
-    except Exception:
-        remove_checkpoint(trial, backup_dir, store, spec.name)
-        raise
     finally:
         trial.set_user_attr("epochs_run", reporter.epochs_run)
         trial.set_user_attr("history", reporter.history)
     signum = stop_requested()
     if signum is not None:
         raise WorkerInterrupted(signum)  # the checkpoint stays for the retry
-    remove_checkpoint(trial, backup_dir, store, spec.name)
     if reporter.failure is not None:
         raise TrialFailed(reporter.failure)
     if reporter.pruned_epoch is not None:
