@@ -200,7 +200,7 @@ def test_delete_asks_and_yes_skips(tmp_path: Path, sqlite_url: str, objectives_d
         app, ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(objectives_dir), "-q"]
     )
     refused = runner.invoke(app, ["delete", "quad", "-s", sqlite_url], input="n\n")
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2  # a declined delete is a user error (one error: line)
     assert optuna.get_all_study_names(storage=sqlite_url) == ["quad"]
     done = runner.invoke(app, ["delete", "quad", "-s", sqlite_url, "--yes"])
     assert done.exit_code == 0

@@ -21,8 +21,8 @@ __all__ = ["admin", "app", "inspect", "main", "run"]
 
 # `studyctl --help` lists the commands in the order a user meets them.
 _HELP_ORDER = (
-    *("run", "create", "resume", "worker"),
-    *("studies", "status", "trials", "best", "objectives"),
+    *("init", "run", "create", "resume", "worker"),
+    *("studies", "status", "watch", "trials", "best", "objectives"),
     *("delete", "dashboard", "proxy", "report", "copy"),
 )
 

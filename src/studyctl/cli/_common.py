@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -24,8 +26,12 @@ app = typer.Typer(
     name="studyctl",
     help="Optuna-backed hyperparameter studies of Keras models, kept in a database.",
     no_args_is_help=True,
-    add_completion=False,
+    # `studyctl --install-completion`: tab completion of commands and options.
+    add_completion=True,
     pretty_exceptions_enable=False,
+    # Plain click help: rich markup mode showed flags with value tags (`--quiet <bool>`)
+    # and read "[default: ./objectives]" in help texts as markup, dropping it.
+    rich_markup_mode=None,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,7 +56,9 @@ def _commands_of(target: typer.Typer) -> Callable[[F], F]:
 
 
 db_app = typer.Typer(
-    help="Schema versions of a storage (Optuna's and studyctl's).", no_args_is_help=True
+    help="Schema versions of a storage (Optuna's and studyctl's).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(db_app, name="db")
 command = _commands_of(app)
@@ -68,14 +76,49 @@ class TrialsFormat(StrEnum):
     csv = "csv"
 
 
+SpecArg = Annotated[Path, typer.Argument(help="Study spec (TOML).", metavar="SPEC")]
+StudyArg = Annotated[str, typer.Argument(help="Study name.", metavar="STUDY")]
+# `run` and `create`: the spec may name the storage.
+SpecStorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        "-s",
+        metavar="URL",
+        help="Database URL. Default: $STUDYCTL_STORAGE, then the spec's storage, then "
+        "sqlite:///studyctl.db.",
+        show_default=False,
+    ),
+]
+# Every other command but `worker`: a database, not a `studyctl proxy`.
 StorageOpt = Annotated[
     str | None,
     typer.Option(
         "--storage",
         "-s",
-        help="Database URL (a worker also takes grpc://HOST:PORT, a `studyctl proxy`). "
-        "Default: $STUDYCTL_STORAGE, then the spec's storage, then sqlite:///studyctl.db.",
+        metavar="URL",
+        help="Database URL. Default: $STUDYCTL_STORAGE, then sqlite:///studyctl.db.",
         show_default=False,
+    ),
+]
+WorkerStorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        "-s",
+        metavar="URL",
+        help="Database URL, or grpc://HOST:PORT (grpcs:// with TLS) of a `studyctl proxy`. "
+        "Default: $STUDYCTL_STORAGE, then sqlite:///studyctl.db.",
+        show_default=False,
+    ),
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Also show TensorFlow's start-up lines and Optuna's log lines (a failed "
+        "trial's traceback).",
     ),
 ]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
@@ -85,24 +128,35 @@ WorkersOpt = Annotated[
         "--workers",
         "-w",
         min=0,
+        metavar="N",
         help="Worker processes on the study's storage; 0 runs trials in this process.",
     ),
 ]
 GpusOpt = Annotated[
-    str | None, typer.Option("--gpus", help="GPUs to share out: 0,1,2,3 or 0-7 or all.")
+    str | None,
+    typer.Option("--gpus", metavar="GPUS", help="GPUs to share out: 0,1,2,3 or 0-7 or all."),
 ]
 GpusPerWorkerOpt = Annotated[
-    int, typer.Option("--gpus-per-worker", min=1, help="GPUs in each worker's set (with --gpus).")
+    int,
+    typer.Option(
+        "--gpus-per-worker", min=1, metavar="K", help="GPUs in each worker's set (with --gpus)."
+    ),
 ]
 ThreadsOpt = Annotated[
     int | None,
-    typer.Option("--threads-per-worker", min=1, help="Bound TensorFlow's threads in each worker."),
+    typer.Option(
+        "--threads-per-worker",
+        min=1,
+        metavar="N",
+        help="Bound TensorFlow's threads in each worker.",
+    ),
 ]
 TrialsPerProcessOpt = Annotated[
     int | None,
     typer.Option(
         "--trials-per-process",
         min=1,
+        metavar="N",
         help="Trials before a worker replaces its "
         "TensorFlow process [default: the spec's worker.trials_per_process]",
         show_default=False,
@@ -112,6 +166,7 @@ ObjectivesDirOpt = Annotated[
     Path | None,
     typer.Option(
         "--objectives-dir",
+        metavar="DIR",
         help="Folder of objective files [default: ./objectives]",
         show_default=False,
     ),
@@ -128,13 +183,21 @@ def echo_json(data: Any) -> None:
 
 
 def table(columns: list[str], rows: list[list[Any]]) -> None:
+    """A table as wide as the terminal (or $COLUMNS); long cells wrap. Into a pipe, with no
+    $COLUMNS, rows stay on one line each up to 120 columns (or more for many columns)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(*columns, box=None, pad_edge=False, header_style="bold")
+    for column in table.columns:
+        column.overflow = "fold"
     for row in rows:
         table.add_row(*("-" if c is None else str(c) for c in row))
-    Console(width=max(120, len(columns) * 14)).print(table)
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        console = Console()
+    else:
+        console = Console(width=max(120, len(columns) * 14))
+    console.print(table)
 
 
 def fmt(v: Any) -> str:
@@ -145,19 +208,33 @@ def fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
-def open_storage_of(url: str | None) -> StudyctlStorage:
-    """The storage `--storage` (or the environment, or the default) names."""
-    from studyctl.storage import open_storage, resolve_storage_url
+def fmt_params(params: dict[str, Any]) -> str:
+    """Parameters as `name=value` pairs, numbers to 6 significant digits."""
+    return " ".join(f"{k}={fmt(v)}" for k, v in params.items())
 
-    return open_storage(resolve_storage_url(url))
+
+def open_storage_of(url: str | None) -> StudyctlStorage:
+    """The existing database `--storage` (or the environment, or the default) names; a
+    missing SQLite file is an error, never created."""
+    from studyctl.storage import resolve_storage_url
+    from studyctl.storage.rdb import open_existing_storage
+
+    return open_existing_storage(resolve_storage_url(url))
+
+
+def set_verbose(verbose: bool) -> None:
+    """Quiet by default, for this process and the workers and trial processes it starts;
+    without --verbose a worker keeps what its launcher chose ($STUDYCTL_VERBOSE)."""
+    from studyctl.verbosity import set_verbose as choose
+
+    choose(True if verbose else None)
 
 
 def print_best(status: dict[str, Any]) -> None:
     """The best trial (or the Pareto front) of a `study_status`, one line each."""
     for best in status["best"]:
         typer.echo(
-            f"best trial #{best['number']}: {fmt(best['values'])}  params "
-            f"{json.dumps(best['params'])}"
+            f"best trial #{best['number']}: {fmt(best['values'])}  {fmt_params(best['params'])}"
         )
     if not status["best"]:
         typer.echo("no completed trial yet")

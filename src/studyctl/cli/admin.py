@@ -12,6 +12,7 @@ from studyctl.cli._common import (
     FormatOpt,
     OutputFormat,
     StorageOpt,
+    StudyArg,
     command,
     db_command,
     echo_json,
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 @command
 def delete(
-    study: Annotated[str, typer.Argument(help="Study name.")],
+    study: StudyArg,
     storage: StorageOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
@@ -36,7 +37,7 @@ def delete(
     st = open_storage_of(storage)
     shown = mask_url(resolve_storage_url(storage))
     if not yes and not typer.confirm(f"Delete study {study!r} and all its trials from {shown}?"):
-        fail("not deleted", code=1)
+        fail(f"study {study!r} not deleted: not confirmed (--yes skips the question)")
     delete_study(st, study)
     typer.echo(f"deleted study {study}")
 
@@ -190,7 +191,7 @@ def proxy(
 
 @command
 def copy(
-    study: Annotated[str, typer.Argument(help="Study name.")],
+    study: StudyArg,
     source: Annotated[str, typer.Option("--from", help="Storage URL to copy from.")],
     target: Annotated[str, typer.Option("--to", help="Storage URL to copy to.")],
     overwrite: Annotated[
@@ -198,8 +199,12 @@ def copy(
     ] = False,
 ) -> None:
     """Copy a study with all its trials to another storage (e.g. SQLite to PostgreSQL)."""
-    from studyctl.storage import mask_url, open_storage
-    from studyctl.storage.studies import copy_study
+    from studyctl.storage import mask_url, open_storage, study_exists
+    from studyctl.storage.rdb import open_existing_storage
+    from studyctl.storage.studies import copy_study, unknown_study
 
-    n = copy_study(study, open_storage(source), open_storage(target), overwrite=overwrite)
+    origin = open_existing_storage(source)
+    if not study_exists(origin, study):  # before the target is opened (or created)
+        raise unknown_study(origin, study)
+    n = copy_study(study, origin, open_storage(target), overwrite=overwrite)
     typer.echo(f"copied study {study} ({n} trials) from {mask_url(source)} to {mask_url(target)}")

@@ -1,9 +1,9 @@
-"""Commands that read studies: `studies`, `status`, `trials`, `best`, `objectives`,
-`report`. None of them imports TensorFlow."""
+"""Commands that read studies: `studies`, `status`, `watch`, `trials`, `best`,
+`objectives`, `report`. None of them imports TensorFlow, and none creates a database: they
+open an existing one only."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -14,11 +14,13 @@ from studyctl.cli._common import (
     ObjectivesDirOpt,
     OutputFormat,
     StorageOpt,
+    StudyArg,
     TrialsFormat,
     command,
     echo_json,
     fail,
     fmt,
+    fmt_params,
     open_storage_of,
     print_best,
     table,
@@ -53,7 +55,7 @@ def studies(storage: StorageOpt = None, output: FormatOpt = OutputFormat.table) 
 
 @command
 def status(
-    study: Annotated[str, typer.Argument(help="Study name.")],
+    study: StudyArg,
     storage: StorageOpt = None,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
@@ -105,7 +107,7 @@ def status(
 
 @command
 def trials(
-    study: Annotated[str, typer.Argument(help="Study name.")],
+    study: StudyArg,
     storage: StorageOpt = None,
     state: Annotated[
         list[str] | None,
@@ -142,7 +144,7 @@ def trials(
                 r["state"],
                 fmt(r["values"]),
                 None if r["duration_s"] is None else f"{r['duration_s']:.1f}s",
-                json.dumps(r["params"]),
+                fmt_params(r["params"]),
                 r["user_attrs"].get("fail_reason")
                 or (
                     f"pruned at epoch {r['user_attrs']['pruned_at_epoch']}"
@@ -157,7 +159,7 @@ def trials(
 
 @command
 def best(
-    study: Annotated[str, typer.Argument(help="Study name.")],
+    study: StudyArg,
     storage: StorageOpt = None,
     output: FormatOpt = OutputFormat.table,
     export_model: Annotated[
@@ -178,7 +180,7 @@ def best(
         echo_json(rows)
         return
     if not rows:
-        fail(f"study {study!r} has no completed trial yet", code=1)
+        fail(f"study {study!r} has no completed trial yet")
     for r in rows:
         typer.echo(f"trial #{r['number']}: {fmt(r['values'])}")
         for k, v in r["params"].items():
@@ -193,6 +195,8 @@ def objectives(
     """List registered objectives and where each came from."""
     from studyctl.objectives import KerasObjective, discover_objectives
 
+    if objectives_dir is not None and objectives_dir.exists() and not objectives_dir.is_dir():
+        fail(f"--objectives-dir {objectives_dir}: expected a folder of objective files")
     found = discover_objectives(objectives_dir)
     rows = [
         {
@@ -212,7 +216,7 @@ def objectives(
 
 @command
 def report(
-    study: Annotated[str, typer.Argument(help="Study name.")],
+    study: StudyArg,
     output: Annotated[
         Path,
         typer.Option(
@@ -236,3 +240,26 @@ def report(
         fail(f"--output {output}: expected a .html or .png file, or a folder")
     for path in write_pngs(st, study, output):
         typer.echo(f"wrote {path}")
+
+
+@command
+def watch(
+    study: StudyArg,
+    storage: StorageOpt = None,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", min=0.2, metavar="SECONDS", help="Seconds between refreshes."),
+    ] = 1.0,
+) -> None:
+    """Follow a study live: budget and ETA, workers, best trial, last trials.
+
+    Works from any machine that reaches the database; a refresh is a few small queries.
+    Exits when the budget is met, or on q or Ctrl-C. When the output is not a terminal it
+    prints one line per change.
+    """
+    from studyctl.inspect.watch import watch_study
+    from studyctl.storage.snapshot import take_snapshot
+
+    engine = open_storage_of(storage).engine
+    take_snapshot(engine, study)  # an unknown study is an error before anything is drawn
+    watch_study(lambda: take_snapshot(engine, study), interval=interval)

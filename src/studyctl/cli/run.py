@@ -1,4 +1,4 @@
-"""Commands that run trials: `run`, `resume`, `create` and `worker`."""
+"""Commands that start and run studies: `init`, `run`, `resume`, `create` and `worker`."""
 
 from __future__ import annotations
 
@@ -13,15 +13,21 @@ from studyctl.cli._common import (
     GpusPerWorkerOpt,
     ObjectivesDirOpt,
     OutputFormat,
+    SpecArg,
+    SpecStorageOpt,
     StorageOpt,
+    StudyArg,
     ThreadsOpt,
     TrialsPerProcessOpt,
+    VerboseOpt,
     WorkersOpt,
+    WorkerStorageOpt,
     command,
     echo_json,
     fail,
     fmt,
     print_best,
+    set_verbose,
 )
 
 if TYPE_CHECKING:
@@ -33,10 +39,11 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No per-trial line
 
 @command
 def run(
-    spec_path: Annotated[Path, typer.Argument(help="Study spec (TOML).", metavar="SPEC")],
-    storage: StorageOpt = None,
+    spec_path: SpecArg,
+    storage: SpecStorageOpt = None,
     objectives_dir: ObjectivesDirOpt = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
     output: FormatOpt = OutputFormat.table,
     workers: WorkersOpt = 0,
     gpus: GpusOpt = None,
@@ -52,6 +59,7 @@ def run(
     from studyctl.spec import load_spec
     from studyctl.storage import resolve_storage_url
 
+    set_verbose(verbose)
     spec = load_spec(spec_path)
     _run(
         spec,
@@ -69,10 +77,11 @@ def run(
 
 @command
 def resume(
-    study: Annotated[str, typer.Argument(help="Study name.")],
+    study: StudyArg,
     storage: StorageOpt = None,
     objectives_dir: ObjectivesDirOpt = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
     output: FormatOpt = OutputFormat.table,
     workers: WorkersOpt = 0,
     gpus: GpusOpt = None,
@@ -84,11 +93,13 @@ def resume(
 
     Stale trials (their worker died) are failed and retried from their last checkpoint.
     """
-    from studyctl.storage import open_storage, resolve_storage_url
+    from studyctl.storage import resolve_storage_url
+    from studyctl.storage.rdb import open_existing_storage
     from studyctl.storage.studies import load_stored_spec
 
+    set_verbose(verbose)
     url = resolve_storage_url(storage)
-    spec = load_stored_spec(open_storage(url), study)
+    spec = load_stored_spec(open_existing_storage(url), study)
     _run(
         spec,
         url,
@@ -172,8 +183,8 @@ def _report(outcome: RunOutcome, output: OutputFormat) -> None:
 
 @command
 def create(
-    spec_path: Annotated[Path, typer.Argument(help="Study spec (TOML).", metavar="SPEC")],
-    storage: StorageOpt = None,
+    spec_path: SpecArg,
+    storage: SpecStorageOpt = None,
     objectives_dir: ObjectivesDirOpt = None,
     output: FormatOpt = OutputFormat.table,
 ) -> None:
@@ -203,19 +214,24 @@ def create(
 
 @command
 def worker(
-    study: Annotated[str, typer.Argument(help="Study name.")],
-    storage: StorageOpt = None,
+    study: StudyArg,
+    storage: WorkerStorageOpt = None,
     objectives_dir: ObjectivesDirOpt = None,
     gpus: Annotated[
         str | None,
-        typer.Option("--gpus", help="This worker's GPU set (CUDA_VISIBLE_DEVICES), e.g. 0,1."),
+        typer.Option(
+            "--gpus", metavar="GPUS", help="This worker's GPU set (CUDA_VISIBLE_DEVICES), e.g. 0,1."
+        ),
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option("--threads", min=1, help="Bound TensorFlow's intra-/inter-op threads."),
+        typer.Option(
+            "--threads", min=1, metavar="N", help="Bound TensorFlow's intra-/inter-op threads."
+        ),
     ] = None,
     trials_per_process: TrialsPerProcessOpt = None,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Join an existing study as one more worker; leave when its budget is met.
 
@@ -225,6 +241,7 @@ def worker(
     from studyctl.execution.worker import WorkerOptions, run_worker
     from studyctl.storage import resolve_storage_url
 
+    set_verbose(verbose)
     if gpus is not None:
         gpus = ",".join(parse_gpus(gpus))
     code = run_worker(
@@ -241,3 +258,26 @@ def worker(
     )
     if code:
         raise typer.Exit(code)
+
+
+@command
+def init(
+    name: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME", help="The objective's and the study's name (a Python identifier)."
+        ),
+    ],
+    objectives_dir: ObjectivesDirOpt = None,
+) -> None:
+    """Write objectives/NAME.py and studies/NAME.toml: a Keras study that runs as written.
+
+    The objective is the README's example (an MLP on scikit-learn's digits); edit its
+    load_data and build_model for your data and model. Never overwrites a file.
+    """
+    from studyctl.objectives.scaffold import init_study
+
+    written = init_study(name, Path("."), objectives_dir)
+    typer.echo(f"wrote {written.objective}")
+    typer.echo(f"wrote {written.spec}")
+    typer.echo(f"run it with: studyctl run {written.spec}")

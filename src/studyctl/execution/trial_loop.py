@@ -44,6 +44,7 @@ from studyctl.storage.connect import WorkerStorage
 from studyctl.storage.urls import mask_secrets
 from studyctl.training.checkpoints import discard_checkpoint
 from studyctl.training.devices import get_strategy, warm_up
+from studyctl.verbosity import configure_optuna_logging
 
 # How long a worker without a claim waits before looking again while others' trials run.
 IDLE_POLL_S = 2.0
@@ -254,7 +255,7 @@ def run_trial_loop(
 ) -> LoopResult:
     """Run trials until the study's budget is met (or timeout, max_trials, a signal, or
     `max_consecutive_failures` failures in a row)."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    configure_optuna_logging()  # Optuna's per-trial lines only with --verbose
     mask_secrets_in_logs(logging.getLogger("optuna"))
     runner = _TrialRunner(spec, objective, storage, registration)
     result = LoopResult(reason="budget-met")

@@ -24,7 +24,8 @@ from studyctl.inspect.guard import (
     allowed_hosts,
     new_token,
 )
-from studyctl.storage import mask_url, open_storage
+from studyctl.storage import mask_url
+from studyctl.storage.rdb import open_existing_storage
 from studyctl.storage.urls import is_loopback
 
 TOKEN_ENV = "STUDYCTL_DASHBOARD_TOKEN"
@@ -92,7 +93,7 @@ def serve_dashboard(
         host=host, token=token or os.environ.get(TOKEN_ENV), token_file=token_file,
         no_token=no_token,
     )  # fmt: skip
-    storage = open_storage(storage_url)
+    storage = open_existing_storage(storage_url)
     artifact_store: Any
     if artifact_dir.startswith("s3://"):
         from studyctl.artifacts.objectstore import ObjectStore

@@ -4,7 +4,6 @@ table), or PNGs of the main plots (Optuna's matplotlib plots)."""
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,10 @@ from typing import Any
 import optuna
 
 from studyctl.errors import StudyctlError
-from studyctl.inspect.summary import list_trials
-from studyctl.storage import StudyctlStorage
+from studyctl.inspect.summary import list_trials, study_status
+from studyctl.storage import StudyctlStorage, study_exists
+from studyctl.storage.studies import unknown_study
+from studyctl.verbosity import configure_optuna_logging
 
 PlotFactory = Callable[[optuna.Study], Any]
 
@@ -44,17 +45,59 @@ def _history_of(module: Any, index: int, name: str) -> PlotFactory:
 
 
 def _finished_study(storage: StudyctlStorage, name: str) -> optuna.Study:
+    configure_optuna_logging()  # no "[W ...] You need to set up the pruning feature"
+    if not study_exists(storage, name):
+        raise unknown_study(storage, name)
     study = optuna.load_study(study_name=name, storage=storage)
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        raise StudyctlError(f"study {name!r} has no completed trial to report on yet")
+        raise StudyctlError(f"study {name!r} has no completed trial yet")
     return study
+
+
+def _number(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _values(values: list[Any] | None) -> str:
+    return "" if not values else ", ".join(_number(v) for v in values)
+
+
+def _params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_number(v)}" for k, v in params.items())
+
+
+def _summary(storage: StudyctlStorage, name: str) -> tuple[str, set[int]]:
+    """The lines at the top of the page (study, objective, budget, best trial) and the
+    numbers of the best trials, highlighted in the table."""
+    status = study_status(storage, name)
+    metrics = status["metrics"] or ["value"] * len(status["directions"])
+    goal = ", ".join(f"{d} {m}" for d, m in zip(status["directions"], metrics, strict=False))
+    budget = "?" if status["n_trials"] is None else status["n_trials"]
+    others = ", ".join(
+        f"{n} {state.lower()}" for state, n in status["states"].items() if n and state != "COMPLETE"
+    )
+    best = status["best"]
+    if len(best) == 1:
+        b = best[0]
+        best_text = f"#{b['number']}: {_values(b['values'])}   {_params(b['params'])}"
+    else:
+        best_text = f"{len(best)} trials on the Pareto front (highlighted below)"
+    rows = [
+        ("Study", name),
+        ("Objective", goal),
+        ("Budget", f"{status['finished']}/{budget} finished" + (f" ({others})" if others else "")),
+        ("Best trial", best_text),
+    ]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table id='summary'>{body}</table>", {b["number"] for b in best}
 
 
 def write_html(storage: StudyctlStorage, name: str, output: Path) -> Path:
     import optuna.visualization as vis
 
     study = _finished_study(storage, name)
-    parts = [f"<h1>Study {html.escape(name)}</h1>"]
+    summary, best = _summary(storage, name)
+    parts = [f"<h1>Study {html.escape(name)}</h1>", summary]
     first = True
     for title, plot in _plots(study, vis).items():
         parts.append(f"<h2>{html.escape(title)}</h2>")
@@ -66,10 +109,11 @@ def write_html(storage: StudyctlStorage, name: str, output: Path) -> Path:
         parts.append(figure.to_html(full_html=False, include_plotlyjs="inline" if first else False))
         first = False
     rows = list_trials(storage, name)
-    head = "<tr><th>#</th><th>state</th><th>values</th><th>params</th><th>duration (s)</th>"
+    head = "<tr><th>#</th><th>state</th><th>value</th><th>params</th><th>duration (s)</th></tr>"
     body = "".join(
-        f"<tr><td>{r['number']}</td><td>{r['state']}</td><td>{html.escape(str(r['values']))}"
-        f"</td><td>{html.escape(json.dumps(r['params']))}</td>"
+        ("<tr class='best'>" if r["number"] in best else "<tr>")
+        + f"<td>{r['number']}</td><td>{r['state']}</td><td>{html.escape(_values(r['values']))}"
+        f"</td><td>{html.escape(_params(r['params']))}</td>"
         f"<td>{'' if r['duration_s'] is None else round(r['duration_s'], 2)}</td></tr>"
         for r in rows
     )
@@ -77,6 +121,8 @@ def write_html(storage: StudyctlStorage, name: str, output: Path) -> Path:
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}"
+        "#summary{margin-bottom:1em}#summary th{text-align:left;background:#f4f4f4}"
+        "tr.best td{background:#e6f4e6;font-weight:bold}"
     )
     output.write_text(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from studyctl.storage.outage import OUTAGE_TOLERANCE_ENV
-from studyctl.storage.rdb import StudyctlStorage, open_storage
+from studyctl.storage.rdb import StudyctlStorage, open_existing_storage
 
 if TYPE_CHECKING:
     from studyctl.storage.grpc import ProxyStorage
@@ -28,7 +28,7 @@ def open_worker_storage(url: str) -> WorkerStorage:
         from studyctl.storage.grpc import connect_proxy
 
         return connect_proxy(url)
-    return open_storage(url)
+    return open_existing_storage(url)  # a worker joins a study: its database exists
 
 
 def enable_heartbeat(

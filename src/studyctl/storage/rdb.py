@@ -447,6 +447,35 @@ def open_storage(
     return storage
 
 
+def require_existing_database(url: str) -> None:
+    """Refuse a SQLite URL whose file does not exist: commands that read or change existing
+    studies never create an empty database (in a folder without `studyctl.db`,
+    `studyctl studies` used to leave one behind). Other URLs are checked on connecting."""
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        return  # open_storage reports the malformed URL
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return
+    if database.startswith("file:"):
+        return
+    if not Path(database).expanduser().is_file():
+        raise StorageError(
+            f"no database at {mask_url(url)}: {database} does not exist",
+            hint="run a study first (`studyctl run SPEC`), or name the database with "
+            "--storage URL or $STUDYCTL_STORAGE",
+        )
+
+
+def open_existing_storage(url: str) -> StudyctlStorage:
+    """`open_storage` for a database that must exist already (see
+    `require_existing_database`)."""
+    if url not in _STORAGES:
+        require_existing_database(url)
+    return open_storage(url)
+
+
 def close_storage(url: str) -> None:
     """Forget this process's storage for `url` and close its connections."""
     storage = _STORAGES.pop(url, None)
@@ -455,6 +484,7 @@ def close_storage(url: str) -> None:
 
 
 def schema_versions(url: str) -> SchemaVersions:
+    require_existing_database(url)
     storage = open_storage(url, for_upgrade=True)
     try:
         with storage.engine.connect() as conn:

@@ -17,6 +17,7 @@ from studyctl.spec.choices import build_pruner, build_sampler
 from studyctl.storage import tables
 from studyctl.storage.rdb import StudyctlStorage, study_exists
 from studyctl.storage.urls import mask_url, scrub_secrets_in, scrub_spec_json
+from studyctl.verbosity import configure_optuna_logging
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -94,7 +95,7 @@ def open_study(storage: WorkerStorage, spec: StudySpec, *, create: bool) -> Open
     A new study is deleted again if anything after its creation fails, so a failed `run`
     leaves no half-written study behind.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    configure_optuna_logging()
     if spec.sampler.type == "cmaes" and not isinstance(storage, StudyctlStorage):
         raise StudyctlError(
             f"{spec.path}: sampler.type: cmaes keeps its state as pickles in trial system "
@@ -177,6 +178,7 @@ def copy_study(
     """
     if not study_exists(source, study_name):
         raise unknown_study(source, study_name)
+    configure_optuna_logging()  # no "[I ...] A new study created" from Optuna's copy
     if study_exists(target, study_name):
         if not overwrite:
             raise StudyctlError(

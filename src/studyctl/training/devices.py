@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from studyctl.errors import StudyctlError
 from studyctl.objectives import KerasObjective, load_objective_data
+from studyctl.verbosity import quiet_native_stderr
 
 if TYPE_CHECKING:
     from studyctl.objectives import Objective
@@ -138,14 +139,17 @@ def get_strategy() -> Any:
         _STRATEGY = JaxStrategy(list(jax.devices()))
         _DEVICES[:] = [str(d) for d in _STRATEGY.devices]
     if _STRATEGY is None:
-        import tensorflow as tf
+        # TensorFlow's C++ start-up lines (oneDNN, CPU features, CUDA probing) come while it
+        # loads and finds its devices; they are dropped unless --verbose.
+        with quiet_native_stderr():
+            import tensorflow as tf
 
-        devices = configure_devices()
-        _DEVICES[:] = devices
-        if len(devices) > 1:
-            _STRATEGY = tf.distribute.MirroredStrategy(devices=devices)
-        else:
-            _STRATEGY = tf.distribute.get_strategy()
+            devices = configure_devices()
+            _DEVICES[:] = devices
+            if len(devices) > 1:
+                _STRATEGY = tf.distribute.MirroredStrategy(devices=devices)
+            else:
+                _STRATEGY = tf.distribute.get_strategy()
     return _STRATEGY
 
 
