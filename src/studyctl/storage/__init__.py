@@ -10,6 +10,9 @@ above it.
 * `grpc`: `studyctl proxy` (server) and `ProxyStorage`/`RemoteControl` (its client).
 * `connect`: a worker's storage (database or proxy) and its heartbeat settings.
 * `schema`: Alembic glue for studyctl's tables and the schema checks.
+* `outage`: riding out a database that goes away and comes back (`OutageGuard`), and the
+  rule that keeps heartbeat sweeps from mistaking an outage for dead workers.
+* `locks`: the set-up lock that serialises a new database's set-up and study creation.
 * `studies`: studies created or loaded from a spec, deleted, copied.
 
 The names below are imported on first use, so `studyctl.storage.urls` stays cheap.

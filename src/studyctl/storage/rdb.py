@@ -11,7 +11,6 @@ between processes (`setup_lock`), so any number of commands may open a new datab
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import os
 import sqlite3
@@ -32,6 +31,7 @@ from sqlalchemy.engine import make_url
 from studyctl.errors import StorageError, one_line
 from studyctl.storage import tables
 from studyctl.storage.control import SqlControl
+from studyctl.storage.locks import setup_lock
 from studyctl.storage.outage import (
     OUTAGE_TOLERANCE_ENV,
     OutageGuard,
@@ -56,9 +56,6 @@ SQLITE_BUSY_TIMEOUT_S = 60
 # thread and one spare; see docs/ARCHITECTURE.md ("Connections").
 POSTGRES_POOL_SIZE = 3
 POSTGRES_MAX_OVERFLOW = 1
-# pg_advisory_lock key serialising set-up and study creation in one PostgreSQL database
-# (any fixed 64-bit number; this one reads "studyctl").
-SETUP_LOCK_KEY = 0x7374_7564_7963_746C
 
 
 class StudyctlStorage(RDBStorage):
@@ -224,58 +221,6 @@ def _guarded(name: str) -> Callable[..., Any]:
 
 for _name in _GUARDED_METHODS:
     setattr(StudyctlStorage, _name, _guarded(_name))
-
-
-@contextlib.contextmanager
-def setup_lock(url: sa.engine.URL) -> Iterator[None]:
-    """Hold the database's set-up lock: a session advisory lock on PostgreSQL, an
-    exclusive `flock` on `<file>.lock` beside a SQLite file. Creating tables (Optuna's
-    `create_all`, our Alembic revisions) and creating a study are check-then-write steps
-    that race when several commands open a new database at once (`table ... already
-    exists`, duplicate `alembic_version` rows, `pg_type_typname_nsp_index`); under the
-    lock each runs once and the others find its result."""
-    backend = url.get_backend_name()
-    if backend == "postgresql":
-        engine = sa.create_engine(
-            url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 10}
-        )
-        try:
-            with engine.connect() as conn:
-                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": SETUP_LOCK_KEY})
-                conn.commit()
-                try:
-                    yield
-                finally:
-                    with contextlib.suppress(sa_exc.SQLAlchemyError):
-                        conn.execute(
-                            sa.text("SELECT pg_advisory_unlock(:k)"), {"k": SETUP_LOCK_KEY}
-                        )
-                        conn.commit()
-        finally:
-            engine.dispose()  # closing the session releases the lock in any case
-        return
-    lock_path = _sqlite_lock_path(url)
-    if lock_path is None:
-        yield
-        return
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        yield  # a read-only folder: nothing can be set up there anyway
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
-
-
-def _sqlite_lock_path(url: sa.engine.URL) -> Path | None:
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    path = Path(database).expanduser()
-    return path.with_name(path.name + ".lock")
 
 
 def _prepare_sqlite(url: sa.engine.URL, shown: str) -> None:
