@@ -22,9 +22,11 @@ from typing import IO
 
 import optuna
 
+from studyctl.errors import StorageError
 from studyctl.execution.parent import ChildLink, link_child
 from studyctl.execution.progress import StudyTotals, eta_text, format_duration
 from studyctl.signals import on_stop_signals
+from studyctl.storage.connect import outage_env
 from studyctl.storage.rdb import StudyctlStorage
 from studyctl.storage.tables import finished_count
 from studyctl.storage.urls import STORAGE_ENV
@@ -85,7 +87,13 @@ def launch_workers(
             cmd.append("--quiet")
         # The worker stops (its trial at the next batch end) if this launcher is killed.
         slot.link = link_child()
-        env = {**os.environ, STORAGE_ENV: storage_url, "PYTHONUNBUFFERED": "1", **slot.link.env}
+        env = {
+            **os.environ,
+            STORAGE_ENV: storage_url,
+            "PYTHONUNBUFFERED": "1",
+            **slot.link.env,
+            **outage_env(storage),
+        }
         slot.proc = subprocess.Popen(
             cmd,
             env=env,
@@ -116,6 +124,7 @@ def launch_workers(
         last_finished = -1
         totals = StudyTotals(storage, optuna.load_study(study_name=study_name, storage=storage))
         at_start = finished_count(totals.read()[0])
+        lost: StorageError | None = None
         while any(s.proc is not None for s in slots):
             time.sleep(POLL_S)
             for slot in slots:
@@ -138,11 +147,20 @@ def launch_workers(
                 slot.exit_code = code
                 result.exit_codes[slot.label] = code
                 echo(f"[{slot.label}] exited with code {code}")
-            counts, best = totals.read()
-            finished = finished_count(counts)
-            if finished != last_finished and not quiet:
-                last_finished = finished
-                echo(_totals_line(counts, best, n_trials, started, at_start))
+            if lost is not None:
+                continue
+            try:
+                counts, best = totals.read()
+                finished = finished_count(counts)
+                if finished != last_finished and not quiet:
+                    last_finished = finished
+                    echo(_totals_line(counts, best, n_trials, started, at_start))
+            except StorageError as exc:
+                # The database is gone past the tolerance: the workers find out too and
+                # stop; wait for them rather than leave them without a parent.
+                lost = exc
+    if lost is not None:
+        raise lost
     return result
 
 

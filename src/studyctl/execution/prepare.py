@@ -12,7 +12,7 @@ from studyctl.artifacts import check_artifact_path
 from studyctl.execution.trial_loop import sweep_lost_trials
 from studyctl.objectives import resolve_objective
 from studyctl.spec import StudySpec
-from studyctl.storage.connect import enable_heartbeat
+from studyctl.storage.connect import enable_heartbeat, set_outage_tolerance
 from studyctl.storage.rdb import StudyctlStorage, open_storage
 from studyctl.storage.studies import open_study
 from studyctl.training.devices import use_backend
@@ -37,6 +37,7 @@ def prepare_study(
     resolve_objective(spec.objective, objectives_dir)
     check_artifact_path(spec)
     storage = open_storage(storage_url)
+    set_outage_tolerance(storage, spec.worker.storage_outage_tolerance)
     enable_heartbeat(
         storage,
         interval=spec.worker.heartbeat_interval,

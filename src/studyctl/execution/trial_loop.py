@@ -10,6 +10,7 @@ outcome is) are small functions, unit-tested without a database.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import signal
 import time
@@ -203,9 +204,16 @@ def _check_result(result: Any, spec: StudySpec) -> float | list[float]:
     return out[0] if len(out) == 1 else out
 
 
+# A full disk, a quota or a read-only file system fails every next trial the same way.
+_FATAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 def is_fatal(exc: BaseException | None) -> bool:
-    """Errors no retry can fix: the objective or its data cannot be loaded."""
-    return isinstance(exc, StudyctlError)
+    """Errors no retry can fix: the objective or its data cannot be loaded, the storage
+    refuses writes, the disk a trial writes to is full or read-only."""
+    return isinstance(exc, StudyctlError) or (
+        isinstance(exc, OSError) and exc.errno in _FATAL_ERRNOS
+    )
 
 
 def failures_in_a_row(outcome: TrialOutcome, before: int) -> int:

@@ -31,7 +31,7 @@ from studyctl.execution.trial_process import (
     EXIT_RECYCLE,
 )
 from studyctl.signals import on_stop_signals
-from studyctl.storage.connect import open_worker_storage
+from studyctl.storage.connect import open_worker_storage, outage_env, set_outage_tolerance
 from studyctl.storage.studies import load_stored_spec
 from studyctl.storage.tables import WORKER_STOPPED
 from studyctl.storage.urls import STORAGE_ENV
@@ -85,6 +85,7 @@ def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
     watch_parent(lambda gone: "interrupted: the run's launcher ended")
     storage = open_worker_storage(opts.storage_url)
     spec = load_stored_spec(storage, opts.study_name)
+    set_outage_tolerance(storage, spec.worker.storage_outage_tolerance)
     check_artifact_path(spec)
     per_process = opts.trials_per_process or spec.worker.trials_per_process
     started = time.monotonic()
@@ -120,6 +121,7 @@ def run_worker(opts: WorkerOptions, echo: Callable[[str], None]) -> int:
             env = child_env(opts.gpus, opts.threads)
             env.update(backend_environment(spec.training.backend))
             env[STORAGE_ENV] = opts.storage_url  # not on the command line: ps shows it
+            env.update(outage_env(storage))
             link = link_child()  # the child stops at once if this process dies
             env.update(link.env)
             try:

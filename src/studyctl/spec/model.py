@@ -61,6 +61,11 @@ class WorkerSpec:
     max_retries: int = 3
     trials_per_process: int = 25
     max_consecutive_failures: int = 5
+    # Seconds every process of a run waits for a database that went away (a restart, a
+    # fail-over, a network cut) before it stops with one error line; 0 stops at once. Five
+    # minutes: longer than a restart or a fail-over, shorter than the time after which an
+    # operator would rather see the run stop and resume it.
+    storage_outage_tolerance: int = 300
 
 
 @dataclass(frozen=True)

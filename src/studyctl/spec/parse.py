@@ -103,6 +103,15 @@ def _positive(table: _Table, name: str, value: float | None, *, allow_zero: bool
         raise table.error(name, f"expected a number {bound}, got {_show(value)}")
 
 
+# The largest value of an INTEGER column (32-bit signed on PostgreSQL).
+MAX_DB_INT = 2**31 - 1
+
+
+def _at_most(table: _Table, name: str, value: float | None, limit: int) -> None:
+    if value is not None and value > limit:
+        raise table.error(name, f"expected at most {limit}, got {_show(value)}")
+
+
 def _scalar_list(table: _Table, name: str, value: Any) -> list[GridValue]:
     """A non-empty array of scalars of one kind (numbers, strings or booleans)."""
     if not isinstance(value, list) or not value:
@@ -219,6 +228,9 @@ def _parse_worker(table: _Table) -> WorkerSpec:
         max_consecutive_failures=table.take(
             "max_consecutive_failures", int, d.max_consecutive_failures
         ),
+        storage_outage_tolerance=table.take(
+            "storage_outage_tolerance", int, d.storage_outage_tolerance
+        ),
     )
     for name in (
         "heartbeat_interval",
@@ -228,6 +240,8 @@ def _parse_worker(table: _Table) -> WorkerSpec:
     ):
         _positive(table, name, getattr(spec, name))
     _positive(table, "max_retries", spec.max_retries, allow_zero=True)
+    _positive(table, "storage_outage_tolerance", spec.storage_outage_tolerance, allow_zero=True)
+    _at_most(table, "storage_outage_tolerance", spec.storage_outage_tolerance, 7 * 24 * 3600)
     if spec.grace_period <= spec.heartbeat_interval:
         raise table.error(
             "grace_period",
@@ -451,6 +465,8 @@ def parse_spec(data: dict[str, Any], path: str) -> StudySpec:
     storage = top.take("storage", str)
     n_trials = top.take("n_trials", int)
     _positive(top, "n_trials", n_trials)
+    # The budget is an INTEGER column in the database (and trial numbers are too).
+    _at_most(top, "n_trials", n_trials, MAX_DB_INT)
     timeout = top.take("timeout", float)
     _positive(top, "timeout", timeout)
     spec = StudySpec(

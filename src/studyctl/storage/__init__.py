@@ -10,6 +10,9 @@ above it.
 * `grpc`: `studyctl proxy` (server) and `ProxyStorage`/`RemoteControl` (its client).
 * `connect`: a worker's storage (database or proxy) and its heartbeat settings.
 * `schema`: Alembic glue for studyctl's tables and the schema checks.
+* `outage`: riding out a database that goes away and comes back (`OutageGuard`), and the
+  rule that keeps heartbeat sweeps from mistaking an outage for dead workers.
+* `locks`: the set-up lock that serialises a new database's set-up and study creation.
 * `studies`: studies created or loaded from a spec, deleted, copied.
 
 The names below are imported on first use, so `studyctl.storage.urls` stays cheap.
@@ -21,7 +24,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from studyctl.storage.connect import WorkerStorage, enable_heartbeat, open_worker_storage
+    from studyctl.storage.connect import (
+        WorkerStorage,
+        enable_heartbeat,
+        open_worker_storage,
+        outage_env,
+        set_outage_tolerance,
+    )
     from studyctl.storage.rdb import (
         StudyctlStorage,
         close_storage,
@@ -36,6 +45,8 @@ _EXPORTS = {
     "WorkerStorage": "connect",
     "enable_heartbeat": "connect",
     "open_worker_storage": "connect",
+    "set_outage_tolerance": "connect",
+    "outage_env": "connect",
     "StudyctlStorage": "rdb",
     "close_storage": "rdb",
     "open_storage": "rdb",
@@ -58,8 +69,10 @@ __all__ = [
     "mask_url",
     "open_storage",
     "open_worker_storage",
+    "outage_env",
     "resolve_storage_url",
     "schema_versions",
+    "set_outage_tolerance",
     "study_exists",
     "upgrade_storage",
 ]

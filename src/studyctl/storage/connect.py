@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from studyctl.storage.outage import OUTAGE_TOLERANCE_ENV
 from studyctl.storage.rdb import StudyctlStorage, open_existing_storage
 
 if TYPE_CHECKING:
@@ -50,3 +51,20 @@ def enable_heartbeat(
         storage.heartbeat_interval = interval
         storage.grace_period = grace_period
         storage.failed_trial_callback = retry
+
+
+def set_outage_tolerance(storage: WorkerStorage, seconds: float) -> None:
+    """Let `storage` wait up to `seconds` for a database that went away and came back (the
+    spec's `[worker] storage_outage_tolerance`). Behind a `studyctl proxy` the proxy holds
+    the database connections and waits itself."""
+    if isinstance(storage, StudyctlStorage):
+        storage.outage.tolerance_s = float(seconds)
+
+
+def outage_env(storage: WorkerStorage) -> dict[str, str]:
+    """The environment that gives a process started on `storage` (a worker, a trial
+    process) the same tolerance from its first connection, even if it starts while the
+    database is away."""
+    if isinstance(storage, StudyctlStorage):
+        return {OUTAGE_TOLERANCE_ENV: f"{storage.outage.tolerance_s:g}"}
+    return {}

@@ -12,18 +12,23 @@ hosts whose clocks drift cannot make each other's trials look stale.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from studyctl.storage import tables as db
-from studyctl.storage.urls import scrub_spec_json
+from studyctl.storage.outage import OutageGuard, server_started_within
+from studyctl.storage.urls import mask_url, scrub_spec_json
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
+    from sqlalchemy.engine import Connection
+
+T = TypeVar("T")
 
 STATES = db.STATES
 
@@ -114,15 +119,31 @@ class Control(Protocol):
 
 class SqlControl(Control):
     """`Control` on the database behind `storage` (every worker with a database URL, and
-    the storage proxy on behalf of its clients)."""
+    the storage proxy on behalf of its clients).
+
+    Each operation is one transaction run through the storage's `OutageGuard`: it waits
+    out a database outage (up to `storage_outage_tolerance`) and is then run again whole,
+    which is safe because a transaction that failed was rolled back."""
 
     def __init__(self, storage: RDBStorage) -> None:
         self.storage = storage
         self.engine = storage.engine
+        guard = getattr(storage, "outage", None)
+        self.outage: OutageGuard = (
+            guard if isinstance(guard, OutageGuard) else OutageGuard(mask_url(storage.url), 0)
+        )
+
+    def in_transaction(self, operation: Callable[[Connection], T]) -> T:
+        """`operation(conn)` in one transaction, run again whole after a database outage."""
+
+        def attempt() -> T:
+            with db.transaction(self.engine) as conn:
+                return operation(conn)
+
+        return self.outage.call(attempt)
 
     def study_spec(self, study_name: str) -> dict[str, Any] | None:
-        with db.transaction(self.engine) as conn:
-            record = db.get_study_record(conn, study_name)
+        record = self.in_transaction(lambda conn: db.get_study_record(conn, study_name))
         if record is None:
             return None
         # Scrubbed again on the way out: a row written by an older studyctl may still hold
@@ -132,23 +153,30 @@ class SqlControl(Control):
     def insert_worker(
         self, *, worker_id: str, study_name: str, host: str, pid: int, gpus: str
     ) -> None:
-        with db.transaction(self.engine) as conn:
-            db.insert_worker(
-                conn, worker_id=worker_id, study_name=study_name, host=host, pid=pid, gpus=gpus
-            )
+        def insert(conn: Connection) -> None:
+            # A retry after a commit whose answer the outage swallowed finds the row.
+            if db.get_worker(conn, worker_id) is None:
+                db.insert_worker(
+                    conn, worker_id=worker_id, study_name=study_name, host=host, pid=pid, gpus=gpus
+                )
+
+        self.in_transaction(insert)
 
     def update_worker(self, worker_id: str, *, beat: bool = False, **values: Any) -> None:
         unknown = set(values) - _UPDATABLE
         if unknown:
             raise ValueError(f"cannot update worker field(s) {sorted(unknown)}")
-        with db.transaction(self.engine) as conn:
+
+        def update(conn: Connection) -> None:
+            changes = dict(values)
             if beat:
-                values["heartbeat_at"] = db.db_utcnow(conn)
-            db.update_worker(conn, worker_id, **values)
+                changes["heartbeat_at"] = db.db_utcnow(conn)
+            db.update_worker(conn, worker_id, **changes)
+
+        self.in_transaction(update)
 
     def worker_trials_done(self, worker_id: str) -> int:
-        with db.transaction(self.engine) as conn:
-            row = db.get_worker(conn, worker_id)
+        row = self.in_transaction(lambda conn: db.get_worker(conn, worker_id))
         return int(row["trials_done"]) if row else 0
 
     def try_claim(
@@ -160,8 +188,8 @@ class SqlControl(Control):
         n_trials: int | None,
         stale_after: float,
     ) -> int | None:
-        with db.transaction(self.engine) as conn:
-            return db.try_claim(
+        return self.in_transaction(
+            lambda conn: db.try_claim(
                 conn,
                 study_name=study_name,
                 study_id=study_id,
@@ -169,28 +197,29 @@ class SqlControl(Control):
                 n_trials=n_trials,
                 stale_after=stale_after,
             )
+        )
 
     def attach_claim(self, claim_id: int, trial_id: int) -> None:
-        with db.transaction(self.engine) as conn:
-            db.attach_claim(conn, claim_id, trial_id)
+        self.in_transaction(lambda conn: db.attach_claim(conn, claim_id, trial_id))
 
     def release_claim(self, claim_id: int) -> int | None:
-        with db.transaction(self.engine) as conn:
-            return db.release_claim(conn, claim_id)
+        return self.in_transaction(lambda conn: db.release_claim(conn, claim_id))
 
     def release_worker_claims(self, worker_id: str) -> None:
         """Drop the claims a worker's trial process left behind (it exited or crashed); a
         claim whose trial is still RUNNING stays until that trial is failed as lost."""
-        with db.transaction(self.engine) as conn:
-            db.release_idle_claims(conn, worker_id)
+        self.in_transaction(lambda conn: db.release_idle_claims(conn, worker_id))
 
     def count_finished(self, study_id: int) -> int:
-        with db.transaction(self.engine) as conn:
-            return db.count_finished_trials(conn, study_id)
+        return self.in_transaction(lambda conn: db.count_finished_trials(conn, study_id))
 
     def state_counts(self, study_id: int) -> dict[str, int]:
-        with db.transaction(self.engine) as conn:
-            return db.state_counts(conn, study_id)
+        return self.in_transaction(lambda conn: db.state_counts(conn, study_id))
+
+    def sweep_paused(self, conn: Connection, grace_s: float) -> bool:
+        """Whether heartbeats cannot be judged now: the database (or this process's link to
+        it) came back less than `grace_s` ago, so a live worker may not have beaten since."""
+        return self.outage.recently_recovered(grace_s) or server_started_within(conn, grace_s)
 
     def fail_lost_trials(
         self,
@@ -209,14 +238,22 @@ class SqlControl(Control):
         is studyctl's own staleness rule; unlike Optuna's trial heartbeat it also works
         for workers behind the gRPC storage proxy, which carries no heartbeat. Each
         transition is one conditional UPDATE, so when several processes sweep at once
-        exactly one fails (and retries) each trial. Returns the failed trials' numbers.
+        exactly one fails (and retries) each trial. No heartbeat is judged within
+        `grace_s` of a database outage (`sweep_paused`). Returns the failed trials'
+        numbers.
         """
-        with db.transaction(self.engine) as conn:
+
+        def find(conn: Connection) -> list[int]:
             if worker_id is not None:
-                ids = db.lost_trial_ids(conn, study_name, worker_id=worker_id)
-            else:
-                stale_before = db.db_utcnow(conn) - timedelta(seconds=grace_s)
-                ids = db.lost_trial_ids(conn, study_name, stale_before=stale_before)
+                return db.lost_trial_ids(conn, study_name, worker_id=worker_id)
+            if self.sweep_paused(conn, grace_s):
+                return []
+            stale_before = db.db_utcnow(conn) - timedelta(seconds=grace_s)
+            return db.lost_trial_ids(conn, study_name, stale_before=stale_before)
+
+        # Each step below (the query, each trial's transition, each retry) is retried on
+        # its own; retrying the sweep whole would repeat steps that already succeeded.
+        ids = self.in_transaction(find)
         if not ids:
             return []
         study = optuna.load_study(

@@ -34,6 +34,7 @@ from optuna.storages._grpc.auto_generated import api_pb2_grpc
 from optuna.storages._grpc.client import GrpcClientCache
 
 from studyctl.errors import StorageError
+from studyctl.spec import WorkerSpec
 from studyctl.storage.control import OPERATIONS, Control, SqlControl
 from studyctl.storage.grpc_security import (
     TOKEN_ENV,
@@ -125,6 +126,9 @@ def serve(
     if tls_cert is not None and tls_key is not None:
         credentials = server_credentials(tls_cert, tls_key)
     storage = open_storage(storage_url, pool_size=PROXY_POOL_SIZE)
+    # The proxy serves many studies' workers and outlives their runs: it rides out database
+    # outages as long as a run does by default (each call waits, its client with it).
+    storage.outage.tolerance_s = WorkerSpec().storage_outage_tolerance
     server = grpc.server(
         ThreadPoolExecutor(max_workers=PROXY_THREADS),
         interceptors=[TokenInterceptor(token)] if token is not None else [],

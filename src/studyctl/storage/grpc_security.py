@@ -209,6 +209,9 @@ _ARGS: dict[str, dict[str, Arg]] = {
         "grace_s": Arg((int, float), low=0, high=MAX_GRACE_S),
         "max_retries": Arg(int, low=0, high=1000),
         "worker_id": Arg(str, required=False, nullable=True),
+        # Why the trials are failed (e.g. "trial process killed by SIGKILL"): a worker
+        # behind the proxy passes it since the trials' reasons were added.
+        "reason": Arg(str, required=False, nullable=True),
     },
     "forget_trial_attrs": {"trial_id": _INT, "user_keys": Arg(list), "system_keys": Arg(list)},
 }

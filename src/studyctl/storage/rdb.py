@@ -1,12 +1,21 @@
 """Opening a database storage: Optuna's RDBStorage with atomic trial transitions, SQLite WAL,
-one storage per process, and every connection problem turned into one clear `StorageError`."""
+one storage per process, and every connection problem turned into one clear `StorageError`.
+
+Every Optuna storage method of `StudyctlStorage` runs through its `OutageGuard`
+(`studyctl.storage.outage`): a database that goes away and comes back within
+`storage_outage_tolerance` costs a wait, not a failed trial. The set-up of a new database
+(Optuna's tables, studyctl's Alembic revisions) and the creation of a study are serialised
+between processes (`setup_lock`), so any number of commands may open a new database at once.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sqlite3
 import warnings
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +29,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from studyctl.errors import StorageError, one_line
+from studyctl.storage import tables
 from studyctl.storage.control import SqlControl
+from studyctl.storage.locks import setup_lock
+from studyctl.storage.outage import (
+    OUTAGE_TOLERANCE_ENV,
+    OutageGuard,
+    install_connect_guard,
+    server_started_within,
+)
 from studyctl.storage.schema import (
     SchemaVersions,
     current_revision,
@@ -48,28 +65,25 @@ class StudyctlStorage(RDBStorage):
     UPDATE) two workers can both take the same WAITING trial, or both fail the same stale
     trial and enqueue two retries. Here the write is one conditional UPDATE, so exactly one
     process wins each transition, on every backend.
+
+    It also rides out database outages (every storage method through `self.outage`), keeps
+    its heartbeat sweeps from mistaking an outage for dead workers, and deletes a study
+    together with studyctl's rows of it, whoever deletes it (the dashboard included).
     """
+
+    def __init__(self, url: str, *, outage: OutageGuard | None = None, **kwargs: Any) -> None:
+        self.outage = outage or OutageGuard(mask_url(url), 0)
+        super().__init__(url, **kwargs)
 
     @functools.cached_property
     def control(self) -> SqlControl:
         """studyctl's own tables, for the worker's claims and heartbeats."""
         return SqlControl(self)
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """Optuna's trial-heartbeat sweep (`optuna.storages.fail_stale_trials`) fails these
-        trials next, and sets no reason: record one on each first, while it is RUNNING."""
-        ids = super()._get_stale_trial_ids(study_id)
-        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
-        for trial_id in ids:
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                self.set_trial_user_attr(
-                    trial_id,
-                    "fail_reason",
-                    f"lost: no trial heartbeat for {grace} s (its process died or hung)",
-                )
-        return ids
-
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        return self.outage.call(lambda: self._set_trial_state_values(trial_id, state, values))
+
+    def _set_trial_state_values(self, trial_id: int, state: TrialState, values: Any) -> bool:
         if state == TrialState.RUNNING:
             expected = TrialState.WAITING
         elif state.is_finished():
@@ -111,6 +125,102 @@ class StudyctlStorage(RDBStorage):
                 )
             return super().set_trial_state_values(trial_id, state, values)
         return True
+
+    def delete_study(self, study_id: int) -> None:
+        """Delete the study and studyctl's rows of it (budget and spec, workers, claims) in
+        one transaction, so a deleted study cannot come back from a leftover row."""
+
+        def delete() -> None:
+            session = self.scoped_session()
+            try:
+                study = optuna_models.StudyModel.find_or_raise_by_id(study_id, session)
+                tables.delete_study_records(session.connection(), str(study.study_name))
+                session.delete(study)
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+        self.outage.call(delete)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        # Optuna's heartbeat thread: past the tolerance the trial's own thread reports the
+        # outage; a traceback from this thread would only repeat it.
+        with contextlib.suppress(StorageError):
+            self.outage.call(lambda: RDBStorage.record_heartbeat(self, trial_id))
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """Optuna's stale trials, except while heartbeats cannot be judged: within
+        `grace_period` of this process reconnecting or of the database server starting,
+        a live trial may not have beaten yet (a false "stale" would discard its result,
+        Optuna #5470). Optuna's sweep (`optuna.storages.fail_stale_trials`) fails these
+        trials next and sets no reason: each gets one here first, while it is RUNNING."""
+        grace = float(self.grace_period or 2 * (self.heartbeat_interval or 1))
+
+        def stale() -> list[int]:
+            if self.outage.recently_recovered(grace):
+                return []
+            with self.engine.connect() as conn:
+                if server_started_within(conn, grace):
+                    return []
+            return RDBStorage._get_stale_trial_ids(self, study_id)
+
+        ids = self.outage.call(stale)
+        for trial_id in ids:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self.set_trial_user_attr(
+                    trial_id,
+                    "fail_reason",
+                    f"lost: no trial heartbeat for {grace:g} s (its process died or hung)",
+                )
+        return ids
+
+    @contextlib.contextmanager
+    def setup_lock(self) -> Iterator[None]:
+        """Serialise a study's creation with other processes' (see `setup_lock`)."""
+        with setup_lock(self.engine.url):
+            yield
+
+
+# Optuna's storage methods, each one transaction or read: retried across an outage by the
+# storage's guard (the methods overridden above guard themselves).
+_GUARDED_METHODS = (
+    "create_new_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "set_trial_param",
+    "get_trial_param",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "get_best_trial",
+)
+
+
+def _guarded(name: str) -> Callable[..., Any]:
+    method = getattr(RDBStorage, name)
+
+    @functools.wraps(method)
+    def guarded(self: StudyctlStorage, *args: Any, **kwargs: Any) -> Any:
+        return self.outage.call(lambda: method(self, *args, **kwargs))
+
+    return guarded
+
+
+for _name in _GUARDED_METHODS:
+    setattr(StudyctlStorage, _name, _guarded(_name))
 
 
 def _prepare_sqlite(url: sa.engine.URL, shown: str) -> None:
@@ -190,6 +300,13 @@ def _explain_missing_right(context: sa.engine.ExceptionContext) -> None:
 _STORAGES: dict[str, StudyctlStorage] = {}
 
 
+def _inherited_tolerance() -> float:
+    try:
+        return max(0.0, float(os.environ.get(OUTAGE_TOLERANCE_ENV, "0")))
+    except ValueError:
+        return 0.0
+
+
 def open_storage(
     url: str, *, for_upgrade: bool = False, pool_size: int = POSTGRES_POOL_SIZE
 ) -> StudyctlStorage:
@@ -205,10 +322,10 @@ def open_storage(
     shown = mask_url(url)
     try:
         parsed = make_url(url)
-    except sa_exc.ArgumentError:
+    except (sa_exc.ArgumentError, ValueError):
         raise StorageError(
             f"storage URL {shown!r} is malformed",
-            hint="expected e.g. sqlite:///studyctl.db or postgresql+psycopg://user@host/db",
+            hint="expected e.g. sqlite:///studyctl.db or postgresql+psycopg://user@host:5432/db",
         ) from None
     backend = parsed.get_backend_name()
     if backend in ("grpc", "grpcs"):
@@ -221,18 +338,34 @@ def open_storage(
             f"storage URL {shown!r}: unsupported database {backend!r}",
             hint="use sqlite:///PATH or postgresql+psycopg://user@host/db",
         )
-    if backend == "sqlite":
-        _prepare_sqlite(parsed, shown)
+    # A command opens with no tolerance (a database that is down is reported at once); a
+    # process started by a run inherits the run's through the environment.
+    guard = OutageGuard(shown, _inherited_tolerance())
+
+    def build() -> StudyctlStorage:
+        with setup_lock(parsed):
+            if backend == "sqlite":
+                _prepare_sqlite(parsed, shown)
+            storage = StudyctlStorage(
+                url,
+                outage=guard,
+                engine_kwargs=_engine_kwargs(parsed, pool_size),
+                skip_compatibility_check=for_upgrade,
+            )
+            try:
+                if backend == "sqlite":
+                    _tune_sqlite_connections(storage.engine)
+                if not for_upgrade:
+                    ensure_schema(storage.engine, shown)
+            except BaseException:
+                storage.engine.dispose()
+                raise
+        if backend == "postgresql":
+            install_connect_guard(storage.engine, guard)
+        return storage
+
     try:
-        storage = StudyctlStorage(
-            url,
-            engine_kwargs=_engine_kwargs(parsed, pool_size),
-            skip_compatibility_check=for_upgrade,
-        )
-        if backend == "sqlite":
-            _tune_sqlite_connections(storage.engine)
-        if not for_upgrade:
-            ensure_schema(storage.engine, shown)
+        storage = guard.call(build, convert=False)
     except sa_exc.NoSuchModuleError:
         raise StorageError(
             f"storage URL {shown!r}: unknown database driver {parsed.drivername!r}",
@@ -265,7 +398,7 @@ def require_existing_database(url: str) -> None:
     `studyctl studies` used to leave one behind). Other URLs are checked on connecting."""
     try:
         parsed = make_url(url)
-    except sa_exc.ArgumentError:
+    except (sa_exc.ArgumentError, ValueError):
         return  # open_storage reports the malformed URL
     database = parsed.database
     if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":

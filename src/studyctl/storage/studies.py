@@ -20,6 +20,8 @@ from studyctl.storage.urls import mask_url, scrub_secrets_in, scrub_spec_json
 from studyctl.verbosity import configure_optuna_logging
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from studyctl.storage.connect import WorkerStorage
 
 
@@ -30,13 +32,24 @@ def spec_json(spec: StudySpec) -> str:
 
 
 def load_stored_spec(storage: WorkerStorage, study_name: str) -> StudySpec:
-    """The spec a study was last run with, as kept in studyctl's table."""
+    """The spec a study was last run with, as kept in studyctl's table.
+
+    A record whose Optuna study is gone (deleted by a tool that knows nothing of studyctl,
+    e.g. Optuna's own CLI) belongs to a deleted study: it is removed, and the study is
+    reported unknown rather than silently created and run again."""
     record = storage.control.study_spec(study_name)
+    exists = study_exists(storage, study_name)
     if record is None:
-        if study_exists(storage, study_name):
+        if exists:
             raise StudyctlError(
                 f"study {study_name!r} in {mask_url(storage.url)} was not created by studyctl",
                 hint="run it once with `studyctl run SPEC` so its spec is recorded",
+            )
+        raise unknown_study(storage, study_name)
+    if not exists:
+        if isinstance(storage, StudyctlStorage):
+            storage.control.in_transaction(
+                lambda conn: tables.delete_study_records(conn, study_name)
             )
         raise unknown_study(storage, study_name)
     return StudySpec.from_dict(json.loads(record["spec_json"]))
@@ -96,12 +109,29 @@ def open_study(storage: WorkerStorage, spec: StudySpec, *, create: bool) -> Open
         )
         _check_directions(study, spec)
         if create:
-            with tables.transaction(_database(storage).engine) as conn:
-                tables.upsert_study_record(conn, spec.name, spec.n_trials, spec_json(spec))
+            _database(storage).control.in_transaction(
+                lambda conn: tables.upsert_study_record(
+                    conn, spec.name, spec.n_trials, spec_json(spec)
+                )
+            )
         return OpenedStudy(study=study, spec=spec, created=False)
     if not create:
         raise unknown_study(storage, spec.name)
-    storage = _database(storage)
+    database = _database(storage)
+    # Several commands may create the same study at once (the same `run` started on many
+    # machines): one creates it under the lock, the others then find and load it.
+    with database.setup_lock():
+        if study_exists(database, spec.name):
+            return open_study(database, spec, create=True)
+        return _create_study(database, spec, sampler, pruner)
+
+
+def _create_study(
+    storage: StudyctlStorage,
+    spec: StudySpec,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> OpenedStudy:
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
@@ -115,8 +145,13 @@ def open_study(storage: WorkerStorage, spec: StudySpec, *, create: bool) -> Open
         study.set_user_attr("studyctl_objective", spec.objective)
         for params in spec.enqueue:
             study.enqueue_trial(dict(params), skip_if_exists=True)
-        with tables.transaction(storage.engine) as conn:
+
+        def record(conn: Connection) -> None:
+            # Rows left by a study of this name deleted outside studyctl go first.
+            tables.delete_study_records(conn, spec.name)
             tables.upsert_study_record(conn, spec.name, spec.n_trials, spec_json(spec))
+
+        storage.control.in_transaction(record)
     except BaseException:
         optuna.delete_study(study_name=spec.name, storage=storage)
         raise
@@ -124,11 +159,12 @@ def open_study(storage: WorkerStorage, spec: StudySpec, *, create: bool) -> Open
 
 
 def delete_study(storage: StudyctlStorage, study_name: str) -> None:
-    if not study_exists(storage, study_name):
-        raise unknown_study(storage, study_name)
-    with tables.transaction(storage.engine) as conn:
-        tables.delete_study_records(conn, study_name)
-    optuna.delete_study(study_name=study_name, storage=storage)
+    """Delete the study with its trials and studyctl's rows, in one transaction."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        raise unknown_study(storage, study_name) from None
+    storage.delete_study(study_id)
 
 
 def copy_study(
