@@ -31,118 +31,17 @@ from studyctl.spec.model import (
     TrainingSpec,
     WorkerSpec,
 )
-
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
-class _Table:
-    """Reads one TOML table, remembering the key path for error messages."""
-
-    def __init__(self, path: str, data: dict[str, Any], prefix: str = "") -> None:
-        self.path = path
-        self.data = dict(data)
-        self.prefix = prefix
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def error(self, name: str | None, message: str) -> SpecError:
-        return SpecError(
-            self.path, self.key(name) if name else self.prefix.rstrip(".") or None, message
-        )
-
-    def take(self, name: str, kind: type, default: Any = None, *, required: bool = False) -> Any:
-        if name not in self.data:
-            if required:
-                raise self.error(name, f"missing; expected {_TYPE_NAMES.get(kind, kind.__name__)}")
-            return default
-        value = self.data.pop(name)
-        return _check_type(self, name, value, kind)
-
-    def table(self, name: str) -> _Table:
-        value = self.data.pop(name, {})
-        if not isinstance(value, dict):
-            raise self.error(name, f"expected a table ([{self.key(name)}]), got {_show(value)}")
-        return _Table(self.path, value, f"{self.key(name)}.")
-
-    def finish(self, allowed: Iterable[str]) -> None:
-        if self.data:
-            unknown = sorted(self.data)[0]
-            expected = ", ".join(sorted(allowed)) or "no keys"
-            raise self.error(unknown, f"unknown key; expected one of: {expected}")
+from studyctl.spec.table import MAX_DB_INT, Table, at_most, positive, scalar_list, show
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _check_type(table: _Table, name: str, value: Any, kind: type) -> Any:
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise table.error(name, f"expected a number, got {_show(value)}")
-        if not math.isfinite(value):
-            raise table.error(name, f"expected a finite number, got {_show(value)}")
-        return float(value)
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise table.error(name, f"expected an integer, got {_show(value)}")
-    if kind is bool and not isinstance(value, bool):
-        raise table.error(name, f"expected true or false, got {_show(value)}")
-    if kind is str and not isinstance(value, str):
-        raise table.error(name, f"expected a string, got {_show(value)}")
-    if kind is list and not isinstance(value, list):
-        raise table.error(name, f"expected an array, got {_show(value)}")
-    return value
-
-
-def _positive(table: _Table, name: str, value: float | None, *, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise table.error(name, f"expected a number {bound}, got {_show(value)}")
-
-
-# The largest value of an INTEGER column (32-bit signed on PostgreSQL).
-MAX_DB_INT = 2**31 - 1
-
-
-def _at_most(table: _Table, name: str, value: float | None, limit: int) -> None:
-    if value is not None and value > limit:
-        raise table.error(name, f"expected at most {limit}, got {_show(value)}")
-
-
-def _scalar_list(table: _Table, name: str, value: Any) -> list[GridValue]:
-    """A non-empty array of scalars of one kind (numbers, strings or booleans)."""
-    if not isinstance(value, list) or not value:
-        raise table.error(name, f"expected a non-empty array of values, got {_show(value)}")
-    kinds = set()
-    for item in value:
-        if isinstance(item, bool):
-            kinds.add("bool")
-        elif isinstance(item, int | float):
-            kinds.add("number")
-        elif isinstance(item, str):
-            kinds.add("string")
-        else:
-            raise table.error(name, f"expected numbers, strings or booleans, got {_show(item)}")
-    if len(kinds) > 1:
-        raise table.error(
-            name, f"expected values of one type, got a mix of {' and '.join(sorted(kinds))}"
-        )
-    if len(set(map(repr, value))) != len(value):
-        raise table.error(name, f"expected distinct values, got {_show(value)}")
-    return list(value)
-
-
-def _choice(table: _Table, kinds: dict[str, Choice], what: str, default: str) -> str:
+def _choice(table: Table, kinds: dict[str, Choice], what: str, default: str) -> str:
     kind = table.take("type", str, default)
     if kind not in kinds:
         raise table.error("type", f"unknown {what} {kind!r}; expected one of: " + ", ".join(kinds))
     return str(kind)
 
 
-def _choice_options(table: _Table, choice: Choice) -> dict[str, Any]:
+def _choice_options(table: Table, choice: Choice) -> dict[str, Any]:
     """The options `choice` accepts, each checked for its type and range."""
     options: dict[str, Any] = {}
     for name, option in choice.options.items():
@@ -156,7 +55,7 @@ def _choice_options(table: _Table, choice: Choice) -> dict[str, Any]:
     return options
 
 
-def _parse_sampler(table: _Table) -> SamplerSpec:
+def _parse_sampler(table: Table) -> SamplerSpec:
     kind = _choice(table, SAMPLERS, "sampler", "tpe")
     choice = SAMPLERS[kind]
     seed = table.take("seed", int)
@@ -166,14 +65,14 @@ def _parse_sampler(table: _Table) -> SamplerSpec:
         if not grid_table.data:
             raise table.error("grid", "expected a table of parameter = [values] for sampler 'grid'")
         for name, values in grid_table.data.items():
-            grid[name] = _scalar_list(grid_table, name, values)
+            grid[name] = scalar_list(grid_table, name, values)
         grid_table.data.clear()
     options = _choice_options(table, choice)
     table.finish(["type", "seed", *choice.options, *choice.extra_keys])
     return SamplerSpec(type=kind, seed=seed, options=options, grid=grid)
 
 
-def _parse_pruner(table: _Table) -> PrunerSpec:
+def _parse_pruner(table: Table) -> PrunerSpec:
     kind = _choice(table, PRUNERS, "pruner", "none")
     options = _choice_options(table, PRUNERS[kind])
     if (
@@ -189,7 +88,7 @@ def _parse_pruner(table: _Table) -> PrunerSpec:
     return PrunerSpec(type=kind, options=options)
 
 
-def _parse_training(table: _Table) -> TrainingSpec:
+def _parse_training(table: Table) -> TrainingSpec:
     d = TrainingSpec()
     spec = TrainingSpec(
         epochs=table.take("epochs", int, d.epochs),
@@ -200,8 +99,8 @@ def _parse_training(table: _Table) -> TrainingSpec:
         objective_value=table.take("objective_value", str, d.objective_value),
         backend=table.take("backend", str, d.backend),
     )
-    _positive(table, "epochs", spec.epochs)
-    _positive(table, "batch_size", spec.batch_size)
+    positive(table, "epochs", spec.epochs)
+    positive(table, "batch_size", spec.batch_size)
     if not 0.0 <= spec.validation_split < 1.0:
         raise table.error(
             "validation_split", f"expected a number in [0, 1), got {spec.validation_split}"
@@ -218,7 +117,7 @@ def _parse_training(table: _Table) -> TrainingSpec:
     return spec
 
 
-def _parse_worker(table: _Table) -> WorkerSpec:
+def _parse_worker(table: Table) -> WorkerSpec:
     d = WorkerSpec()
     spec = WorkerSpec(
         heartbeat_interval=table.take("heartbeat_interval", int, d.heartbeat_interval),
@@ -238,10 +137,10 @@ def _parse_worker(table: _Table) -> WorkerSpec:
         "trials_per_process",
         "max_consecutive_failures",
     ):
-        _positive(table, name, getattr(spec, name))
-    _positive(table, "max_retries", spec.max_retries, allow_zero=True)
-    _positive(table, "storage_outage_tolerance", spec.storage_outage_tolerance, allow_zero=True)
-    _at_most(table, "storage_outage_tolerance", spec.storage_outage_tolerance, 7 * 24 * 3600)
+        positive(table, name, getattr(spec, name))
+    positive(table, "max_retries", spec.max_retries, allow_zero=True)
+    positive(table, "storage_outage_tolerance", spec.storage_outage_tolerance, allow_zero=True)
+    at_most(table, "storage_outage_tolerance", spec.storage_outage_tolerance, 7 * 24 * 3600)
     if spec.grace_period <= spec.heartbeat_interval:
         raise table.error(
             "grace_period",
@@ -252,7 +151,7 @@ def _parse_worker(table: _Table) -> WorkerSpec:
     return spec
 
 
-def _parse_space(table: _Table) -> dict[str, SpaceParam]:
+def _parse_space(table: Table) -> dict[str, SpaceParam]:
     space: dict[str, SpaceParam] = {}
     for name in list(table.data):
         entry = table.table(name)
@@ -263,7 +162,7 @@ def _parse_space(table: _Table) -> dict[str, SpaceParam]:
             raw = entry.data.pop("choices", None)
             if raw is None:
                 raise entry.error("choices", "missing; expected a non-empty array")
-            space[name] = SpaceParam(type=kind, choices=tuple(_scalar_list(entry, "choices", raw)))
+            space[name] = SpaceParam(type=kind, choices=tuple(scalar_list(entry, "choices", raw)))
             entry.finish(["type", "choices"])
             continue
         num = int if kind == "int" else float
@@ -284,11 +183,11 @@ def _parse_space(table: _Table) -> dict[str, SpaceParam]:
     return space
 
 
-def _parse_params(table: _Table) -> dict[str, GridValue]:
+def _parse_params(table: Table) -> dict[str, GridValue]:
     params: dict[str, GridValue] = {}
     for name, value in table.data.items():
         if not isinstance(value, str | int | float | bool):
-            raise table.error(name, f"expected a number, string or boolean, got {_show(value)}")
+            raise table.error(name, f"expected a number, string or boolean, got {show(value)}")
         params[name] = value
     table.data.clear()
     return params
@@ -317,7 +216,7 @@ _TOP_KEYS = (
 )
 
 
-def _parse_directions(top: _Table) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _parse_directions(top: Table) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """`direction`/`directions` and `metric`/`metrics`, one metric per direction."""
     if "direction" in top.data and "directions" in top.data:
         raise top.error("directions", "give either direction or directions, not both")
@@ -331,7 +230,7 @@ def _parse_directions(top: _Table) -> tuple[tuple[str, ...], tuple[str, ...]]:
         raise top.error(key_d, "expected at least one of 'minimize' or 'maximize'")
     for d in directions:
         if d not in DIRECTIONS:
-            raise top.error(key_d, f"expected 'minimize' or 'maximize', got {_show(d)}")
+            raise top.error(key_d, f"expected 'minimize' or 'maximize', got {show(d)}")
 
     if "metric" in top.data and "metrics" in top.data:
         raise top.error("metrics", "give either metric or metrics, not both")
@@ -340,7 +239,7 @@ def _parse_directions(top: _Table) -> tuple[tuple[str, ...], tuple[str, ...]]:
         key_m = "metrics"
         for m in metrics:
             if not isinstance(m, str):
-                raise top.error("metrics", f"expected an array of metric names, got {_show(m)}")
+                raise top.error("metrics", f"expected an array of metric names, got {show(m)}")
     else:
         metrics = (top.take("metric", str, "val_loss"),)
         key_m = "metric"
@@ -352,7 +251,7 @@ def _parse_directions(top: _Table) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return directions, metrics
 
 
-def _parse_artifacts(art: _Table) -> ArtifactsSpec:
+def _parse_artifacts(art: Table) -> ArtifactsSpec:
     artifacts = ArtifactsSpec(
         path=art.take("path", str, ArtifactsSpec.path),
         checkpoints=art.take("checkpoints", bool, ArtifactsSpec.checkpoints),
@@ -367,13 +266,13 @@ def _parse_artifacts(art: _Table) -> ArtifactsSpec:
     return artifacts
 
 
-def _parse_logging(table: _Table) -> LoggingSpec:
+def _parse_logging(table: Table) -> LoggingSpec:
     logging_spec = LoggingSpec(tensorboard=table.take("tensorboard", str))
     table.finish(LoggingSpec.__dataclass_fields__)
     return logging_spec
 
 
-def _parse_enqueue(top: _Table) -> tuple[dict[str, GridValue], ...]:
+def _parse_enqueue(top: Table) -> tuple[dict[str, GridValue], ...]:
     raw_enqueue = top.data.pop("enqueue", [])
     if not isinstance(raw_enqueue, list):
         raise top.error("enqueue", "expected an array of tables ([[enqueue]])")
@@ -381,7 +280,7 @@ def _parse_enqueue(top: _Table) -> tuple[dict[str, GridValue], ...]:
     for i, item in enumerate(raw_enqueue):
         if not isinstance(item, dict) or not item:
             raise top.error(f"enqueue[{i}]", "expected a table of parameter = value")
-        enqueue.append(_parse_params(_Table(top.path, item, f"enqueue[{i}].")))
+        enqueue.append(_parse_params(Table(top.path, item, f"enqueue[{i}].")))
     return tuple(enqueue)
 
 
@@ -399,7 +298,7 @@ def _check_training_axes(spec: StudySpec) -> None:
             raise SpecError(path, f"params.{name}", f"{expected}, got {spec.params[name]!r}")
         if name in spec.sampler.grid and not _positive_ints(spec.sampler.grid[name]):
             raise SpecError(
-                path, f"sampler.grid.{name}", f"{expected}, got {_show(spec.sampler.grid[name])}"
+                path, f"sampler.grid.{name}", f"{expected}, got {show(spec.sampler.grid[name])}"
             )
         p = spec.space.get(name)
         if p is None or name in spec.params:
@@ -408,7 +307,7 @@ def _check_training_axes(spec: StudySpec) -> None:
         if p.type == "float":
             raise SpecError(path, f"{key}.type", f"{expected}: use 'int' or 'categorical'")
         if p.type == "categorical" and not _positive_ints(p.choices):
-            raise SpecError(path, f"{key}.choices", f"{expected}, got {_show(list(p.choices))}")
+            raise SpecError(path, f"{key}.choices", f"{expected}, got {show(list(p.choices))}")
         if p.type == "int" and (p.low is None or p.low < 1):
             raise SpecError(path, f"{key}.low", f"{expected}, got {p.low!r}")
         if spec.sampler.type == "grid" and name not in spec.sampler.grid:
@@ -452,7 +351,7 @@ def _check_whole(spec: StudySpec) -> StudySpec:
 
 def parse_spec(data: dict[str, Any], path: str) -> StudySpec:
     """Validate parsed TOML `data` read from `path` into a `StudySpec`."""
-    top = _Table(path, data)
+    top = Table(path, data)
     name = top.take("name", str, required=True)
     if not STUDY_NAME_RE.match(name):
         raise top.error(
@@ -464,11 +363,11 @@ def parse_spec(data: dict[str, Any], path: str) -> StudySpec:
     directions, metrics = _parse_directions(top)
     storage = top.take("storage", str)
     n_trials = top.take("n_trials", int)
-    _positive(top, "n_trials", n_trials)
+    positive(top, "n_trials", n_trials)
     # The budget is an INTEGER column in the database (and trial numbers are too).
-    _at_most(top, "n_trials", n_trials, MAX_DB_INT)
+    at_most(top, "n_trials", n_trials, MAX_DB_INT)
     timeout = top.take("timeout", float)
-    _positive(top, "timeout", timeout)
+    positive(top, "timeout", timeout)
     spec = StudySpec(
         path=path,
         name=name,
