@@ -138,8 +138,12 @@ def _version() -> str:
 
 
 def delete_study_records(conn: Connection, study_name: str) -> None:
+    """Delete the study's rows in studyctl's tables. A table with none is only read, so a
+    role without DELETE rights there (a worker role, SECURITY.md) can create a new study."""
     for table in (claims_table, workers_table, studies_table):
-        conn.execute(sa.delete(table).where(table.c.study_name == study_name))
+        where = table.c.study_name == study_name
+        if conn.execute(sa.select(sa.literal(1)).where(where).limit(1)).first() is not None:
+            conn.execute(sa.delete(table).where(where))
 
 
 # --- workers -----------------------------------------------------------------------------
