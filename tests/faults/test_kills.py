@@ -17,6 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from ..conftest import STUDYCTL, run_cli, write_objectives, write_spec
 from .procs import (
@@ -133,20 +134,21 @@ def wait_study(url: str, name: str, timeout: float = 60) -> optuna.Study:
     raise AssertionError(f"study {name} never appeared")
 
 
-def busy_trial_process(study: optuna.Study, rng: random.Random, timeout: float = 40) -> int:
-    """The pid of a live trial process that is training a trial right now."""
+def busy_trial_process(
+    study: optuna.Study, rng: random.Random, timeout: float = 40
+) -> tuple[int, int]:
+    """A live trial process that is training a trial right now: (pid, trial number), read
+    from one snapshot (a second read may find the trial already finished)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = sorted(
-            {
-                int(t.user_attrs["worker"]["pid"])
-                for t in running_trials(study)
-                if "worker" in t.user_attrs and t.intermediate_values
-            }
+        busy = sorted(
+            (int(t.user_attrs["worker"]["pid"]), t.number)
+            for t in running_trials(study)
+            if "worker" in t.user_attrs and t.intermediate_values
         )
-        pids = [p for p in pids if alive(p)]
-        if pids:
-            return rng.choice(pids)
+        busy = [(pid, number) for pid, number in busy if alive(pid)]
+        if busy:
+            return rng.choice(busy)
         time.sleep(0.05)
     raise AssertionError("no trial was training")
 
@@ -166,16 +168,13 @@ def test_worker_then_trial_process_double_kill(tmp_path: Path, sqlite_url: str) 
         study = wait_study(sqlite_url, "double")
         for _ in range(3):
             gap = rng.uniform(0.05, 1.0)
-            victim = busy_trial_process(study, rng)
+            victim, victim_trial = busy_trial_process(study, rng)
             worker = ppid_of(victim)
             assert worker is not None
-            victim_trial = next(
-                t.number
-                for t in running_trials(study)
-                if t.user_attrs.get("worker", {}).get("pid") == victim
-            )
             kill(victim)
-            killed_trials.append(victim_trial)
+            # A trial that finished between the snapshot and the kill was not killed.
+            if study.trials[victim_trial].state not in (TrialState.COMPLETE, TrialState.PRUNED):
+                killed_trials.append(victim_trial)
             time.sleep(gap)
             replacements = children_of(worker)
             kill(worker)
