@@ -24,8 +24,8 @@ from optuna.trial import TrialState
 
 from studyctl.errors import StorageError
 from studyctl.storage import open_storage
+from studyctl.storage.engine import POSTGRES_MAX_OVERFLOW
 from studyctl.storage.grpc import PROXY_POOL_SIZE, connect_proxy
-from studyctl.storage.rdb import POSTGRES_MAX_OVERFLOW
 
 from .conftest import PG_DSN, STUDYCTL, prepare_sleepy_study, run_cli
 

@@ -21,6 +21,7 @@ from studyctl.errors import StudyctlError
 
 if TYPE_CHECKING:
     from studyctl.storage.rdb import StudyctlStorage
+    from studyctl.storage.reader import StudyReader
 
 app = typer.Typer(
     name="studyctl",
@@ -220,6 +221,15 @@ def open_storage_of(url: str | None) -> StudyctlStorage:
     from studyctl.storage.rdb import open_existing_storage
 
     return open_existing_storage(resolve_storage_url(url))
+
+
+def open_reader_of(url: str | None) -> StudyReader:
+    """`open_storage_of` for a command that only reads: plain SQL when both schemas are
+    current (no Optuna, no Alembic), the storage otherwise."""
+    from studyctl.storage.reader import open_reader
+    from studyctl.storage.urls import resolve_storage_url
+
+    return open_reader(resolve_storage_url(url))
 
 
 def set_verbose(verbose: bool) -> None:

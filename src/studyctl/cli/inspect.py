@@ -22,6 +22,7 @@ from studyctl.cli._common import (
     fail,
     fmt,
     fmt_params,
+    open_reader_of,
     open_storage_of,
     print_best,
     table,
@@ -33,7 +34,7 @@ def studies(storage: StorageOpt = None, output: FormatOpt = OutputFormat.table) 
     """List the studies in a storage with their trial counts and best value."""
     from studyctl.inspect.summary import list_studies
 
-    rows = list_studies(open_storage_of(storage))
+    rows = list_studies(open_reader_of(storage))
     if output == OutputFormat.json:
         echo_json(rows)
         return
@@ -63,7 +64,7 @@ def status(
     """Budget, trial states, workers (live and dead), retries and the best trial."""
     from studyctl.inspect.summary import study_status
 
-    data = study_status(open_storage_of(storage), study)
+    data = study_status(open_reader_of(storage), study)
     if output == OutputFormat.json:
         echo_json(data)
         return
@@ -131,9 +132,9 @@ def trials(
         if s.upper() not in STATES:
             fail(f"--state {s!r}: expected one of {', '.join(x.lower() for x in STATES)}")
     if output == TrialsFormat.csv:
-        write_trials_csv(open_storage_of(storage), study, sys.stdout, state)
+        write_trials_csv(open_reader_of(storage), study, sys.stdout, state)
         return
-    rows = list_trials(open_storage_of(storage), study, state)
+    rows = list_trials(open_reader_of(storage), study, state)
     if output == TrialsFormat.json:
         echo_json(rows)
         return
@@ -172,7 +173,7 @@ def best(
     trained Keras model."""
     from studyctl.inspect.summary import best_summary, export_best_model
 
-    st = open_storage_of(storage)
+    st = open_reader_of(storage)
     if export_model is not None:
         number = export_best_model(st, study, str(export_model))
         typer.echo(f"wrote the model of trial #{number} to {export_model}", err=True)

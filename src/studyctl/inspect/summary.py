@@ -8,27 +8,27 @@ import io
 import json
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
-
-import optuna
-from optuna.distributions import BaseDistribution, json_to_distribution
-from optuna.trial import FrozenTrial, TrialState
+from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
 from studyctl.errors import StudyctlError
-from studyctl.spec import WorkerSpec
+from studyctl.spec import StudySpec, WorkerSpec
 from studyctl.storage import tables, trial_rows
-from studyctl.storage.rdb import StudyctlStorage, study_exists
-from studyctl.storage.studies import best_trials, load_stored_spec, unknown_study
+from studyctl.storage.reader import StudyReader, as_reader, has_constraints
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from studyctl.storage.rdb import StudyctlStorage
+
+# What the views read: a `StudyReader` (the inspection commands: plain SQL, no Optuna) or a
+# `StudyctlStorage` (a run's summary, the report), read through its engine.
+Source: TypeAlias = "StudyReader | StudyctlStorage"
 
 
 def _json_value(value: float | None) -> float | str | None:
     if value is None:
         return None
     return value if math.isfinite(value) else str(value)
-
-
-def state_counts(storage: StudyctlStorage, study_id: int) -> dict[str, int]:
-    return storage.control.state_counts(study_id)
 
 
 def trial_dict(t: FrozenTrial, *, attrs: bool = True) -> dict[str, Any]:
@@ -50,57 +50,84 @@ def trial_dict(t: FrozenTrial, *, attrs: bool = True) -> dict[str, Any]:
     return out
 
 
-def _load(storage: StudyctlStorage, name: str) -> optuna.Study:
-    if not study_exists(storage, name):
-        raise unknown_study(storage, name)
-    return optuna.load_study(study_name=name, storage=storage)
+def _study_id(reader: StudyReader, name: str) -> int:
+    study_id = reader.study_id(name)
+    if study_id is None:
+        raise reader.unknown_study(name)
+    return study_id
 
 
-def list_studies(storage: StudyctlStorage) -> list[dict[str, Any]]:
+def _best(
+    reader: StudyReader, name: str, study_id: int, directions: list[str], *, attrs: bool = True
+) -> list[dict[str, Any]]:
+    """The best trial (one objective) or the Pareto front (several), as `trial_dict`s;
+    empty before any trial completed. One objective is one query; the Pareto front and a
+    constrained study's best feasible trial are Optuna's to compute."""
+    if len(directions) == 1:
+        row = reader.best_row(study_id, maximize=directions[0] == "maximize")
+        if row is None:
+            return []
+        if not has_constraints(row):
+            return [_row_dict(row, attrs=attrs)]
+    import optuna
+
+    from studyctl.storage.studies import best_trials
+
+    study = optuna.load_study(study_name=name, storage=reader.storage())
+    return [trial_dict(t, attrs=attrs) for t in best_trials(study)]
+
+
+def list_studies(source: Source) -> list[dict[str, Any]]:
+    reader = as_reader(source)
     out = []
-    with tables.transaction(storage.engine) as conn:
-        budgets = tables.study_budgets(conn)
-    for s in storage.get_all_studies():
-        counts = state_counts(storage, s._study_id)
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
-        best = best_trials(study)
+    budgets = reader.read(tables.study_budgets)
+    for s in reader.studies():
+        counts = reader.state_counts(s.study_id)
+        best = _best(reader, s.name, s.study_id, s.directions, attrs=False)
         out.append(
             {
-                "name": s.study_name,
-                "directions": [d.name.lower() for d in s.directions],
-                "n_trials": budgets.get(s.study_name),
+                "name": s.name,
+                "directions": s.directions,
+                "n_trials": budgets.get(s.name),
                 "finished": tables.finished_count(counts),
                 "states": counts,
-                "best_value": _json_value(best[0].values[0]) if len(best) == 1 else None,
+                "best_value": best[0]["values"][0] if len(best) == 1 else None,
             }
         )
     return out
 
 
-def _grace_period(storage: StudyctlStorage, name: str) -> float:
-    """The study's own grace period (a worker silent for longer is dead), or the default
-    for a study studyctl did not create."""
-    try:
-        return float(load_stored_spec(storage, name).worker.grace_period)
-    except StudyctlError:
-        return float(WorkerSpec().grace_period)
+def _grace_period(record: dict[str, Any] | None) -> float:
+    """The study's own grace period (a worker silent for longer is dead), from its stored
+    spec, or the default for a study studyctl did not create."""
+    if record is not None:
+        try:
+            return float(StudySpec.from_dict(json.loads(record["spec_json"])).worker.grace_period)
+        except StudyctlError:
+            pass
+    return float(WorkerSpec().grace_period)
 
 
-def study_status(
-    storage: StudyctlStorage, name: str, *, stale_after: float | None = None
-) -> dict[str, Any]:
+def study_status(source: Source, name: str, *, stale_after: float | None = None) -> dict[str, Any]:
     """Budget, trial states, workers (alive or dead: silent for longer than `stale_after`,
     by default the study's grace period), retries and the best trial(s)."""
-    study = _load(storage, name)
+    reader = as_reader(source)
+    study_id = _study_id(reader, name)
+    directions = reader.directions(study_id)
+    counts = reader.state_counts(study_id)
+
+    def read(conn: Any) -> tuple[Any, ...]:
+        return (
+            tables.get_study_record(conn, name),
+            tables.list_workers(conn, name),
+            tables.db_utcnow(conn),
+            # From the attribute rows: loading every trial for this took seconds at 10k.
+            trial_rows.retried_trials(conn, study_id),
+        )
+
+    record, workers, now, retried = reader.read(read)
     if stale_after is None:
-        stale_after = _grace_period(storage, name)
-    counts = state_counts(storage, study._study_id)
-    with tables.transaction(storage.engine) as conn:
-        record = tables.get_study_record(conn, name)
-        workers = tables.list_workers(conn, name)
-        now = tables.db_utcnow(conn)
-        # From the attribute rows: loading every trial for this took seconds at 10k trials.
-        retried = trial_rows.retried_trials(conn, study._study_id)
+        stale_after = _grace_period(record)
     for w in workers:
         alive = w["state"] == tables.WORKER_RUNNING and now - w["heartbeat_at"] < timedelta(
             seconds=stale_after
@@ -110,33 +137,34 @@ def study_status(
             w["state"] = "dead"
         for key in ("started_at", "heartbeat_at"):
             w[key] = w[key].isoformat()
-    best = best_trials(study)
+    best = _best(reader, name, study_id, directions, attrs=False)
     n_trials = record["n_trials"] if record else None
     finished = tables.finished_count(counts)
     return {
         "name": name,
-        "directions": [d.name.lower() for d in study.directions],
-        "metrics": study.metric_names,
+        "directions": directions,
+        "metrics": reader.metric_names(study_id),
         "n_trials": n_trials,
         "finished": finished,
         "complete": n_trials is not None and finished >= n_trials,
         "states": counts,
-        "best": [trial_dict(t, attrs=False) for t in best],
+        "best": best,
         "workers": workers,
         "retried": retried,
     }
 
 
-def list_trials(
-    storage: StudyctlStorage, name: str, states: list[str] | None = None
-) -> list[dict[str, Any]]:
-    study = _load(storage, name)
-    wanted = tuple(TrialState[s.upper()] for s in states) if states else None
-    return [trial_dict(t) for t in study.get_trials(deepcopy=False, states=wanted)]
+def list_trials(source: Source, name: str, states: list[str] | None = None) -> list[dict[str, Any]]:
+    reader = as_reader(source)
+    study_id = _study_id(reader, name)
+    wanted = tuple(s.upper() for s in states) if states else None
+    return [_row_dict(row) for row in reader.trial_rows(study_id, wanted)]
 
 
-def best_summary(storage: StudyctlStorage, name: str) -> list[dict[str, Any]]:
-    return [trial_dict(t) for t in best_trials(_load(storage, name))]
+def best_summary(source: Source, name: str) -> list[dict[str, Any]]:
+    reader = as_reader(source)
+    study_id = _study_id(reader, name)
+    return _best(reader, name, study_id, reader.directions(study_id))
 
 
 def _csv_cell(v: Any) -> Any:
@@ -200,9 +228,7 @@ def _local(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
 
 
-def _row_dict(
-    row: trial_rows.TrialRow, distributions: dict[str, BaseDistribution]
-) -> dict[str, Any]:
+def _row_dict(row: trial_rows.TrialRow, *, attrs: bool = True) -> dict[str, Any]:
     """A stored trial row as `trial_dict` makes it from a FrozenTrial."""
     values = None
     if row.values:
@@ -210,14 +236,12 @@ def _row_dict(
         for objective, value, value_type in row.values:
             slots[objective] = trial_rows.stored_value(value, value_type)
         values = [_json_value(v) for v in slots]
-    params = {}
-    for name, internal, dist_json in row.params:
-        dist = distributions.get(dist_json)
-        if dist is None:
-            dist = distributions[dist_json] = json_to_distribution(dist_json)
-        params[name] = dist.to_external_repr(internal)
+    params = {
+        name: trial_rows.stored_param(internal, dist_json)
+        for name, internal, dist_json in row.params
+    }
     start, complete = _local(row.datetime_start), _local(row.datetime_complete)
-    return {
+    out: dict[str, Any] = {
         "number": row.number,
         "state": row.state,
         "values": values,
@@ -225,12 +249,17 @@ def _row_dict(
         "datetime_start": start.isoformat() if start else None,
         "datetime_complete": complete.isoformat() if complete else None,
         "duration_s": (complete - start).total_seconds() if start and complete else None,
-        "user_attrs": {k: json.loads(v) for k, v in row.user_attrs.items()},
     }
+    retried = row.system_attrs.get("failed_trial")
+    if retried is not None:
+        out["retry_of"] = json.loads(retried)
+    if attrs:
+        out["user_attrs"] = {k: json.loads(v) for k, v in row.user_attrs.items()}
+    return out
 
 
 def write_trials_csv(
-    storage: StudyctlStorage,
+    source: Source,
     name: str,
     out: TextIO,
     states: list[str] | None = None,
@@ -240,59 +269,63 @@ def write_trials_csv(
     """Write the study's trials (in `states`, or all) to `out` as `trials_csv` would, one
     batch of trials at a time: memory stays flat however many trials the study has.
     Returns the number of trials written."""
-    study = _load(storage, name)
+    reader = as_reader(source)
+    study_id = _study_id(reader, name)
     wanted = tuple(s.upper() for s in states) if states else None
-    with tables.transaction(storage.engine) as conn:
-        n_values, params, attrs = trial_rows.trial_columns(conn, study._study_id, wanted)
+    n_values, params, attrs = reader.read(
+        lambda conn: trial_rows.trial_columns(conn, study_id, wanted)
+    )
     value_cols = _value_cols(n_values)
     writer = csv.writer(out)
     writer.writerow(_csv_header(value_cols, params, attrs))
-    distributions: dict[str, BaseDistribution] = {}
     n = 0
-    for row in trial_rows.iter_trial_rows(storage.engine, study._study_id, wanted, batch_size):
-        writer.writerow(_csv_row(_row_dict(row, distributions), value_cols, params, attrs))
+    for row in reader.trial_rows(study_id, wanted, batch_size):
+        writer.writerow(_csv_row(_row_dict(row), value_cols, params, attrs))
         n += 1
     return n
 
 
-def export_best_model(storage: StudyctlStorage, name: str, destination: str) -> int:
+def export_best_model(source: Source, name: str, destination: str) -> int:
     """Copy the best trial's saved Keras model to `destination`; return the trial number."""
     import shutil
     from pathlib import Path
 
-    best = best_trials(_load(storage, name))
+    reader = as_reader(source)
+    best = best_summary(reader, name)
     if len(best) != 1:
         raise StudyctlError(
             f"study {name!r} has no single best trial to export"
             + (" (it has several objectives)" if best else " yet")
         )
-    path = best[0].user_attrs.get("model_path")
+    number = best[0]["number"]
+    path = best[0]["user_attrs"].get("model_path")
     if path and path.startswith("s3://"):
         from studyctl.artifacts.objectstore import download
 
         download(path, Path(destination))
-        return best[0].number
+        return number
     if not path:
         raise StudyctlError(
-            f"best trial #{best[0].number} of study {name!r} has no saved model",
-            hint=_no_model_hint(storage, name),
+            f"best trial #{number} of study {name!r} has no saved model",
+            hint=_no_model_hint(reader.storage(), name),
         )
     if not Path(path).is_file():
         relative = "" if Path(path).is_absolute() else f", relative to {Path.cwd()}"
         raise StudyctlError(
-            f"the model of best trial #{best[0].number} of study {name!r} is not at "
-            f"{path}{relative}",
+            f"the model of best trial #{number} of study {name!r} is not at {path}{relative}",
             hint="it was removed, or it lies on the machine that trained it: export it "
             "there, or use a shared [artifacts] path or an s3:// store",
         )
     shutil.copyfile(path, destination)
-    return best[0].number
+    return number
 
 
 def _no_model_hint(storage: StudyctlStorage, name: str) -> str:
     """Why a best trial may have no model: keep_best_model off in the stored spec, or, with
     it on, an objective studyctl does not train (a function objective) or several
     objectives."""
+    from studyctl.storage.studies import load_stored_spec
+
     try:
         spec = load_stored_spec(storage, name)
     except StudyctlError:

@@ -28,13 +28,13 @@ those that were idle and saw nothing). `StudyctlStorage._get_stale_trial_ids` an
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from optuna.exceptions import StorageInternalError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
@@ -54,9 +54,16 @@ MAX_DELAY_S = 1.0  # a heartbeat lands at most this long after the database retu
 _UNREACHABLE_SQLSTATES = ("57P01", "57P02", "57P03")
 
 
+def _is_optuna_storage_error(exc: BaseException) -> bool:
+    """Optuna's `StorageInternalError`, checked without importing Optuna: a process that
+    has not imported it (an inspection command) has none to catch."""
+    module = sys.modules.get("optuna.exceptions")
+    return module is not None and isinstance(exc, module.StorageInternalError)
+
+
 def _root(exc: BaseException) -> BaseException:
     """The driver's exception under SQLAlchemy's and Optuna's wrappers."""
-    if isinstance(exc, StorageInternalError) and exc.__cause__ is not None:
+    if _is_optuna_storage_error(exc) and exc.__cause__ is not None:
         exc = exc.__cause__
     if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
         return exc.orig
@@ -66,7 +73,7 @@ def _root(exc: BaseException) -> BaseException:
 def is_unreachable(exc: BaseException) -> bool:
     """True when `exc` means the database could not be reached (worth waiting for), not
     that the statement or the database itself is at fault."""
-    wrapped = exc.__cause__ if isinstance(exc, StorageInternalError) else exc
+    wrapped = exc.__cause__ if _is_optuna_storage_error(exc) else exc
     if isinstance(wrapped, sa_exc.DBAPIError) and wrapped.connection_invalidated:
         return True
     orig = _root(exc)
@@ -132,7 +139,11 @@ class OutageGuard:
                 result = operation()
             except StorageError:
                 raise
-            except (sa_exc.SQLAlchemyError, StorageInternalError) as exc:
+            except Exception as exc:
+                if not isinstance(exc, sa_exc.SQLAlchemyError) and not _is_optuna_storage_error(
+                    exc
+                ):
+                    raise
                 if not is_unreachable(exc):
                     if not convert:
                         raise

@@ -16,9 +16,11 @@ imports no Alembic: the head is read from the revision files' ``revision``/
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
 VERSION_TABLE = "studyctl_alembic_version"
 FIRST_REVISION = "0001"
 _REVISION_LINE = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*["']?(\w+)["']?""", re.M)
+# Optuna's revision ids have dots ("v3.2.0.a").
+_OPTUNA_REVISION_LINE = re.compile(
+    r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*["']?([\w.]+)["']?""", re.M
+)
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -64,6 +70,26 @@ def head_revision() -> str:
     heads = set(chain) - {d for d in chain.values() if d is not None}
     assert len(heads) == 1, f"migrations/versions has heads {sorted(heads)}"
     return heads.pop()
+
+
+@functools.cache
+def optuna_head_revision() -> str | None:
+    """Optuna's schema head (Alembic's, as `RDBStorage.get_head_version()` gives it), read
+    from the installed Optuna's revision files without importing Optuna or Alembic; None
+    when they cannot be read (then only Optuna's own check decides)."""
+    spec = importlib.util.find_spec("optuna")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    chain: dict[str, str | None] = {}
+    for folder in spec.submodule_search_locations:
+        versions = Path(folder) / "storages" / "_rdb" / "alembic" / "versions"
+        for path in versions.glob("*.py"):
+            found = {m[1]: m[2] for m in _OPTUNA_REVISION_LINE.finditer(path.read_text())}
+            if "revision" in found:
+                down = found.get("down_revision")
+                chain[found["revision"]] = None if down in (None, "None") else down
+    heads = set(chain) - {d for d in chain.values() if d is not None}
+    return heads.pop() if len(heads) == 1 else None
 
 
 def known_revisions() -> set[str]:

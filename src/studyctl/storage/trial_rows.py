@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -119,6 +119,43 @@ def _batch_children(
     )
 
 
+def _fill_children(conn: Connection, study_id: int, rows: dict[int, TrialRow]) -> None:
+    """Read the values, params and attributes of `rows` (trial_id -> row) into them."""
+    bounds = {"sid": study_id, "lo": min(rows), "hi": max(rows)}
+    children = functools.partial(_batch_children, conn, bounds)
+    for tid, objective, value, vtype in children(
+        "SELECT c.trial_id, c.objective, c.value, c.value_type FROM trial_values c"
+    ):
+        if (row := rows.get(int(tid))) is not None:
+            row.values.append((int(objective), value, _enum_name(vtype)))
+    for tid, name, value, dist in children(
+        "SELECT c.trial_id, c.param_name, c.param_value, c.distribution_json FROM trial_params c",
+        "c.param_id",
+    ):
+        if (row := rows.get(int(tid))) is not None:
+            row.params.append((str(name), value, str(dist)))
+    for tid, key, value in children(
+        "SELECT c.trial_id, c.key, c.value_json FROM trial_user_attributes c"
+    ):
+        if (row := rows.get(int(tid))) is not None:
+            row.user_attrs[str(key)] = str(value)
+    for tid, key, value in children(
+        "SELECT c.trial_id, c.key, c.value_json FROM trial_system_attributes c"
+    ):
+        if (row := rows.get(int(tid))) is not None:
+            row.system_attrs[str(key)] = str(value)
+
+
+_TRIAL_COLUMNS = "SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete "
+
+
+def _trial_rows(trials: Any) -> dict[int, TrialRow]:
+    return {
+        int(tid): TrialRow(int(tid), int(num), _enum_name(state), start, complete)
+        for tid, num, state, start, complete in trials
+    }
+
+
 def iter_trial_rows(
     engine: Engine,
     study_id: int,
@@ -133,44 +170,91 @@ def iter_trial_rows(
         with transaction(engine) as conn:
             trials = conn.execute(
                 sa.text(
-                    "SELECT t.trial_id, t.number, t.state, t.datetime_start, "
-                    "t.datetime_complete FROM trials t WHERE t.study_id = :sid AND "
+                    _TRIAL_COLUMNS + "FROM trials t WHERE t.study_id = :sid AND "
                     f"t.trial_id > :after{where} ORDER BY t.trial_id LIMIT :limit"
                 ),
                 {**params, "sid": study_id, "after": after, "limit": batch_size},
             ).all()
             if not trials:
                 return
-            rows = {
-                int(tid): TrialRow(int(tid), int(num), _enum_name(state), start, complete)
-                for tid, num, state, start, complete in trials
-            }
-            bounds = {"sid": study_id, "lo": min(rows), "hi": max(rows)}
-            children = functools.partial(_batch_children, conn, bounds)
-            for tid, objective, value, vtype in children(
-                "SELECT c.trial_id, c.objective, c.value, c.value_type FROM trial_values c"
-            ):
-                if (row := rows.get(int(tid))) is not None:
-                    row.values.append((int(objective), value, _enum_name(vtype)))
-            for tid, name, value, dist in children(
-                "SELECT c.trial_id, c.param_name, c.param_value, c.distribution_json "
-                "FROM trial_params c",
-                "c.param_id",
-            ):
-                if (row := rows.get(int(tid))) is not None:
-                    row.params.append((str(name), value, str(dist)))
-            for tid, key, value in children(
-                "SELECT c.trial_id, c.key, c.value_json FROM trial_user_attributes c"
-            ):
-                if (row := rows.get(int(tid))) is not None:
-                    row.user_attrs[str(key)] = str(value)
-            for tid, key, value in children(
-                "SELECT c.trial_id, c.key, c.value_json FROM trial_system_attributes c"
-            ):
-                if (row := rows.get(int(tid))) is not None:
-                    row.system_attrs[str(key)] = str(value)
+            rows = _trial_rows(trials)
+            _fill_children(conn, study_id, rows)
         yield from rows.values()
         after = max(rows)
+
+
+def trial_row(conn: Connection, study_id: int, trial_id: int) -> TrialRow | None:
+    """One trial of the study, as `iter_trial_rows` reads it."""
+    rows = _trial_rows(
+        conn.execute(
+            sa.text(_TRIAL_COLUMNS + "FROM trials t WHERE t.study_id = :sid AND t.trial_id = :tid"),
+            {"sid": study_id, "tid": trial_id},
+        ).all()
+    )
+    if not rows:
+        return None
+    _fill_children(conn, study_id, rows)
+    return rows[trial_id]
+
+
+# Optuna's own best-trial query (`TrialModel.find_min_value_trial_id` / `find_max_...`),
+# the same statement, so that ties resolve as Optuna resolves them.
+_BEST_ID_SQL = (
+    "SELECT trials.trial_id FROM trials JOIN trial_values "
+    "ON trials.trial_id = trial_values.trial_id WHERE trials.study_id = :sid "
+    "AND trials.state = 'COMPLETE' AND trial_values.objective = 0 ORDER BY "
+    "CASE WHEN (trial_values.value_type = 'INF_NEG') THEN -1 "
+    "WHEN (trial_values.value_type = 'FINITE') THEN 0 "
+    "WHEN (trial_values.value_type = 'INF_POS') THEN 1 END {order}, "
+    "trial_values.value {order} LIMIT 1"
+)
+
+
+def best_trial_id(conn: Connection, study_id: int, *, maximize: bool) -> int | None:
+    """The trial_id of the study's best COMPLETE trial (one objective), as Optuna's
+    `RDBStorage.get_best_trial` picks it; None before any trial completed."""
+    found = conn.execute(
+        sa.text(_BEST_ID_SQL.format(order="DESC" if maximize else "ASC")), {"sid": study_id}
+    ).scalar()
+    return None if found is None else int(found)
+
+
+_FLOAT_DISTRIBUTIONS = (
+    "FloatDistribution",
+    "UniformDistribution",
+    "LogUniformDistribution",
+    "DiscreteUniformDistribution",
+)
+_INT_DISTRIBUTIONS = ("IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution")
+
+
+def _same(value: float) -> float:
+    return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _to_external(distribution_json: str) -> Callable[[float], Any]:
+    """How a parameter stored with this distribution reads back (Optuna's
+    `json_to_distribution(...).to_external_repr`), without importing Optuna."""
+    d = json.loads(distribution_json)
+    kind = d.get("name") or d.get("type")
+    attributes = d.get("attributes", d)
+    if kind in ("CategoricalDistribution", "categorical"):
+        choices = tuple(attributes["choices"])
+        return lambda value: choices[int(value)]
+    if kind in (*_INT_DISTRIBUTIONS, "int"):
+        return int
+    if kind in (*_FLOAT_DISTRIBUTIONS, "float"):
+        return _same
+    from optuna.distributions import json_to_distribution  # a kind this file does not know
+
+    return json_to_distribution(distribution_json).to_external_repr
+
+
+def stored_param(value: float, distribution_json: str) -> Any:
+    """A parameter's value as the objective suggested it, from its stored (internal)
+    value and distribution."""
+    return _to_external(distribution_json)(value)
 
 
 _UNFINISHED = ("RUNNING", "WAITING")

@@ -1,0 +1,143 @@
+"""The inspection commands read studies with plain SQL (`storage.reader`), without Optuna or
+Alembic: their answers equal Optuna's own (trials, best trial, Pareto front, parameters of
+every distribution kind), on SQLite and PostgreSQL, and a database whose schemas are not
+current is opened, set up or refused exactly as the full storage does."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+)
+
+from studyctl.errors import StorageError
+from studyctl.inspect import summary
+from studyctl.storage import open_storage, schema, trial_rows
+from studyctl.storage.reader import open_reader
+
+from .test_scale import _mixed_study
+
+
+def _reader(url: str):  # type: ignore[no-untyped-def]
+    reader = open_reader(url)
+    assert reader._storage is None, "the schemas are current: no Optuna storage"
+    return reader
+
+
+def test_reader_views_equal_optunas(storage_url: str, tmp_path: Path) -> None:
+    study = _mixed_study(storage_url, tmp_path)
+    study.set_metric_names(["loss"])
+    storage = open_storage(storage_url)
+    up = optuna.create_study(study_name="up", storage=storage, direction="maximize")
+    for value in (1.0, math.inf, 3.0, -math.inf):
+        up.add_trial(optuna.trial.create_trial(value=value))
+    multi = optuna.create_study(
+        study_name="multi", storage=storage, directions=["minimize", "maximize"]
+    )
+    multi.optimize(lambda t: (t.suggest_float("a", 0, 1), t.suggest_float("b", 0, 1)), 10)
+    optuna.create_study(study_name="empty", storage=storage)
+    reader = _reader(storage_url)
+    try:
+        trials = study.get_trials(deepcopy=False)
+        assert summary.list_trials(reader, "mixed") == [summary.trial_dict(t) for t in trials]
+        complete = [t for t in trials if t.state.name == "COMPLETE"]
+        assert summary.list_trials(reader, "mixed", ["complete"]) == [
+            summary.trial_dict(t) for t in complete
+        ]
+        assert summary.best_summary(reader, "mixed") == [summary.trial_dict(study.best_trial)]
+        assert summary.best_summary(reader, "up") == [summary.trial_dict(up.best_trial)]
+        assert summary.best_summary(reader, "up")[0]["values"] == ["inf"]
+        assert summary.best_summary(reader, "multi") == [
+            summary.trial_dict(t) for t in multi.best_trials
+        ]
+        assert summary.best_summary(reader, "empty") == []
+        status = summary.study_status(reader, "mixed")
+        assert status["best"] == [summary.trial_dict(study.best_trial, attrs=False)]
+        assert status["metrics"] == ["loss"] and status["directions"] == ["minimize"]
+        assert status["n_trials"] == 100
+        rows = {r["name"]: r for r in summary.list_studies(reader)}
+        assert list(rows) == [s.study_name for s in storage.get_all_studies()]
+        assert rows["up"]["best_value"] == "inf" and rows["empty"]["best_value"] is None
+        assert rows["multi"]["directions"] == ["minimize", "maximize"]
+        assert rows["mixed"]["best_value"] == study.best_value
+        with pytest.raises(Exception, match=r"no study 'nope' .*studies there: empty, mixed"):
+            summary.study_status(reader, "nope")
+    finally:
+        reader.close()
+
+
+with warnings.catch_warnings():  # the legacy distributions, still read from old studies
+    warnings.simplefilter("ignore", FutureWarning)
+    DISTRIBUTIONS = [
+        FloatDistribution(-1, 1),
+        FloatDistribution(1e-5, 1, log=True),
+        FloatDistribution(0, 1, step=0.25),
+        IntDistribution(1, 9),
+        IntDistribution(1, 64, log=True),
+        CategoricalDistribution(["a", None, 3, 2.5, True]),
+        optuna.distributions.UniformDistribution(0, 2),
+        optuna.distributions.LogUniformDistribution(1e-3, 1),
+        optuna.distributions.DiscreteUniformDistribution(0, 1, 0.5),
+        optuna.distributions.IntUniformDistribution(0, 10),
+        optuna.distributions.IntLogUniformDistribution(1, 100),
+    ]
+
+
+@pytest.mark.parametrize("dist", DISTRIBUTIONS, ids=lambda d: type(d).__name__)
+def test_stored_param_reads_back_as_optuna_does(dist: object) -> None:
+    assert isinstance(dist, optuna.distributions.BaseDistribution)
+    text = distribution_to_json(dist)
+    for internal in (0.0, 1.0, 2.0):
+        if isinstance(dist, CategoricalDistribution) or dist._contains(internal):
+            expected = dist.to_external_repr(internal)
+            got = trial_rows.stored_param(internal, text)
+            assert got == expected and type(got) is type(expected)
+    abbreviated = json.dumps({"type": "categorical", "choices": ["x", "y"]})
+    assert trial_rows.stored_param(1.0, abbreviated) == "y"
+
+
+def test_optuna_head_is_read_without_optuna(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    assert schema.optuna_head_revision() == storage.get_head_version()
+    code = (
+        "import sys\nfrom studyctl.storage.schema import optuna_head_revision\n"
+        "print(optuna_head_revision(), 'optuna' in sys.modules, 'alembic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [storage.get_head_version(), "False", "False"]
+
+
+def test_a_plain_optuna_database_is_set_up_as_before(tmp_path: Path) -> None:
+    """No studyctl tables yet: the reader opens the storage, which adds them (one check)."""
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    optuna.create_study(study_name="p", storage=url).optimize(
+        lambda t: t.suggest_float("x", 0, 1), 3
+    )
+    reader = open_reader(url)
+    assert reader._storage is not None
+    assert summary.study_status(reader, "p")["finished"] == 3
+    assert open_reader(url)._storage is None  # set up now: plain SQL from here on
+
+
+def test_an_outdated_studyctl_schema_is_refused_as_before(sqlite_url: str, tmp_path: Path) -> None:
+    _mixed_study(sqlite_url, tmp_path)
+    storage = open_storage(sqlite_url)
+    with storage.engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE {schema.VERSION_TABLE} SET version_num = '0001'")
+    from studyctl.storage import close_storage
+
+    close_storage(sqlite_url)
+    with pytest.raises(StorageError, match="studyctl schema is at revision 0001") as refused:
+        open_reader(sqlite_url)
+    assert "studyctl db upgrade" in str(refused.value.hint)
