@@ -117,6 +117,16 @@ def dashboard(
     read_only: Annotated[
         bool, typer.Option("--read-only", help="Refuse every change (a read-only role suffices).")
     ] = False,
+    max_trials: Annotated[
+        int,
+        typer.Option(
+            "--max-trials",
+            min=0,
+            metavar="N",
+            help="Show a bigger study as its most recent N trials (optuna-dashboard does not "
+            "support studies over 10,000 trials); 0 shows every trial.",
+        ),
+    ] = 10_000,
 ) -> None:
     """Serve optuna-dashboard on the storage, behind a token, a Host check and same-origin
     writes (127.0.0.1 by default; see SECURITY.md)."""
@@ -133,6 +143,7 @@ def dashboard(
         token_file=token_file,
         no_token=no_token,
         read_only=read_only,
+        max_trials=max_trials,
         extra_hosts=allowed_host or (),
     )
 

@@ -21,8 +21,16 @@ from studyctl.inspect.guard import (
     WILDCARD_ADDRESSES,
     DashboardGuard,
     GuardPolicy,
+    WSGIApp,
     allowed_hosts,
     new_token,
+)
+from studyctl.inspect.trial_window import (
+    DEFAULT_MAX_TRIALS,
+    TrialWindowNotice,
+    WindowedStorage,
+    big_studies,
+    window_message,
 )
 from studyctl.storage import mask_url
 from studyctl.storage.rdb import open_existing_storage
@@ -84,8 +92,10 @@ def serve_dashboard(
     no_token: bool = False,
     read_only: bool = False,
     extra_hosts: Sequence[str] = (),
+    max_trials: int = DEFAULT_MAX_TRIALS,
 ) -> None:
-    """Serve optuna-dashboard until interrupted."""
+    """Serve optuna-dashboard until interrupted; a study of more than `max_trials` trials
+    (0: no limit) is served as its most recent `max_trials` (`trial_window`)."""
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore
 
@@ -94,6 +104,9 @@ def serve_dashboard(
         no_token=no_token,
     )  # fmt: skip
     storage = open_existing_storage(storage_url)
+    big = big_studies(storage, max_trials) if max_trials > 0 else {}
+    if big:
+        storage = WindowedStorage(storage, max_trials)
     artifact_store: Any
     if artifact_dir.startswith("s3://"):
         from studyctl.artifacts.objectstore import ObjectStore
@@ -109,7 +122,10 @@ def serve_dashboard(
         read_only=read_only,
         cookie_name=f"studyctl-dashboard-{port}",
     )
-    app = DashboardGuard(optuna_dashboard.wsgi(storage, artifact_store=artifact_store), policy)
+    dashboard_app: WSGIApp = optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
+    if big:
+        dashboard_app = TrialWindowNotice(dashboard_app, window_message(big, max_trials))
+    app = DashboardGuard(dashboard_app, policy)
     try:
         server = make_server(
             host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
@@ -130,6 +146,8 @@ def serve_dashboard(
         + ("(open this URL once; " if secret else "(no token, loopback only; ")
         + "Ctrl-C stops it)"
     )
+    if big:
+        echo(window_message(big, max_trials))
     try:
         server.serve_forever()
     except KeyboardInterrupt:
