@@ -24,7 +24,7 @@ from .test_dashboard import free_port, get_json
 
 
 def _trials(values: list[float]) -> list[optuna.trial.FrozenTrial]:
-    dist = {"x": FloatDistribution(0, 100)}
+    dist: dict[str, optuna.distributions.BaseDistribution] = {"x": FloatDistribution(0, 100)}
     return [create_trial(params={"x": v}, distributions=dist, value=v) for v in values]
 
 
