@@ -540,8 +540,9 @@ def in_process(baseline_ref: str | None, sizes: list[int]) -> dict[str, Any]:
 
 
 def startup(baseline_ref: str | None, reps: int) -> dict[str, Any]:
-    """Median seconds of `python -c pass`, `studyctl --help` and `studyctl status` (a study
-    of 100 trials on SQLite), for the baseline and the working tree, interleaved."""
+    """Median seconds of `python -c pass`, `studyctl --help` and `studyctl status`,
+    `studies`, `best` and `trials` (a study of 100 trials on SQLite), for the baseline and
+    the working tree, interleaved."""
     with tempfile.TemporaryDirectory(prefix="studyctl-scale-") as tmp:
         work = Path(tmp)
         bench = Scale(work, True, None, 1, 0)
@@ -555,6 +556,9 @@ def startup(baseline_ref: str | None, reps: int) -> dict[str, Any]:
             "python -c pass": [sys.executable, "-c", "pass"],
             "--help": [*cli, "--help"],
             "status": [*cli, "status", STUDY, "--storage", db.url],
+            "studies": [*cli, "studies", "--storage", db.url],
+            "best": [*cli, "best", STUDY, "--storage", db.url],
+            "trials": [*cli, "trials", STUDY, "--storage", db.url],
         }
         times: dict[str, dict[str, list[float]]] = {v: {c: [] for c in cmds} for v in variants}
         for _ in range(reps):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -141,3 +142,41 @@ def test_an_outdated_studyctl_schema_is_refused_as_before(sqlite_url: str, tmp_p
     with pytest.raises(StorageError, match="studyctl schema is at revision 0001") as refused:
         open_reader(sqlite_url)
     assert "studyctl db upgrade" in str(refused.value.hint)
+
+
+_TYPER_HELP = (
+    "import sys\nsys.argv = ['python -m studyctl.cli', *sys.argv[1:]]\n"
+    "from studyctl.cli.commands import run_app\nrun_app()\n"
+)
+_IMPORTED = (
+    "import sys\nsys.argv = ['studyctl', *sys.argv[1:]]\nfrom studyctl.cli import main\n"
+    "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    "print(sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'click', 'optuna', "
+    "'sqlalchemy', 'rich'}))\n"
+)
+
+
+@pytest.mark.parametrize("columns", ["80", "200", "60"])
+@pytest.mark.parametrize("args", [["--help"], []], ids=["--help", "no-args"])
+def test_top_level_help_is_typers_own_without_typer(columns: str, args: list[str]) -> None:
+    """`studyctl --help` and `studyctl` alone print exactly what Typer prints (same streams,
+    same exit code) at any terminal width, and on a terminal of 80 columns or more they
+    import no Typer (a narrower one is Typer's to format)."""
+    env = {**os.environ, "COLUMNS": columns}
+    typer_run = subprocess.run(
+        [sys.executable, "-c", _TYPER_HELP, *args], capture_output=True, text=True, env=env
+    )
+    ours = subprocess.run(
+        [sys.executable, "-m", "studyctl.cli", *args], capture_output=True, text=True, env=env
+    )
+    assert typer_run.returncode == (0 if args else 2)
+    assert (ours.returncode, ours.stdout, ours.stderr) == (
+        typer_run.returncode,
+        typer_run.stdout,
+        typer_run.stderr,
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", _IMPORTED, *args], capture_output=True, text=True, env=env
+    )
+    expected = "[]" if int(columns) >= 80 else "['typer']"
+    assert imported.stdout.strip().splitlines()[-1] == expected

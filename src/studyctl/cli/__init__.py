@@ -2,49 +2,43 @@
 the result; errors a user can cause print as one line with exit code 2.
 
 Nothing here imports TensorFlow: `studyctl --help` stays fast, and worker processes are
-started before TensorFlow exists in any parent. Commands live in `run` (trials),
-`inspect` (reading studies) and `admin` (changing or serving a storage); a new command is
-one function in one of them, registered with `@command`.
+started before TensorFlow exists in any parent. `studyctl --help` (and `studyctl` alone)
+is answered from `_help` without importing Typer or any command (`commands` assembles
+the Typer app, imported on first use: `from studyctl.cli import app`).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-import traceback
-from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-from studyctl.cli import admin, inspect, run
-from studyctl.cli._common import app
-from studyctl.storage.urls import mask_secrets
+if TYPE_CHECKING:
+    from studyctl.cli import admin, inspect, run
+    from studyctl.cli.commands import app
 
 __all__ = ["admin", "app", "inspect", "main", "run"]
-
-# `studyctl --help` lists the commands in the order a user meets them.
-_HELP_ORDER = (
-    *("init", "run", "create", "resume", "worker"),
-    *("studies", "status", "watch", "trials", "best", "objectives"),
-    *("delete", "dashboard", "proxy", "report", "copy"),
-)
-
-
-def _help_rank(name: str | None) -> int:
-    return _HELP_ORDER.index(name) if name in _HELP_ORDER else len(_HELP_ORDER)
-
-
-app.registered_commands.sort(
-    key=lambda c: _help_rank(c.name or getattr(c.callback, "__name__", None))
-)
-
-
-def _print_masked_traceback(
-    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
-) -> None:
-    """An unexpected error's traceback, with every URL password and secret masked."""
-    text = "".join(traceback.format_exception(exc_type, exc, tb))
-    sys.stderr.write(mask_secrets(text))
 
 
 def main() -> None:
     """Console entry point."""
-    sys.excepthook = _print_masked_traceback
-    app()
+    from studyctl.cli._help import top_level_help
+
+    answer = top_level_help(sys.argv[1:])
+    if answer is not None:
+        text, code = answer
+        (sys.stdout if code == 0 else sys.stderr).write(text)
+        raise SystemExit(code)
+    from studyctl.cli.commands import run_app
+
+    run_app()
+
+
+if not TYPE_CHECKING:  # mypy checks the imports above
+
+    def __getattr__(name: str) -> Any:
+        if name == "app":
+            return importlib.import_module("studyctl.cli.commands").app
+        if name in ("admin", "inspect", "run"):
+            return importlib.import_module(f"studyctl.cli.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
