@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
@@ -97,3 +98,21 @@ def test_a_big_study_is_served_as_its_most_recent_trials(storage_url: str, tmp_p
         with urllib.request.urlopen(f"{base}/dashboard") as page:
             assert "studyctl-trial-window" not in page.read().decode()
     assert not any("most recent" in line for line in lines), lines
+
+
+@pytest.mark.slow
+def test_the_page_renders_a_cut_study_and_says_so(tmp_path: Path, sqlite_url: str) -> None:
+    """Headless Chromium renders a study served as its most recent trials, with the line
+    saying so at the top."""
+    from .test_browser import chromium, page_text
+
+    storage = open_storage(sqlite_url)
+    big = optuna.create_study(study_name="big", storage=storage)
+    big.add_trials(_trials([float(v) for v in range(60)]))
+    with _dashboard(sqlite_url, tmp_path, "--max-trials", "25") as (base, _):
+        study_id = _ids(base)["big"]
+        text, _ = page_text(
+            [*chromium(), f"{base}/dashboard/studies/{study_id}/trials"], tmp_path / "profile"
+        )
+    assert "studyctl: the dashboard shows the most recent 25 trials of big (60 trials)" in text
+    assert "25 Trials" in text
