@@ -5,6 +5,7 @@ current is opened, set up or refused exactly as the full storage does."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -180,3 +181,21 @@ def test_top_level_help_is_typers_own_without_typer(columns: str, args: list[str
     )
     expected = "[]" if int(columns) >= 80 else "['typer']"
     assert imported.stdout.strip().splitlines()[-1] == expected
+
+
+def test_reads_fail_as_one_storage_error_and_a_runs_reads_keep_its_tolerance(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    _mixed_study(sqlite_url, tmp_path)
+    storage = open_storage(sqlite_url)
+    assert summary.as_reader(storage)._guard is storage.outage  # a run's outage tolerance
+    reader = _reader(sqlite_url)
+    try:
+        with reader.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE trial_params")
+        with pytest.raises(StorageError, match="no such table: trial_params"):
+            summary.list_trials(reader, "mixed")
+        with pytest.raises(StorageError, match="no such table: trial_params"):
+            summary.write_trials_csv(reader, "mixed", io.StringIO())
+    finally:
+        reader.close()

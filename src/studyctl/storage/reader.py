@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from studyctl.errors import StorageError, StudyctlError, one_line
 from studyctl.storage import tables, trial_rows
 from studyctl.storage.engine import POSTGRES_POOL_SIZE, engine_kwargs, require_existing_database
-from studyctl.storage.outage import OutageGuard
+from studyctl.storage.outage import OutageGuard, storage_error
 from studyctl.storage.schema import VERSION_TABLE, head_revision, optuna_head_revision
 from studyctl.storage.urls import mask_url
 
@@ -72,7 +72,8 @@ class StudyReader:
         self.engine = engine
         self._storage = storage
         self._owns_engine = storage is None
-        self._guard = OutageGuard(mask_url(url), 0)
+        # A storage's own guard (a run's outage tolerance); a command's reads wait for none.
+        self._guard = storage.outage if storage is not None else OutageGuard(mask_url(url), 0)
 
     def close(self) -> None:
         """Close the connections of an engine this reader made (a storage's stay open)."""
@@ -163,12 +164,12 @@ class StudyReader:
     def trial_rows(
         self, study_id: int, states: tuple[str, ...] | None = None, batch_size: int = 2000
     ) -> Iterator[trial_rows.TrialRow]:
-        rows = trial_rows.iter_trial_rows(self.engine, study_id, states, batch_size)
-        while True:
-            row = self._guard.call(lambda: next(rows, None))
-            if row is None:
-                return
-            yield row
+        """The study's trials in number order, one batch in memory at a time. A database
+        error is one `StorageError` (not retried: the rows already given stay given)."""
+        try:
+            yield from trial_rows.iter_trial_rows(self.engine, study_id, states, batch_size)
+        except sa_exc.SQLAlchemyError as exc:
+            raise storage_error(exc, mask_url(self.url)) from None
 
     def unknown_study(self, name: str) -> StudyctlError:
         names = sorted(s.name for s in self.studies())
