@@ -540,9 +540,9 @@ def in_process(baseline_ref: str | None, sizes: list[int]) -> dict[str, Any]:
 
 
 def startup(baseline_ref: str | None, reps: int) -> dict[str, Any]:
-    """Median seconds of `python -c pass`, `studyctl --help` and `studyctl status`,
-    `studies`, `best` and `trials` (a study of 100 trials on SQLite), for the baseline and
-    the working tree, interleaved."""
+    """Median wall and CPU seconds of `python -c pass`, `studyctl --help` and `studyctl
+    status`, `studies`, `best` and `trials` (a study of 100 trials on SQLite), for the
+    baseline and the working tree, interleaved."""
     with tempfile.TemporaryDirectory(prefix="studyctl-scale-") as tmp:
         work = Path(tmp)
         bench = Scale(work, True, None, 1, 0)
@@ -561,14 +561,31 @@ def startup(baseline_ref: str | None, reps: int) -> dict[str, Any]:
             "trials": [*cli, "trials", STUDY, "--storage", db.url],
         }
         times: dict[str, dict[str, list[float]]] = {v: {c: [] for c in cmds} for v in variants}
+        cpu: dict[str, dict[str, list[float]]] = {v: {c: [] for c in cmds} for v in variants}
         for _ in range(reps):
             for variant, src in variants.items():
                 for name, cmd in cmds.items():
-                    times[variant][name].append(run_process(cmd, bench.env(src), work)[0])
+                    wall, seconds = _wall_and_cpu(cmd, bench.env(src), work)
+                    times[variant][name].append(wall)
+                    cpu[variant][name].append(seconds)
         return {
-            v: {c: round(statistics.median(ts), 3) for c, ts in by_cmd.items()}
+            v: {
+                c: {"s": round(statistics.median(ts), 3), "cpu_s": round(statistics.median(cs), 3)}
+                for (c, ts), cs in zip(by_cmd.items(), cpu[v].values(), strict=True)
+            }
             for v, by_cmd in times.items()
         }
+
+
+def _wall_and_cpu(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of one process: on a loaded machine the
+    CPU time stays close to what the process costs on an idle one."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed")
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
 # --- reporting ---------------------------------------------------------------------------
