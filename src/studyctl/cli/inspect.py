@@ -262,6 +262,6 @@ def watch(
     from studyctl.inspect.watch import watch_study
     from studyctl.storage.snapshot import take_snapshot
 
-    engine = open_storage_of(storage).engine
+    engine = open_reader_of(storage).engine
     take_snapshot(engine, study)  # an unknown study is an error before anything is drawn
     watch_study(lambda: take_snapshot(engine, study), interval=interval)
