@@ -132,6 +132,7 @@ class _TrialRunner:
                 else:
                     result = self.objective.func(trial, ctx)
                     ctx.check_grid_axes()
+                    ctx.warn_unsuggested()
             return _check_result(result, self.spec)
         except optuna.TrialPruned:
             raise

@@ -77,6 +77,7 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
     if not isinstance(model, keras.Model) or model.optimizer is None:
         raise TrialFailed(f"build_model of {objective.name!r} must return a compiled keras.Model")
     ctx.check_grid_axes()  # before any epoch: a grid axis nothing suggests is a spec error
+    ctx.warn_unsuggested()
     trial.set_user_attr("n_params", int(model.count_params()))
     save_trial_note(trial, spec, model)
     trial.set_user_attr("replicas", int(strategy.num_replicas_in_sync))
