@@ -195,6 +195,11 @@ def test_best_and_report_on_a_study_without_a_completed_trial(lab: Lab, tmp_path
         result = runner.invoke(app, [*args, "-s", lab.url])
         assert result.exit_code == 2
         assert result.stderr.strip() == "error: study 'empty' has no completed trial yet"
+    # With --format json a script gets valid JSON (an empty list) and the same exit code.
+    result = runner.invoke(app, ["best", "empty", "-s", lab.url, "-f", "json"])
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.stdout) == []
+    assert result.stderr.strip() == "error: study 'empty' has no completed trial yet"
 
 
 def test_inspection_commands_never_create_a_database(tmp_path: Path) -> None:
