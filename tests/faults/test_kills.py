@@ -260,7 +260,7 @@ def storm_spec(tmp_path: Path, n_trials: int) -> Path:
     )
 
 
-STORM_S = 15.0
+STORM_S = 10.0
 
 
 def test_kill_storm_then_resume(tmp_path: Path, sqlite_url: str) -> None:
