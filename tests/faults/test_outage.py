@@ -6,6 +6,9 @@ throwaway PostgreSQL cluster the test starts itself (the shared server is never 
   trial is failed as stale because of the outage, nothing is left RUNNING.
 * An outage longer than `storage_outage_tolerance`: every process stops with one
   `error:` line; once the database is back, `resume` finishes the study, nothing lost.
+* Keras trials train on while the database is away: their epoch reports wait in order and
+  are delivered when it returns (each step once, no hole), pruning waits for them, and a
+  retry of a trial that died during the outage re-reports them from its checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +189,147 @@ def test_outage_longer_than_the_tolerance_stops_cleanly(
     figures(
         "database outage past the tolerance, then resume", url, "outage", n_trials, before
     ).assert_nothing_lost()
+
+
+# --- Keras trials through an outage -------------------------------------------------
+
+
+def _keras_reporter(trial: Any, checkpoint: Path) -> Any:
+    """studyctl's epoch callback on a real (unfitted) Keras model, as `fit` starts it."""
+    import keras
+
+    from studyctl.training.callbacks import make_epoch_callback
+
+    model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    callback = make_epoch_callback(trial, ("val_loss",), True, checkpoint=checkpoint)
+    model.stop_training = False  # as Model.fit sets it before the first epoch
+    callback.set_model(model)
+    callback.on_train_begin()
+    return callback
+
+
+def _reports_study(throwaway_postgres: ThrowawayPostgres, name: str) -> tuple[Any, Any]:
+    """A study on the throwaway cluster, opened as a trial process opens it (a 5 s
+    tolerance), with one completed trial the median pruner compares against (from the
+    second epoch on)."""
+    import optuna
+
+    from studyctl.storage import open_storage
+
+    storage = open_storage(throwaway_postgres.create_database(name))
+    storage.outage.tolerance_s = 5
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1),
+    )
+    good = study.ask()
+    for step in range(6):
+        good.report(0.1, step)
+    study.tell(good, 0.1)
+    return storage, study
+
+
+def _curve(storage: Any, trial_id: int) -> list[tuple[int, float]]:
+    """The trial's stored intermediate values, one row per (step), as SQL sees them."""
+    import sqlalchemy as sa
+
+    with storage.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT step, intermediate_value FROM trial_intermediate_values "
+                "WHERE trial_id = :t ORDER BY step"
+            ),
+            {"t": trial_id},
+        ).all()
+    return [(int(step), float(value)) for step, value in rows]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_epochs_train_on_while_the_database_is_away(
+    tmp_path: Path, throwaway_postgres: ThrowawayPostgres
+) -> None:
+    from studyctl.storage import close_storage
+
+    storage, study = _reports_study(throwaway_postgres, "reports")
+    url = storage.engine.url.render_as_string(hide_password=False)
+    try:
+        trial = study.ask()
+        cb = _keras_reporter(trial, tmp_path / "ckpt")
+        cb.on_epoch_end(0, {"loss": 0.5, "val_loss": 0.5})  # warm-up: not judged
+        throwaway_postgres.stop()
+        try:
+            # Each epoch end returns at once (on a blocking report, the 5 s tolerance
+            # would pass and the first one raise StorageError): the reports wait in order,
+            # no pruning decision is taken on a curve the database has not got, and the
+            # checkpoint still follows every epoch.
+            for epoch in (1, 2, 3):
+                cb.on_epoch_end(epoch, {"loss": 0.9, "val_loss": 0.9})
+            assert sorted(cb.reports.pending) == [1, 2, 3]
+            assert cb.reports.decision_owed and cb.pruned_epoch is None
+            assert not cb.model.stop_training
+            from studyctl.training import checkpoints
+
+            assert checkpoints.complete_epochs(tmp_path / "ckpt")[0] == 4
+        finally:
+            throwaway_postgres.start()
+        # Back: the next epoch end delivers 1..4 in order, then asks the pruner, which
+        # prunes this trial (0.9 is worse than the median 0.1).
+        cb.on_epoch_end(4, {"loss": 0.9, "val_loss": 0.9})
+        assert cb.reports.pending == {}
+        assert cb.pruned_epoch == 4 and cb.model.stop_training
+        cb.settle()
+        assert _curve(storage, trial._trial_id) == [
+            (0, 0.5),
+            (1, 0.9),
+            (2, 0.9),
+            (3, 0.9),
+            (4, 0.9),
+        ]
+        assert storage.get_trial(trial._trial_id).user_attrs["epochs_reported_late"] == 3
+    finally:
+        close_storage(url)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_retry_re_reports_what_its_original_could_not_deliver(
+    tmp_path: Path, throwaway_postgres: ThrowawayPostgres
+) -> None:
+    """The original dies during the outage with epochs 1-2 pending (its checkpoint is at
+    epoch 3); its retry inherits the curve [0], resumes from the checkpoint and first
+    re-reports 1-2 from the checkpoint's history: no hole, no duplicate."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from studyctl.storage import close_storage
+
+    storage, study = _reports_study(throwaway_postgres, "retry")
+    url = storage.engine.url.render_as_string(hide_password=False)
+    try:
+        original = study.ask()
+        cb = _keras_reporter(original, tmp_path / "ckpt")
+        cb.on_epoch_end(0, {"loss": 0.2, "val_loss": 0.05})
+        throwaway_postgres.stop()
+        try:
+            cb.on_epoch_end(1, {"loss": 0.2, "val_loss": 0.04})
+            cb.on_epoch_end(2, {"loss": 0.2, "val_loss": 0.03})
+        finally:
+            throwaway_postgres.start()
+        del cb  # the process is killed: its pending reports are gone
+        assert _curve(storage, original._trial_id) == [(0, 0.05)]
+        storage.set_trial_user_attr(original._trial_id, "fail_reason", "lost: killed")
+        storage.set_trial_state_values(original._trial_id, TrialState.FAIL)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(
+            study, storage.get_trial(original._trial_id)
+        )
+        retry = study.ask()
+        assert retry.number != original.number
+        assert dict(retry._cached_frozen_trial.intermediate_values) == {0: 0.05}
+        again = _keras_reporter(retry, tmp_path / "ckpt")
+        assert again.initial_epoch == 3
+        again.on_epoch_end(3, {"loss": 0.2, "val_loss": 0.02})
+        again.settle()
+        assert _curve(storage, retry._trial_id) == [(0, 0.05), (1, 0.04), (2, 0.03), (3, 0.02)]
+    finally:
+        close_storage(url)
