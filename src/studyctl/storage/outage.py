@@ -116,6 +116,10 @@ class DatabaseAway(Exception):
     """Within `OutageGuard.attempt`: the database cannot be reached now; the operation was
     not done (its transaction, if any, rolled back) and may be tried again later."""
 
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(describe(cause))
+        self.cause = cause
+
 
 class OutageGuard:
     """Retries operations on one database across an outage of up to `tolerance_s`."""
@@ -127,6 +131,7 @@ class OutageGuard:
         self._recovered_at: float | None = None  # monotonic time of the last reconnection
         self._lock = threading.Lock()
         self._local = threading.local()  # .single_try: this thread is in `attempt`
+        self._away_since: float | None = None  # first failed `attempt` since one succeeded
 
     @property
     def single_try(self) -> bool:
@@ -145,9 +150,25 @@ class OutageGuard:
         """Run `operation` once, without waiting for the database: an unreachable database
         (at any storage call or new connection inside it) raises `DatabaseAway` at once
         instead of being retried; other errors are what `call` makes of them. For work
-        that can be put off (`studyctl.training.reports`), never for a trial's state."""
-        with self._single_try():
-            return self.call(operation)
+        that can be put off (`studyctl.training.reports`), never for a trial's state.
+
+        The tolerance still holds: once attempts have found the database away for
+        `tolerance_s` since the last one that succeeded (or the process has given up),
+        the attempt raises the same `StorageError` as `call`."""
+        try:
+            with self._single_try():
+                result = self.call(operation)
+        except DatabaseAway as away:
+            now = time.monotonic()
+            if self._away_since is None:
+                self._away_since = now
+            waited = now - self._away_since
+            if self.gave_up or waited >= self.tolerance_s:
+                self.gave_up = True
+                raise self.unreachable(away.cause, waited) from None
+            raise
+        self._away_since = None
+        return result
 
     def unreachable(self, exc: BaseException, waited: float) -> StorageError:
         if self.tolerance_s <= 0:
@@ -175,7 +196,7 @@ class OutageGuard:
                         raise
                     raise storage_error(exc, self.shown_url) from None
                 if self.single_try:
-                    raise DatabaseAway(describe(exc)) from None
+                    raise DatabaseAway(exc) from None
                 now = time.monotonic()
                 first_failure = first_failure if first_failure is not None else now
                 waited = now - first_failure
@@ -202,7 +223,7 @@ class OutageGuard:
                 if not is_unreachable(exc):
                     raise
                 if self.single_try:
-                    raise DatabaseAway(describe(exc)) from None
+                    raise DatabaseAway(exc) from None
                 now = time.monotonic()
                 first_failure = first_failure if first_failure is not None else now
                 waited = now - first_failure
