@@ -39,8 +39,8 @@ def make_epoch_callback(
     The curve has no hole and no duplicate whatever stops the process: the checkpoint of
     epoch N holds the history of epochs 0..N-1, reported or not. A retry resumes from it,
     first re-reports the epochs of that history its inherited curve lacks (reports that
-    were pending when the process died, or an epoch whose report a kill cut off after its
-    save), then reports each epoch it trains, overwriting an inherited value
+    were pending when the process died), then reports each epoch it trains, overwriting an
+    inherited value
     (`report_epoch`). The caller delivers what is pending before the trial's state is told
     (`settle`). An epoch is finished when all its batches ran; a stop request that cut it
     short leaves it out (its metrics describe no full epoch)."""
