@@ -118,6 +118,8 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
                 callbacks=callbacks,
             )
     finally:
+        # Before anything else is stored: the reports held back by a database outage.
+        reporter.settle()
         trial.set_user_attr("epochs_run", reporter.epochs_run)
         trial.set_user_attr("history", reporter.history)
     signum = stop_requested()
