@@ -24,7 +24,7 @@ import pytest
 from studyctl.errors import SpecError, StorageError
 from studyctl.spec import parse_spec
 
-from ..conftest import STUDYCTL, run_cli, write_objectives, write_spec
+from ..conftest import DIGITS_DATA, STUDYCTL, run_cli, write_objectives, write_spec
 from .conftest import ThrowawayPostgres, figures, finished_snapshot, wait_for
 
 pytestmark = pytest.mark.slow
@@ -346,20 +346,12 @@ def test_a_retry_re_reports_what_its_original_could_not_deliver(
         close_storage(url)
 
 
-TIMED_DIGITS = """
+TIMED_DIGITS = (
+    DIGITS_DATA
+    + """
 import os
 import time
 from pathlib import Path
-
-from studyctl import TrainingData, keras_objective
-
-
-def load_data():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype("float32")
-    return TrainingData(x=x[:1400], y=d.target[:1400], x_val=x[1400:], y_val=d.target[1400:])
 
 
 @keras_objective("timed_digits", load_data=load_data)
@@ -390,6 +382,7 @@ def build(trial, ctx):
     model.fit = timed_fit
     return model
 """
+)
 
 KERAS_EPOCHS = 10
 KERAS_OUTAGE_S = 8.0
