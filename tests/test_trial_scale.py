@@ -16,8 +16,9 @@ import sqlalchemy as sa
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import TrialState, create_trial
 
-from studyctl.storage import StudyctlStorage, open_storage, schema
+from studyctl.storage import StudyctlStorage, close_storage, open_storage, schema
 from studyctl.storage import tables as db
+from studyctl.storage.rdb import upgrade_storage
 from studyctl.storage.waiting import pop_waiting_trial_id, use_indexed_waiting_pop
 
 INDEX = "ix_studyctl_trials_study_state"
@@ -85,9 +86,17 @@ def test_upgrade_from_0003_adds_index_and_counts_existing_trials(storage_url: st
     engine.dispose()
 
 
-def test_a_new_database_has_the_index(storage_url: str) -> None:
+def test_a_new_database_has_the_index_and_db_upgrade_restores_it(storage_url: str) -> None:
     storage = open_storage(storage_url)
     assert INDEX in _trial_indexes(storage.engine)
+    # As if an Optuna migration had rebuilt `trials` without it: `db upgrade` adds it back.
+    with storage.engine.begin() as conn:
+        conn.execute(sa.text(f"DROP INDEX {INDEX}"))
+    close_storage(storage_url)
+    upgrade_storage(storage_url)
+    engine = sa.create_engine(storage_url)
+    assert INDEX in _trial_indexes(engine)
+    engine.dispose()
 
 
 def _budget_study(storage: StudyctlStorage, name: str, n_trials: int) -> optuna.Study:
