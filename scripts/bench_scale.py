@@ -737,6 +737,9 @@ def main() -> None:
     )
     parser.add_argument("--no-write", action="store_true", help="print JSON, write no files")
     parser.add_argument(
+        "--new-trials", type=int, help="trials each loop runs (default 8 with --quick, else 25)"
+    )
+    parser.add_argument(
         "--from-json",
         nargs="+",
         metavar="FILE",
@@ -799,6 +802,7 @@ def main() -> None:
         baseline = checkout_baseline(args.baseline, work) if args.baseline else None
         reps = args.reps or (1 if args.quick else 3)
         bench = Scale(work, args.quick, baseline, reps, args.report_max)
+        bench.new_trials = args.new_trials or bench.new_trials
         results: dict[str, Any] = {}
         if args.partial:
 
