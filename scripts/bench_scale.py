@@ -557,6 +557,14 @@ def in_process(baseline_ref: str | None, sizes: list[int]) -> dict[str, Any]:
             db = Database("sqlite", work, f"inproc_{n}")
             bench.build(db.url, n)
             for variant, src in variants.items():
+                if variant == "baseline":  # it knows only the revisions it shipped with
+                    import sqlalchemy as sa
+
+                    from studyctl.storage import schema
+
+                    engine = sa.create_engine(db.url)
+                    schema.downgrade_studyctl(engine, _baseline_head(src))
+                    engine.dispose()
                 for op in ("status", "studies", "best", "trials_csv"):
                     out = subprocess.run(
                         [sys.executable, "-c", IN_PROCESS, op, db.url],
