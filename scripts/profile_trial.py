@@ -1,6 +1,6 @@
-"""Profile the trial loop on a study of N finished trials, inside one process (SQLite).
+"""Profile the trial loop on a study of N finished trials, inside one process.
 
-    python scripts/profile_trial.py --trials 100000 --run 15
+    python scripts/profile_trial.py --trials 100000 --run 15 [--backend postgresql]
     PYTHONPATH=/path/to/other/src python scripts/profile_trial.py ...   # another studyctl
 
 The study is built as `bench_scale.py` builds it (bulk insert, in a spawned child); then,
@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100000)
     parser.add_argument("--run", type=int, default=15)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql"))
     args = parser.parse_args()
 
     from studyctl.execution.progress import ProgressPrinter
@@ -97,7 +98,8 @@ def main() -> None:
         work = Path(tmp)
         (work / "objectives").mkdir()
         (work / "objectives" / "noop.py").write_text(bench_scale.NOOP)
-        url = f"sqlite:///{work / 'profile.db'}"
+        database = bench_scale.Database(args.backend, work, "profile")
+        url = database.url
         started = time.perf_counter()
         child = multiprocessing.get_context("spawn").Process(
             target=bench_scale.build_studies, args=(url, args.trials, str(work / "scale.toml"))
@@ -124,6 +126,7 @@ def main() -> None:
         study.get_trials(deepcopy=False)  # Optuna's first read of every trial: not per trial
         registration = WorkerRegistration(storage, spec.name, interval=0)
         printer = ProgressPrinter(storage, study, spec.n_trials, lambda line: None)
+        printer.totals.read()  # its first read counts the whole study once: not per trial
         run_trial_loop(storage, study, spec, objective, registration, max_trials=2)
         profiler = cProfile.Profile()
         start = time.perf_counter()
@@ -150,6 +153,7 @@ def main() -> None:
         pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(args.top)
         print(text.getvalue(), file=sys.stderr)
         close_storage(url)
+        database.drop()
 
 
 if __name__ == "__main__":
