@@ -230,6 +230,27 @@ def build_studies(url: str, n: int, spec_path: str) -> None:
     close_storage(url)
     bulk_insert_trials(url, STUDY, n, seed=1)
     bulk_insert_trials(url, PLAIN, n, seed=2)
+    recount_finished(url, STUDY)
+
+
+def recount_finished(url: str, study_name: str) -> None:
+    """The bulk insert bypasses the storage that keeps `studyctl_studies.n_finished`: set it
+    from the trials, as revision 0004 does for an existing database."""
+    import sqlalchemy as sa
+
+    from studyctl.storage import tables
+
+    if not hasattr(tables, "count_finished_by_name"):  # a studyctl before revision 0004
+        return
+    engine = sa.create_engine(url)
+    with tables.transaction(engine) as conn:
+        count = tables.count_finished_by_name(conn, study_name)
+        conn.execute(
+            sa.update(tables.studies_table)
+            .where(tables.studies_table.c.study_name == study_name)
+            .values(n_finished=count)
+        )
+    engine.dispose()
 
 
 class Database:
@@ -438,49 +459,61 @@ def snapshot_worktree(work: Path) -> Path:
     return dest
 
 
-# --- an index on Optuna's table, measured and not added ----------------------------------
+# --- the index studyctl adds to Optuna's table (revision 0004), measured ----------------
 
-# The per-trial queries that read every trial of the study through Optuna's only index on
-# `trials` (study_id): studyctl's budget count, Optuna's stale-trial sweep (heartbeat),
-# Optuna's trial numbering, and the state counts/best of a status.
+# The per-trial queries that read a study's trials: studyctl's budget count (before: over
+# every trial; now: the counter and the live claims), Optuna's stale-trial sweep
+# (heartbeat), the queued-trial pop (studyctl's indexed query), Optuna's trial numbering,
+# and the state counts and best trial of a status.
 PER_TRIAL_QUERIES = {
-    "budget count (studyctl claim)": "SELECT count(*) FROM trials WHERE study_id = :sid "
-    "AND state IN ('COMPLETE', 'PRUNED')",
+    "budget count (studyctl claim, before: count of finished trials)": "SELECT count(*) "
+    "FROM trials WHERE study_id = :sid AND state IN ('COMPLETE', 'PRUNED')",
+    "budget count (studyctl claim, now: n_finished + live claims)": "TAKEN",
     "running trials (Optuna heartbeat sweep)": "SELECT trial_id FROM trials "
     "WHERE state = 'RUNNING' AND study_id = :sid",
+    "waiting trials (studyctl queued-trial pop)": "WAITING",
     "trial number (Optuna create_new_trial)": "SELECT count(trial_id) FROM trials "
     "WHERE study_id = :sid AND trial_id < :big",
     "state counts (status)": "SELECT state, count(*) FROM trials WHERE study_id = :sid "
     "GROUP BY state",
+    "best trial (Optuna get_best_trial)": "SELECT t.trial_id FROM trials t JOIN trial_values v "
+    "ON v.trial_id = t.trial_id WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND "
+    "v.objective = 0 ORDER BY CASE v.value_type WHEN 'INF_NEG' THEN -1 WHEN 'FINITE' THEN 0 "
+    "ELSE 1 END, v.value LIMIT 1",
 }
-INDEX_DDL = "CREATE INDEX ix_bench_trials_study_state ON trials (study_id, state)"
+INDEX_NAME = "ix_studyctl_trials_study_state"
 
 
 def index_effect(url: str, reps: int = 30) -> dict[str, dict[str, float]]:
-    """Median ms of each per-trial query without and with an index on trials(study_id,
-    state); the index is dropped again."""
+    """Median ms of each per-trial query without and with revision 0004's index on
+    trials(study_id, state) (dropped for the first pass, then created again)."""
     import sqlalchemy as sa
 
+    from studyctl.storage import tables
+
+    sql_of = {"TAKEN": tables._TAKEN_SQL, "WAITING": tables._WAITING_SQL}
     engine = sa.create_engine(url)
     out: dict[str, dict[str, float]] = {name: {} for name in PER_TRIAL_QUERIES}
     with engine.connect() as conn:
         sid = conn.execute(
             sa.text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": STUDY}
         ).scalar_one()
+        params = {"sid": sid, "big": 2**31 - 1, "name": STUDY, "stale_before": datetime.now()}
         for label in ("without", "with"):
-            if label == "with":
-                conn.execute(sa.text(INDEX_DDL))
-                conn.execute(sa.text("ANALYZE"))
-                conn.commit()
+            if label == "without":
+                conn.execute(sa.text(f"DROP INDEX IF EXISTS {INDEX_NAME}"))
+            else:
+                conn.execute(sa.text(f"CREATE INDEX {INDEX_NAME} ON trials (study_id, state)"))
+            conn.execute(sa.text("ANALYZE"))
+            conn.commit()
             for name, sql in PER_TRIAL_QUERIES.items():
                 times = []
                 for _ in range(reps):
                     start = time.perf_counter()
-                    conn.execute(sa.text(sql), {"sid": sid, "big": 2**31 - 1}).all()
+                    conn.execute(sa.text(sql_of.get(sql, sql)), params).all()
                     times.append(time.perf_counter() - start)
                 out[name][f"{label}_index_ms"] = round(1000 * statistics.median(times), 2)
-        conn.execute(sa.text("DROP INDEX ix_bench_trials_study_state"))
-        conn.commit()
+            conn.commit()
     engine.dispose()
     return out
 
@@ -524,6 +557,14 @@ def in_process(baseline_ref: str | None, sizes: list[int]) -> dict[str, Any]:
             db = Database("sqlite", work, f"inproc_{n}")
             bench.build(db.url, n)
             for variant, src in variants.items():
+                if variant == "baseline":  # it knows only the revisions it shipped with
+                    import sqlalchemy as sa
+
+                    from studyctl.storage import schema
+
+                    engine = sa.create_engine(db.url)
+                    schema.downgrade_studyctl(engine, _baseline_head(src))
+                    engine.dispose()
                 for op in ("status", "studies", "best", "trials_csv"):
                     out = subprocess.run(
                         [sys.executable, "-c", IN_PROCESS, op, db.url],
@@ -725,6 +766,9 @@ def main() -> None:
     )
     parser.add_argument("--no-write", action="store_true", help="print JSON, write no files")
     parser.add_argument(
+        "--new-trials", type=int, help="trials each loop runs (default 8 with --quick, else 25)"
+    )
+    parser.add_argument(
         "--from-json",
         nargs="+",
         metavar="FILE",
@@ -735,8 +779,8 @@ def main() -> None:
         "--index-effect",
         type=int,
         metavar="N",
-        help="only time the per-trial queries on a study of N trials, without and with an "
-        "index on Optuna's trials(study_id, state) (studyctl does not add it)",
+        help="only time the per-trial queries on a study of N trials, without and with "
+        "studyctl's index on Optuna's trials(study_id, state) (revision 0004)",
     )
     parser.add_argument(
         "--startup",
@@ -787,6 +831,7 @@ def main() -> None:
         baseline = checkout_baseline(args.baseline, work) if args.baseline else None
         reps = args.reps or (1 if args.quick else 3)
         bench = Scale(work, args.quick, baseline, reps, args.report_max)
+        bench.new_trials = args.new_trials or bench.new_trials
         results: dict[str, Any] = {}
         if args.partial:
 

@@ -11,22 +11,15 @@ from pathlib import Path
 import optuna
 import pytest
 
-from .conftest import run_cli, write_objectives, write_spec
+from .conftest import DIGITS_DATA, run_cli, write_objectives, write_spec
 
 pytestmark = pytest.mark.slow
 
 # The enqueued learning rates make each trial better than the one before it (1e-6 barely
 # moves from the initial loss; 0.05 reaches about 0.3 in one epoch).
-IMPROVING = """
-from studyctl import TrainingData, keras_objective
-
-
-def load_data():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype("float32")
-    return TrainingData(x=x[:1400], y=d.target[:1400], x_val=x[1400:], y_val=d.target[1400:])
+IMPROVING = (
+    DIGITS_DATA
+    + """
 
 
 @keras_objective("improving", load_data=load_data)
@@ -39,6 +32,7 @@ def build(trial, ctx):
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy")
     return model
 """
+)
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

@@ -195,6 +195,11 @@ def test_best_and_report_on_a_study_without_a_completed_trial(lab: Lab, tmp_path
         result = runner.invoke(app, [*args, "-s", lab.url])
         assert result.exit_code == 2
         assert result.stderr.strip() == "error: study 'empty' has no completed trial yet"
+    # With --format json a script gets valid JSON (an empty list) and the same exit code.
+    result = runner.invoke(app, ["best", "empty", "-s", lab.url, "-f", "json"])
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.stdout) == []
+    assert result.stderr.strip() == "error: study 'empty' has no completed trial yet"
 
 
 def test_inspection_commands_never_create_a_database(tmp_path: Path) -> None:
@@ -269,8 +274,13 @@ def test_shell_completion() -> None:
         [_entry_point()], env=env, capture_output=True, text=True, timeout=60
     ).stdout.split()
     assert "status" in out and "studies" in out, out
+    # Typer detects the shell from the process's ancestors (shellingham): run it from bash,
+    # as a user does, whatever started the tests.
     script = subprocess.run(
-        [_entry_point(), "--show-completion", "bash"], capture_output=True, text=True, timeout=60
+        ["bash", "-c", f"'{_entry_point()}' --show-completion"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "_STUDYCTL_COMPLETE" in script.stdout, script.stdout + script.stderr
 

@@ -9,20 +9,13 @@ from pathlib import Path
 import optuna
 import pytest
 
-from .conftest import run_cli, write_objectives, write_spec
+from .conftest import DIGITS_DATA, run_cli, write_objectives, write_spec
 
 pytestmark = pytest.mark.slow
 
-TINY = """
-from studyctl import TrainingData, keras_objective
-
-
-def load_data():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype("float32")
-    return TrainingData(x=x[:1400], y=d.target[:1400], x_val=x[1400:], y_val=d.target[1400:])
+TINY = (
+    DIGITS_DATA
+    + """
 
 
 @keras_objective("tiny_acc", load_data=load_data)
@@ -36,6 +29,7 @@ def build(trial, ctx):
                   metrics=["accuracy"])
     return model
 """
+)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

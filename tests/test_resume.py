@@ -17,34 +17,18 @@ from optuna.trial import FrozenTrial, TrialState
 from studyctl.execution.prepare import prepare_study
 from studyctl.spec import load_spec
 
-from .conftest import STUDYCTL, prepare_sleepy_study, run_cli, write_objectives, write_spec
+from .conftest import (
+    STUDYCTL,
+    digits_mlp,
+    prepare_sleepy_study,
+    run_cli,
+    write_objectives,
+    write_spec,
+)
 
 pytestmark = pytest.mark.slow
 
-SLOW_DIGITS = """
-from studyctl import TrainingData, keras_objective
-
-
-def load_data():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype("float32")
-    return TrainingData(x=x[:1400], y=d.target[:1400], x_val=x[1400:], y_val=d.target[1400:])
-
-
-@keras_objective("slow_digits", load_data=load_data)
-def build(trial, ctx):
-    import keras
-
-    units = trial.suggest_int("units", 8, 32)
-    model = keras.Sequential([keras.Input(shape=(64,)),
-                              keras.layers.Dense(units, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.Adam(0.01),
-                  loss="sparse_categorical_crossentropy")
-    return model
-"""
+SLOW_DIGITS = digits_mlp("slow_digits")
 
 
 def slow_digits_spec(path: Path, name: str, artifacts: str) -> Path:

@@ -1,7 +1,8 @@
 """Training settings studyctl applies itself (batch_size, epochs) are search axes: named in
 [sampler.grid], [space] or [params], studyctl suggests them before the objective runs,
 applies them to `fit` and records them in the trial's params. A grid axis that nothing
-suggests stops the run with one error line naming it."""
+suggests stops the run with one error line naming it; a [space] or [params] entry that
+nothing suggests is a warning."""
 
 from __future__ import annotations
 
@@ -161,6 +162,42 @@ def test_grid_axis_nothing_suggests_is_an_error(tmp_path: Path, sqlite_url: str)
     assert "typo-axis" not in names or not optuna.load_study(
         study_name="typo-axis", storage=sqlite_url
     ).get_trials(states=(optuna.trial.TrialState.FAIL,))
+
+
+def test_space_or_params_entry_nothing_suggests_is_a_warning(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A [space] or [params] name the objective never suggests (a typo, or a parameter
+    suggested only under a condition) warns once per entry, naming the key and the closest
+    suggested name; the run goes on, since a conditional parameter is legitimate."""
+    objectives = write_objectives(tmp_path / "objectives")  # quadratic suggests only x
+    spec = write_spec(
+        tmp_path / "typo.toml",
+        """
+        name = "typo-space"
+        objective = "quadratic"
+        metric = "value"
+        n_trials = 3
+        [space.xx]
+        type = "float"
+        low = -1.0
+        high = 1.0
+        [params]
+        unused = 3
+        """,
+    )
+    result = run_cli(
+        ["run", str(spec), "-s", sqlite_url, "--objectives-dir", str(objectives)], cwd=tmp_path
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    warnings = [line for line in output.splitlines() if line.startswith("warning:")]
+    space = [line for line in warnings if "space.xx" in line]
+    params = [line for line in warnings if "params.unused" in line]
+    assert len(space) == 1 and len(params) == 1, output  # once per entry, not per trial
+    assert "typo.toml" in space[0] and "did you mean 'x'?" in space[0], space[0]
+    study = optuna.load_study(study_name="typo-space", storage=sqlite_url)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3
 
 
 @pytest.mark.parametrize(

@@ -23,21 +23,14 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from ..conftest import STUDYCTL, run_cli, write_objectives, write_spec
+from ..conftest import DIGITS_DATA, STUDYCTL, run_cli, write_objectives, write_spec
 from .procs import alive, figures, kill, open_files_under, running_trials, stop_tree, wait_gone
 
 pytestmark = pytest.mark.slow
 
-BIG_DIGITS = """
-from studyctl import TrainingData, keras_objective
-
-
-def load_data():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype("float32")
-    return TrainingData(x=x[:1400], y=d.target[:1400], x_val=x[1400:], y_val=d.target[1400:])
+BIG_DIGITS = (
+    DIGITS_DATA
+    + """
 
 
 @keras_objective("big_digits", load_data=load_data)
@@ -54,6 +47,7 @@ def build(trial, ctx):
                   loss="sparse_categorical_crossentropy")
     return model
 """
+)
 
 EPOCHS = 4
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from ..conftest import STUDYCTL, run_cli, write_objectives, write_spec
+from ..conftest import STUDYCTL, digits_mlp, run_cli, write_objectives, write_spec
 from .procs import (
     alive,
     children_of,
@@ -49,30 +49,7 @@ def stepped(trial, ctx):
     return x * x
 """
 
-DIGITS = """
-from studyctl import TrainingData, keras_objective
-
-
-def load_data():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype("float32")
-    return TrainingData(x=x[:1400], y=d.target[:1400], x_val=x[1400:], y_val=d.target[1400:])
-
-
-@keras_objective("digits", load_data=load_data)
-def build(trial, ctx):
-    import keras
-
-    units = trial.suggest_int("units", 8, 32)
-    model = keras.Sequential([keras.Input(shape=(64,)),
-                              keras.layers.Dense(units, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.Adam(0.01),
-                  loss="sparse_categorical_crossentropy")
-    return model
-"""
+DIGITS = digits_mlp("digits")
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
@@ -283,7 +260,7 @@ def storm_spec(tmp_path: Path, n_trials: int) -> Path:
     )
 
 
-STORM_S = 15.0
+STORM_S = 10.0
 
 
 def test_kill_storm_then_resume(tmp_path: Path, sqlite_url: str) -> None:

@@ -6,6 +6,9 @@ throwaway PostgreSQL cluster the test starts itself (the shared server is never 
   trial is failed as stale because of the outage, nothing is left RUNNING.
 * An outage longer than `storage_outage_tolerance`: every process stops with one
   `error:` line; once the database is back, `resume` finishes the study, nothing lost.
+* Keras trials train on while the database is away: their epoch reports wait in order and
+  are delivered when it returns (each step once, no hole), pruning waits for them, and a
+  retry of a trial that died during the outage re-reports them from its checkpoint.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from studyctl.errors import SpecError
+from studyctl.errors import SpecError, StorageError
 from studyctl.spec import parse_spec
 
-from ..conftest import STUDYCTL, run_cli, write_objectives, write_spec
+from ..conftest import DIGITS_DATA, STUDYCTL, run_cli, write_objectives, write_spec
 from .conftest import ThrowawayPostgres, figures, finished_snapshot, wait_for
 
 pytestmark = pytest.mark.slow
@@ -99,7 +103,7 @@ def _start_run(tmp_path: Path, spec: Path, url: str, objectives: Path) -> subpro
             "--objectives-dir",
             str(objectives),
             "--workers",
-            "2",
+            "1",
             "--quiet",
         ],
         cwd=tmp_path,
@@ -185,3 +189,342 @@ def test_outage_longer_than_the_tolerance_stops_cleanly(
     figures(
         "database outage past the tolerance, then resume", url, "outage", n_trials, before
     ).assert_nothing_lost()
+
+
+# --- Keras trials through an outage -------------------------------------------------
+
+
+def _keras_reporter(trial: Any, checkpoint: Path) -> Any:
+    """studyctl's epoch callback on a real (unfitted) Keras model, as `fit` starts it."""
+    import keras
+
+    from studyctl.training.callbacks import make_epoch_callback
+
+    model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    callback = make_epoch_callback(trial, ("val_loss",), True, checkpoint=checkpoint)
+    model.stop_training = False  # as Model.fit sets it before the first epoch
+    callback.set_model(model)
+    callback.on_train_begin()
+    return callback
+
+
+def _reports_study(throwaway_postgres: ThrowawayPostgres, name: str) -> tuple[Any, Any]:
+    """A study on the throwaway cluster, opened as a trial process opens it (a 5 s
+    tolerance), with one completed trial the median pruner compares against (from the
+    second epoch on)."""
+    import optuna
+
+    from studyctl.storage import open_storage
+
+    storage = open_storage(throwaway_postgres.create_database(name))
+    storage.outage.tolerance_s = 5
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1),
+    )
+    good = study.ask()
+    for step in range(6):
+        good.report(0.1, step)
+    study.tell(good, 0.1)
+    return storage, study
+
+
+def _curve(storage: Any, trial_id: int) -> list[tuple[int, float]]:
+    """The trial's stored intermediate values, one row per (step), as SQL sees them."""
+    import sqlalchemy as sa
+
+    with storage.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT step, intermediate_value FROM trial_intermediate_values "
+                "WHERE trial_id = :t ORDER BY step"
+            ),
+            {"t": trial_id},
+        ).all()
+    return [(int(step), float(value)) for step, value in rows]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_epochs_train_on_while_the_database_is_away(
+    tmp_path: Path, throwaway_postgres: ThrowawayPostgres
+) -> None:
+    from studyctl.storage import close_storage
+
+    storage, study = _reports_study(throwaway_postgres, "reports")
+    url = storage.engine.url.render_as_string(hide_password=False)
+    try:
+        trial = study.ask()
+        cb = _keras_reporter(trial, tmp_path / "ckpt")
+        cb.on_epoch_end(0, {"loss": 0.5, "val_loss": 0.5})  # warm-up: not judged
+        throwaway_postgres.stop()
+        try:
+            # Each epoch end returns at once (on a blocking report, the 5 s tolerance
+            # would pass and the first one raise StorageError): the reports wait in order,
+            # no pruning decision is taken on a curve the database has not got, and the
+            # checkpoint still follows every epoch.
+            for epoch in (1, 2, 3):
+                cb.on_epoch_end(epoch, {"loss": 0.9, "val_loss": 0.9})
+            assert sorted(cb.reports.pending) == [1, 2, 3]
+            assert cb.reports.decision_owed and cb.pruned_epoch is None
+            assert not cb.model.stop_training
+            from studyctl.training import checkpoints
+
+            assert checkpoints.complete_epochs(tmp_path / "ckpt")[0] == 4
+        finally:
+            throwaway_postgres.start()
+        # Back: the next epoch end delivers 1..4 in order, then asks the pruner, which
+        # prunes this trial (0.9 is worse than the median 0.1).
+        cb.on_epoch_end(4, {"loss": 0.9, "val_loss": 0.9})
+        assert cb.reports.pending == {}
+        assert cb.pruned_epoch == 4 and cb.model.stop_training
+        cb.settle()
+        assert _curve(storage, trial._trial_id) == [
+            (0, 0.5),
+            (1, 0.9),
+            (2, 0.9),
+            (3, 0.9),
+            (4, 0.9),
+        ]
+        assert storage.get_trial(trial._trial_id).user_attrs["epochs_reported_late"] == 3
+    finally:
+        close_storage(url)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_retry_re_reports_what_its_original_could_not_deliver(
+    tmp_path: Path, throwaway_postgres: ThrowawayPostgres
+) -> None:
+    """Past `storage_outage_tolerance` the original stops with StorageError (its process
+    exits with one `error:` line) while epochs 1-2 are pending and its checkpoint is at
+    epoch 3; its retry inherits the curve [0], resumes from the checkpoint and first
+    re-reports 1-2 from the checkpoint's history: no hole, no duplicate."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from studyctl.storage import close_storage
+
+    storage, study = _reports_study(throwaway_postgres, "retry")
+    url = storage.engine.url.render_as_string(hide_password=False)
+    try:
+        original = study.ask()
+        cb = _keras_reporter(original, tmp_path / "ckpt")
+        cb.on_epoch_end(0, {"loss": 0.2, "val_loss": 0.05})
+        storage.outage.tolerance_s = 2
+        throwaway_postgres.stop()
+        try:
+            cb.on_epoch_end(1, {"loss": 0.2, "val_loss": 0.04})
+            cb.on_epoch_end(2, {"loss": 0.2, "val_loss": 0.03})
+            time.sleep(2.5)
+            with pytest.raises(
+                StorageError, match=r"unreachable for \d+s \(storage_outage_tolerance 2s\)"
+            ):
+                cb.on_epoch_end(3, {"loss": 0.2, "val_loss": 0.02})
+            with pytest.raises(StorageError):  # given up: the settle fails at once
+                cb.settle()
+        finally:
+            throwaway_postgres.start()
+        assert sorted(cb.reports.pending) == [1, 2, 3]
+        del cb  # the process exits: its pending reports are gone
+        assert _curve(storage, original._trial_id) == [(0, 0.05)]
+        storage.set_trial_user_attr(original._trial_id, "fail_reason", "lost: killed")
+        storage.set_trial_state_values(original._trial_id, TrialState.FAIL)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)(
+            study, storage.get_trial(original._trial_id)
+        )
+        retry = study.ask()
+        assert retry.number != original.number
+        assert dict(retry._cached_frozen_trial.intermediate_values) == {0: 0.05}
+        storage.outage.tolerance_s = 5
+        again = _keras_reporter(retry, tmp_path / "ckpt")
+        assert again.initial_epoch == 3
+        again.on_epoch_end(3, {"loss": 0.2, "val_loss": 0.02})
+        again.settle()
+        assert _curve(storage, retry._trial_id) == [(0, 0.05), (1, 0.04), (2, 0.03), (3, 0.02)]
+    finally:
+        close_storage(url)
+
+
+TIMED_DIGITS = (
+    DIGITS_DATA
+    + """
+import os
+import time
+from pathlib import Path
+
+
+@keras_objective("timed_digits", load_data=load_data)
+def build(trial, ctx):
+    import keras
+
+    units = trial.suggest_int("units", 8, 32)
+    model = keras.Sequential([keras.Input(shape=(64,)),
+                              keras.layers.Dense(units, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss="sparse_categorical_crossentropy")
+    log = Path(os.environ["EPOCH_LOG_DIR"]) / f"trial-{trial.number}.txt"
+
+    def epoch_end(epoch, logs):
+        # After studyctl's recorder (its callback runs first): the time this epoch's
+        # report let training go on. The sleep makes an epoch last long enough.
+        with log.open("a") as f:
+            f.write(f"{epoch} {time.time()}\\n")
+        time.sleep(float(os.environ["EPOCH_SLEEP_S"]))
+
+    fit = model.fit
+
+    def timed_fit(*args, callbacks=None, **kwargs):
+        timer = keras.callbacks.LambdaCallback(on_epoch_end=epoch_end)
+        return fit(*args, callbacks=[*(callbacks or []), timer], **kwargs)
+
+    model.fit = timed_fit
+    return model
+"""
+)
+
+KERAS_EPOCHS = 10
+KERAS_OUTAGE_S = 8.0
+
+
+def test_keras_trials_train_on_through_an_outage(
+    tmp_path: Path, throwaway_postgres: ThrowawayPostgres
+) -> None:
+    """`run --workers 1` (a worker and its trial process) of Keras trials on digits; the
+    database is stopped for 8 s while a trial is mid-fit. Epochs keep ending during the
+    outage; afterwards every trial's curve is steps 0..E-1, each once, and the budget is
+    exact with nothing lost."""
+    import optuna
+    from optuna.trial import TrialState
+
+    objectives = write_objectives(tmp_path / "objectives", TIMED_DIGITS, "timed_digits.py")
+    url = throwaway_postgres.create_database("keras_outage")
+    n_trials = 2
+    spec = write_spec(
+        tmp_path / "keras_outage.toml",
+        f"""
+        name = "keras_outage"
+        objective = "timed_digits"
+        metric = "val_loss"
+        n_trials = {n_trials}
+        [sampler]
+        type = "random"
+        seed = 0
+        [pruner]
+        type = "median"
+        n_startup_trials = 100
+        [training]
+        epochs = {KERAS_EPOCHS}
+        batch_size = 64
+        [worker]
+        heartbeat_interval = 1
+        grace_period = 4
+        storage_outage_tolerance = 120
+        [artifacts]
+        path = "{tmp_path / "artifacts"}"
+        keep_best_model = false
+        """,
+    )
+    epoch_log = tmp_path / "epochs"
+    epoch_log.mkdir()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "EPOCH_LOG_DIR": str(epoch_log)}
+    env["EPOCH_SLEEP_S"] = "0.25"
+    env.pop("STUDYCTL_STORAGE", None)
+    proc = subprocess.Popen(
+        [
+            *STUDYCTL,
+            "run",
+            str(spec),
+            "--storage",
+            url,
+            "--objectives-dir",
+            str(objectives),
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def epochs_logged() -> list[tuple[str, int, float]]:
+        found = []
+        for path in epoch_log.glob("trial-*.txt"):
+            for line in path.read_text().splitlines():
+                epoch, at = line.split()
+                found.append((path.stem, int(epoch), float(at)))
+        return found
+
+    began = time.monotonic()
+    try:
+        # Mid-fit: some trial has ended 2 epochs (its reports delivered).
+        started = wait_for(
+            lambda: proc.poll() is not None or any(e >= 1 for _, e, _ in epochs_logged()), 180
+        )
+        if proc.poll() is not None:
+            out, _ = proc.communicate()
+            pytest.fail(f"the run exited ({proc.returncode}) before the outage: {out[-3000:]}")
+        assert started, "no trial trained an epoch"
+        throwaway_postgres.stop()
+        down = time.time()
+        began_wall = down - (time.monotonic() - began)
+        time.sleep(KERAS_OUTAGE_S)
+        up = time.time()
+        throwaway_postgres.start()
+        back = time.monotonic()
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in out, out[-4000:]
+    assert proc.returncode == 0, out[-4000:]
+
+    during: dict[str, list[int]] = {}
+    for trial_name, epoch, at in sorted(epochs_logged(), key=lambda e: e[2]):
+        if down < at < up:
+            during.setdefault(trial_name, []).append(epoch)
+    late_attrs: dict[int, int] = {}
+    storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True)
+    try:
+        trials = optuna.load_study(study_name="keras_outage", storage=storage).get_trials()
+        with storage.engine.connect() as conn:
+            import sqlalchemy as sa
+
+            rows = conn.execute(
+                sa.text(
+                    "SELECT trial_id, step, count(*) FROM trial_intermediate_values "
+                    "GROUP BY trial_id, step"
+                )
+            ).all()
+    finally:
+        storage.engine.dispose()
+    print(
+        f"outage {KERAS_OUTAGE_S:.0f}s after {down - began_wall:.1f}s: epochs ended while the "
+        f"database was down: {during}; run ended {time.monotonic() - back:.1f}s after it "
+        "returned"
+    )
+    # A report that blocks lets at most one epoch end per trial in the window (one whose
+    # report was delivered just before the server went); here training went on.
+    assert max((len(e) for e in during.values()), default=0) >= 3, (during, out[-3000:])
+    counts = {(int(t), int(s)): int(n) for t, s, n in rows}
+    assert all(n == 1 for n in counts.values()), counts
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert sorted(t.intermediate_values) == list(range(KERAS_EPOCHS)), (t.number, t)
+            assert t.user_attrs["epochs_run"] == KERAS_EPOCHS
+            assert t.value == min(t.intermediate_values.values())
+        if "epochs_reported_late" in t.user_attrs:
+            late_attrs[t.number] = t.user_attrs["epochs_reported_late"]
+    assert late_attrs, "no trial recorded a report delivered late"
+    result = figures(
+        f"Keras trials through a {KERAS_OUTAGE_S:.0f}s database outage",
+        url,
+        "keras_outage",
+        n_trials,
+    )
+    result.assert_nothing_lost()
+    assert result.failed == 0, out[-4000:]

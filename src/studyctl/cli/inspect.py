@@ -179,10 +179,11 @@ def best(
         typer.echo(f"wrote the model of trial #{number} to {export_model}", err=True)
     rows = best_summary(st, study)
     if output == OutputFormat.json:
-        echo_json(rows)
-        return
+        echo_json(rows)  # `[]` without a completed trial: still valid JSON for a script
     if not rows:
         fail(f"study {study!r} has no completed trial yet")
+    if output == OutputFormat.json:
+        return
     for r in rows:
         typer.echo(f"trial #{r['number']}: {fmt(r['values'])}")
         for k, v in r["params"].items():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -61,18 +62,7 @@ def run(
 
     set_verbose(verbose)
     spec = load_spec(spec_path)
-    _run(
-        spec,
-        resolve_storage_url(storage, spec.storage),
-        objectives_dir,
-        quiet,
-        output,
-        workers,
-        gpus,
-        gpus_per_worker,
-        threads_per_worker,
-        trials_per_process,
-    )
+    _run(spec, resolve_storage_url(storage, spec.storage), RunOptions.of(locals()))
 
 
 @command
@@ -100,47 +90,44 @@ def resume(
     set_verbose(verbose)
     url = resolve_storage_url(storage)
     spec = load_stored_spec(open_existing_storage(url), study)
-    _run(
-        spec,
-        url,
-        objectives_dir,
-        quiet,
-        output,
-        workers,
-        gpus,
-        gpus_per_worker,
-        threads_per_worker,
-        trials_per_process,
-    )
+    _run(spec, url, RunOptions.of(locals()))
 
 
-def _run(
-    spec: StudySpec,
-    url: str,
-    objectives_dir: Path | None,
-    quiet: bool,
-    output: OutputFormat,
-    workers: int,
-    gpus: str | None,
-    gpus_per_worker: int,
-    threads_per_worker: int | None,
-    trials_per_process: int | None,
-) -> None:
+@dataclass(frozen=True)
+class RunOptions:
+    """The options `run` and `resume` share, in their order on the command line."""
+
+    objectives_dir: Path | None
+    quiet: bool
+    output: OutputFormat
+    workers: int
+    gpus: str | None
+    gpus_per_worker: int
+    threads_per_worker: int | None
+    trials_per_process: int | None
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> RunOptions:
+        """From a command's parameters (its `locals()`), named as these fields are."""
+        return cls(**{f.name: params[f.name] for f in fields(cls)})
+
+
+def _run(spec: StudySpec, url: str, options: RunOptions) -> None:
     from studyctl.execution.gpus import gpu_sets_for
     from studyctl.execution.study_run import run_study
 
     outcome = run_study(
         spec,
         url,
-        objectives_dir=objectives_dir,
-        workers=workers,
-        gpu_sets=gpu_sets_for(workers, gpus, gpus_per_worker),
-        threads_per_worker=threads_per_worker,
-        trials_per_process=trials_per_process,
-        quiet=quiet or output == OutputFormat.json,
+        objectives_dir=options.objectives_dir,
+        workers=options.workers,
+        gpu_sets=gpu_sets_for(options.workers, options.gpus, options.gpus_per_worker),
+        threads_per_worker=options.threads_per_worker,
+        trials_per_process=options.trials_per_process,
+        quiet=options.quiet or options.output == OutputFormat.json,
         echo=typer.echo,
     )
-    _report(outcome, output)
+    _report(outcome, options.output)
 
 
 def _report(outcome: RunOutcome, output: OutputFormat) -> None:

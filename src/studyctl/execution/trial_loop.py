@@ -44,6 +44,7 @@ from studyctl.signals import (
 from studyctl.spec import StudySpec
 from studyctl.storage.connect import WorkerStorage
 from studyctl.storage.urls import mask_secrets
+from studyctl.storage.waiting import use_indexed_waiting_pop
 from studyctl.training.checkpoints import discard_checkpoint
 from studyctl.training.devices import get_strategy, warm_up
 from studyctl.verbosity import configure_optuna_logging
@@ -132,6 +133,7 @@ class _TrialRunner:
                 else:
                     result = self.objective.func(trial, ctx)
                     ctx.check_grid_axes()
+                    ctx.warn_unsuggested()
             return _check_result(result, self.spec)
         except optuna.TrialPruned:
             raise
@@ -295,6 +297,7 @@ def run_trial_loop(
     configure_optuna_logging()  # Optuna's per-trial lines only with --verbose
     mask_secrets_in_logs(logging.getLogger("optuna"))
     runner = _TrialRunner(spec, objective, storage, registration)
+    use_indexed_waiting_pop(study)  # the next queued trial without reading every trial
     result = LoopResult(reason="budget-met")
     started = time.monotonic()
     consecutive_failures = 0

@@ -11,12 +11,14 @@ Each receives a `TrialContext`. Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from studyctl.artifacts import warn
 from studyctl.errors import ObjectiveError, SpecError, one_line
 
 if TYPE_CHECKING:
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from studyctl.spec import StudySpec
 
 _DATA_CACHE: dict[tuple[str, str], Any] = {}
+# Spec entries already warned about in this process (one warning per entry, not per trial).
+_WARNED_UNSUGGESTED: set[str] = set()
 
 
 @dataclass
@@ -81,6 +85,9 @@ class TrialContext:
     # Set by the trial loop: deletes attributes of any trial of the study (finished ones
     # included) that name an artifact studyctl removed: `(trial_id, user_keys, system_keys)`.
     forget_attrs: Callable[[int, list[str], list[str]], None] | None = None
+    # Whether the objective read `ctx.params` (then a [params] entry it never suggests may
+    # still be in use).
+    params_read: bool = False
 
     @property
     def training(self) -> Any:
@@ -93,6 +100,7 @@ class TrialContext:
     @property
     def params(self) -> dict[str, Any]:
         """The spec's fixed ``[params]``."""
+        self.params_read = True
         return dict(self.spec.params)
 
     @property
@@ -130,6 +138,42 @@ class TrialContext:
                     f"{suggested}); suggest it in the objective (ctx.suggest_*) or remove it "
                     "from the grid",
                 )
+
+    def unsuggested_entries(self) -> list[str]:
+        """One line per ``[space]`` or ``[params]`` entry the objective did not suggest in
+        this trial (such an entry changes nothing: a misspelt name is searched nowhere).
+        Training axes are suggested by studyctl itself; a ``[params]`` entry may also be
+        read through `ctx.params`."""
+        suggested = self.trial.params
+        lines = []
+        tables: list[tuple[str, Mapping[str, Any]]] = [("space", self.spec.space)]
+        if not self.params_read:
+            tables.append(("params", self.spec.params))
+        for table, entries in tables:
+            for name in entries:
+                if name in suggested or name in self.spec.training_axes:
+                    continue
+                close = difflib.get_close_matches(name, list(suggested), n=1)
+                fix = (
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else "a conditional parameter is fine; otherwise suggest it (ctx.suggest_*) "
+                    "or remove it"
+                )
+                lines.append(
+                    f"{self.spec.path}: {table}.{name}: objective {self.spec.objective!r} did "
+                    f"not suggest {name!r} in trial #{self.trial.number} (it suggests "
+                    f"{', '.join(sorted(suggested)) or 'nothing'}); {fix}"
+                )
+        return lines
+
+    def warn_unsuggested(self) -> None:
+        """Print `unsuggested_entries` as warnings, each entry once per process."""
+        for line in self.unsuggested_entries():
+            key = line.split(": ", 2)[1]
+            if key not in _WARNED_UNSUGGESTED:
+                _WARNED_UNSUGGESTED.add(key)
+                warn(line)
 
     def suggest_float(
         self, name: str, low: float, high: float, *, log: bool = False, step: float | None = None

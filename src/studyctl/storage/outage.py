@@ -16,6 +16,11 @@ What the guard deliberately does not do:
 * hide a real death: once a process has given up (past the tolerance) its later calls fail
   at once, so closing rows and exiting take no second tolerance.
 
+A caller that has something better to do than wait (a trial that can train on while
+its epoch reports wait) uses `OutageGuard.attempt`: one try of the operation, whose new
+connections are not waited for either (`DatabaseAway` instead); see
+`studyctl.training.reports`.
+
 Staleness after an outage: a heartbeat that could not be written while the database was
 away must not make a live trial or worker look dead when it returns (Optuna #5470: a false
 "stale" verdict discards a real result). A sweep judges no heartbeat while this process
@@ -28,10 +33,11 @@ those that were idle and saw nothing). `StudyctlStorage._get_stale_trial_ids` an
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -47,6 +53,10 @@ T = TypeVar("T")
 OUTAGE_TOLERANCE_ENV = "STUDYCTL_STORAGE_OUTAGE_TOLERANCE"
 FIRST_DELAY_S = 0.2
 MAX_DELAY_S = 1.0  # a heartbeat lands at most this long after the database returns
+
+# A single try (`OutageGuard.attempt`) gives up on a new connection after this long
+# (psycopg's connect_timeout; 2 s is its minimum), instead of the engine's 10 s.
+ATTEMPT_CONNECT_TIMEOUT_S = 2
 
 # SQLSTATEs of a server that is going away or not accepting connections yet:
 # 08xxx connection exceptions, 57P01 admin shutdown, 57P02 crash shutdown,
@@ -109,6 +119,15 @@ def storage_error(exc: BaseException, shown_url: str) -> StorageError:
     return StorageError(f"storage {shown_url}: {line}", hint=hint)
 
 
+class DatabaseAway(Exception):
+    """Within `OutageGuard.attempt`: the database cannot be reached now; the operation was
+    not done (its transaction, if any, rolled back) and may be tried again later."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(describe(cause))
+        self.cause = cause
+
+
 class OutageGuard:
     """Retries operations on one database across an outage of up to `tolerance_s`."""
 
@@ -118,6 +137,45 @@ class OutageGuard:
         self.gave_up = False
         self._recovered_at: float | None = None  # monotonic time of the last reconnection
         self._lock = threading.Lock()
+        self._local = threading.local()  # .single_try: this thread is in `attempt`
+        self._away_since: float | None = None  # first failed `attempt` since one succeeded
+
+    @property
+    def single_try(self) -> bool:
+        return bool(getattr(self._local, "single_try", False))
+
+    @contextlib.contextmanager
+    def _single_try(self) -> Iterator[None]:
+        outer = self.single_try
+        self._local.single_try = True
+        try:
+            yield
+        finally:
+            self._local.single_try = outer
+
+    def attempt(self, operation: Callable[[], T]) -> T:
+        """Run `operation` once, without waiting for the database: an unreachable database
+        (at any storage call or new connection inside it) raises `DatabaseAway` at once
+        instead of being retried; other errors are what `call` makes of them. For work
+        that can be put off (`studyctl.training.reports`), never for a trial's state.
+
+        The tolerance still holds: once attempts have found the database away for
+        `tolerance_s` since the last one that succeeded (or the process has given up),
+        the attempt raises the same `StorageError` as `call`."""
+        try:
+            with self._single_try():
+                result = self.call(operation)
+        except DatabaseAway as away:
+            now = time.monotonic()
+            if self._away_since is None:
+                self._away_since = now
+            waited = now - self._away_since
+            if self.gave_up or waited >= self.tolerance_s:
+                self.gave_up = True
+                raise self.unreachable(away.cause, waited) from None
+            raise
+        self._away_since = None
+        return result
 
     def unreachable(self, exc: BaseException, waited: float) -> StorageError:
         if self.tolerance_s <= 0:
@@ -137,7 +195,7 @@ class OutageGuard:
         while True:
             try:
                 result = operation()
-            except StorageError:
+            except (StorageError, DatabaseAway):
                 raise
             except Exception as exc:
                 if not isinstance(exc, sa_exc.SQLAlchemyError) and not _is_optuna_storage_error(
@@ -148,6 +206,8 @@ class OutageGuard:
                     if not convert:
                         raise
                     raise storage_error(exc, self.shown_url) from None
+                if self.single_try:
+                    raise DatabaseAway(exc) from None
                 now = time.monotonic()
                 first_failure = first_failure if first_failure is not None else now
                 waited = now - first_failure
@@ -173,6 +233,8 @@ class OutageGuard:
             except Exception as exc:
                 if not is_unreachable(exc):
                     raise
+                if self.single_try:
+                    raise DatabaseAway(exc) from None
                 now = time.monotonic()
                 first_failure = first_failure if first_failure is not None else now
                 waited = now - first_failure
@@ -191,6 +253,14 @@ class OutageGuard:
     def recently_recovered(self, grace_s: float) -> bool:
         recovered = self._recovered_at
         return recovered is not None and time.monotonic() - recovered < grace_s
+
+
+def guard_of(storage: Any) -> OutageGuard | None:
+    """The guard of an Optuna storage (through Optuna's `_CachedStorage` wrapper), or None
+    for a storage without one (the studyctl proxy's client)."""
+    backend = getattr(storage, "_backend", storage)
+    guard = getattr(backend, "outage", None)
+    return guard if isinstance(guard, OutageGuard) else None
 
 
 def server_started_within(conn: Connection, seconds: float) -> bool:
@@ -213,6 +283,12 @@ def install_connect_guard(engine: sa.Engine, guard: OutageGuard) -> None:
     out at its next connection; pool_pre_ping replaces connections the outage broke."""
 
     def do_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
-        return guard.connect(lambda: dialect.connect(*cargs, **cparams))
+        params = cparams
+        if guard.single_try and "connect_timeout" in cparams:
+            params = {
+                **cparams,
+                "connect_timeout": min(int(cparams["connect_timeout"]), ATTEMPT_CONNECT_TIMEOUT_S),
+            }
+        return guard.connect(lambda: dialect.connect(*cargs, **params))
 
     sa.event.listen(engine, "do_connect", do_connect)

@@ -24,7 +24,7 @@ import optuna
 import sqlalchemy as sa
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models as optuna_models
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
@@ -73,6 +73,7 @@ class StudyctlStorage(RDBStorage):
 
     def __init__(self, url: str, *, outage: OutageGuard | None = None, **kwargs: Any) -> None:
         self.outage = outage or OutageGuard(mask_url(url), 0)
+        self._has_counter = False
         super().__init__(url, **kwargs)
 
     @functools.cached_property
@@ -105,6 +106,8 @@ class StudyctlStorage(RDBStorage):
                 .values(**changes)
             )
             won = result.rowcount == 1
+            if won and state.name in tables.FINISHED_STATES:
+                self._count_finished(conn, trial_id)
             if won:
                 for objective, value in enumerate(values or ()):
                     stored, value_type = value_model.value_to_stored_repr(value)
@@ -123,8 +126,40 @@ class StudyctlStorage(RDBStorage):
                 raise optuna.exceptions.UpdateFinishedTrialError(
                     f"Trial#{trial_id} has already finished and can not be updated."
                 )
-            return super().set_trial_state_values(trial_id, state, values)
+            return self._set_and_count(trial_id, state, values)
         return True
+
+    def _set_and_count(self, trial_id: int, state: TrialState, values: Any) -> bool:
+        """Optuna's own transition (a WAITING trial told its result directly), then the
+        count in the next transaction: a path no studyctl worker takes."""
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if changed and state.name in tables.FINISHED_STATES:
+            self._count_finished_now(trial_id)
+        return changed
+
+    def _count_finished(self, conn: sa.Connection, trial_id: int) -> None:
+        """`tables.count_trial_finished` where studyctl's tables exist (checked until found)."""
+        if not self._has_counter:
+            self._has_counter = sa.inspect(conn).has_table(tables.studies_table.name)
+        if self._has_counter:
+            tables.count_trial_finished(conn, trial_id)
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._create_new_trial(study_id, template_trial)._trial_id
+
+    def _create_new_trial(self, study_id: int, template_trial: Any = None) -> FrozenTrial:
+        """Optuna's (which `_CachedStorage` calls directly), plus the count of a trial added
+        already finished (`study.add_trial`, `copy_study`), in the next transaction."""
+        trial: FrozenTrial = self.outage.call(
+            lambda: RDBStorage._create_new_trial(self, study_id, template_trial)
+        )
+        if trial.state.name in tables.FINISHED_STATES:
+            self.outage.call(lambda: self._count_finished_now(trial._trial_id))
+        return trial
+
+    def _count_finished_now(self, trial_id: int) -> None:
+        with self.engine.begin() as conn:
+            self._count_finished(conn, trial_id)
 
     def delete_study(self, study_id: int) -> None:
         """Delete the study and studyctl's rows of it (budget and spec, workers, claims) in
@@ -196,7 +231,6 @@ _GUARDED_METHODS = (
     "get_trial_user_attrs",
     "get_trial_system_attrs",
     "get_all_studies",
-    "create_new_trial",
     "set_trial_param",
     "get_trial_param",
     "set_trial_intermediate_value",

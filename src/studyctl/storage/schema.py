@@ -32,6 +32,12 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 VERSION_TABLE = "studyctl_alembic_version"
+# studyctl's indexes on Optuna's tables (revision 0004), by name: additive, and created again
+# by every `upgrade_studyctl` should an Optuna migration have rebuilt the table without them.
+OPTUNA_TABLE_INDEXES = {
+    "ix_studyctl_trials_study_state": "CREATE INDEX IF NOT EXISTS ix_studyctl_trials_study_state "
+    "ON trials (study_id, state)",
+}
 FIRST_REVISION = "0001"
 _REVISION_LINE = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*["']?(\w+)["']?""", re.M)
 # Optuna's revision ids have dots ("v3.2.0.a").
@@ -152,6 +158,9 @@ def upgrade_studyctl(engine: Engine, revision: str = "head") -> None:
         if current_revision(conn) is None and _has_studyctl_tables(conn):
             command.stamp(_config(conn), FIRST_REVISION)
         command.upgrade(_config(conn), revision)
+        if revision == "head" and sa.inspect(conn).has_table("trials"):
+            for ddl in OPTUNA_TABLE_INDEXES.values():
+                conn.execute(sa.text(ddl))
 
 
 def downgrade_studyctl(engine: Engine, revision: str) -> None:

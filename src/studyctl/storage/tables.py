@@ -39,6 +39,9 @@ studies_table = sa.Table(
     # (SQLite) that makes counting and reserving one atomic step.
     sa.Column("claim_seq", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_by", sa.String(64), nullable=False, server_default="unknown"),
+    # The study's COMPLETE and PRUNED trials, kept in the same transaction as each trial's
+    # end (`count_trial_finished`), so a claim reads one row, not every trial of the study.
+    sa.Column("n_finished", sa.Integer, nullable=False, server_default="0"),
 )
 
 workers_table = sa.Table(
@@ -127,6 +130,7 @@ def upsert_study_record(
                 updated_at=now,
                 claim_seq=0,
                 created_by=_version(),
+                n_finished=count_finished_by_name(conn, study_name),
             )
         )
 
@@ -189,6 +193,16 @@ _FINISHED_SQL = (
     "SELECT count(*) FROM trials WHERE study_id = :sid AND state IN "
     f"({', '.join(repr(s) for s in FINISHED_STATES)})"
 )
+_FINISHED_BY_NAME_SQL = (
+    "SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+    "WHERE s.study_name = :name AND t.state IN "
+    f"({', '.join(repr(s) for s in FINISHED_STATES)})"
+)
+# The counter kept in studyctl_studies (`n_finished`), by Optuna's study id.
+_COUNTER_SQL = (
+    "SELECT c.n_finished FROM studyctl_studies c JOIN studies s ON s.study_name = c.study_name "
+    "WHERE s.study_id = :sid"
+)
 # A claim counts while its trial is running (even if its worker died: the trial stays
 # RUNNING until the heartbeat marks it failed, and its retry then takes a claim of its own),
 # or, before its trial exists, while its worker is alive.
@@ -221,19 +235,56 @@ def delete_trial_attrs(
 
 
 def count_finished_trials(conn: Connection, study_id: int) -> int:
+    """The study's COMPLETE and PRUNED trials: studyctl's counter (one row), or a count of
+    its trials for a study studyctl does not manage."""
+    kept = conn.execute(sa.text(_COUNTER_SQL), {"sid": study_id}).scalar_one_or_none()
+    if kept is not None:
+        return int(kept)
     return int(conn.execute(sa.text(_FINISHED_SQL), {"sid": study_id}).scalar_one())
 
 
+def count_finished_by_name(conn: Connection, study_name: str) -> int:
+    """The study's COMPLETE and PRUNED trials, counted over its trials (0 before Optuna's
+    study exists): the counter's first value."""
+    if not sa.inspect(conn).has_table("trials"):
+        return 0
+    return int(conn.execute(sa.text(_FINISHED_BY_NAME_SQL), {"name": study_name}).scalar_one())
+
+
+# Every statement that finishes a trial calls this in its own transaction: the counter
+# and the trial's state change commit together.
+_COUNT_FINISHED_SQL = (
+    "UPDATE studyctl_studies SET n_finished = n_finished + 1 WHERE study_name = ("
+    "SELECT s.study_name FROM studies s JOIN trials t ON t.study_id = s.study_id "
+    "WHERE t.trial_id = :tid)"
+)
+
+
+def count_trial_finished(conn: Connection, trial_id: int) -> None:
+    """Count trial `trial_id`, which this transaction moved to COMPLETE or PRUNED, in its
+    study's `n_finished` (a study studyctl does not manage has no row: nothing changes)."""
+    conn.execute(sa.text(_COUNT_FINISHED_SQL), {"tid": trial_id})
+
+
+_TAKEN_SQL = (
+    "SELECT coalesce((SELECT n_finished FROM studyctl_studies WHERE study_name = :name), 0) + "
+    f"({_LIVE_CLAIMS_SQL})"
+)
+
+
 def count_taken(conn: Connection, study_id: int, study_name: str, stale_before: datetime) -> int:
-    """Finished trials plus live claims, read in ONE statement.
+    """Finished trials (the study's `n_finished`, one row) plus live claims, read in ONE
+    statement; the cost does not grow with the study's trials.
 
     Under PostgreSQL's READ COMMITTED each statement has its own snapshot: counting finished
     trials and live claims in two statements misses a trial that finished (and released its
     claim) between them, and lets one trial too many start (seen: 41 of 40 with 8 workers).
+    Within `try_claim` the study's row is locked by this transaction, so no trial end (which
+    updates the same row) commits until the claim does.
     """
     return int(
         conn.execute(
-            sa.text(f"SELECT ({_FINISHED_SQL}) + ({_LIVE_CLAIMS_SQL})"),
+            sa.text(_TAKEN_SQL),
             {"sid": study_id, "name": study_name, "stale_before": stale_before},
         ).scalar_one()
     )
@@ -340,6 +391,17 @@ def lost_trial_ids(
     else:
         sql, params["before"] = _LOST_SQL + "w.heartbeat_at < :before", stale_before
     return [int(r[0]) for r in conn.execute(sa.text(sql), params)]
+
+
+# Through `ix_studyctl_trials_study_state` (revision 0004): the study's WAITING rows only.
+_WAITING_SQL = (
+    "SELECT trial_id FROM trials WHERE study_id = :sid AND state = 'WAITING' ORDER BY number"
+)
+
+
+def waiting_trial_ids(conn: Connection, study_id: int) -> list[int]:
+    """The study's WAITING trials (enqueued trials and retries), oldest first."""
+    return [int(r[0]) for r in conn.execute(sa.text(_WAITING_SQL), {"sid": study_id})]
 
 
 def study_budgets(conn: Connection) -> dict[str, int | None]:

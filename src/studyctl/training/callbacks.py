@@ -12,6 +12,7 @@ import optuna
 from studyctl.artifacts import best_effort
 from studyctl.signals import stop_requested
 from studyctl.training import checkpoints
+from studyctl.training.reports import EpochReports
 
 if TYPE_CHECKING:
     from studyctl.artifacts.objectstore import ObjectStore
@@ -24,20 +25,6 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def report_epoch(trial: optuna.Trial, step: int, value: float) -> None:
-    """`trial.report`, except that a step the trial inherited from the attempt it retries
-    is overwritten: the retry trained that epoch again (its checkpoint was older than the
-    curve, or unreadable), and its own value is the one its result is computed from.
-    Optuna's `Trial.report` would keep the inherited value and drop this one ("step=N is
-    already reported"), leaving a curve that disagrees with the trial's value."""
-    cached = trial._cached_frozen_trial.intermediate_values
-    if step not in cached:
-        trial.report(value, step=step)
-        return
-    trial.storage.set_trial_intermediate_value(trial._trial_id, step, value)
-    cached[step] = value
-
-
 def make_epoch_callback(
     trial: optuna.Trial,
     metrics: tuple[str, ...],
@@ -45,14 +32,17 @@ def make_epoch_callback(
     checkpoint: Path | None = None,
 ) -> Any:
     """The callback that records each finished epoch: its metrics in `history`, the
-    objective metric reported to Optuna (pruning, NaN loss, missing metric), and then, with
-    `checkpoint`, the crash-atomic checkpoint (`checkpoints.save`) it restores from at the
-    start of the fit.
+    objective metric reported to Optuna (`EpochReports`: in order, put off while the
+    database is away; pruning, NaN loss, missing metric), and then, with `checkpoint`, the
+    crash-atomic checkpoint (`checkpoints.save`) it restores from at the start of the fit.
 
-    One callback does both, in this order, so that a stop or a kill can never fall between
-    a saved checkpoint and its epoch's report: a retry resumes at most one epoch before the
-    end of its original's curve and reports that epoch again (`report_epoch`), so the curve
-    has no hole. An epoch is finished when all its batches ran; a stop request that cut it
+    The curve has no hole and no duplicate whatever stops the process: the checkpoint of
+    epoch N holds the history of epochs 0..N-1, reported or not. A retry resumes from it,
+    first re-reports the epochs of that history its inherited curve lacks (reports that
+    were pending when the process died), then reports each epoch it trains, overwriting an
+    inherited value
+    (`report_epoch`). The caller delivers what is pending before the trial's state is told
+    (`settle`). An epoch is finished when all its batches ran; a stop request that cut it
     short leaves it out (its metrics describe no full epoch)."""
     import keras
 
@@ -66,6 +56,7 @@ def make_epoch_callback(
             self.missing_metric: str | None = None
             self.pruned_epoch: int | None = None
             self.initial_epoch = 0
+            self.reports = EpochReports(trial, prune and len(metrics) == 1)
             self._batches = 0
 
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -81,6 +72,8 @@ def make_epoch_callback(
             reason = restored.fallback_reason()
             if reason is not None:
                 trial.set_user_attr("checkpoint_fallback", reason[:1000])
+            if len(metrics) == 1 and metrics[0] in self.history:
+                self.reports.reclaim(self.history[metrics[0]])
 
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             self._batches = 0
@@ -121,13 +114,32 @@ def make_epoch_callback(
                     self.failure = f"{metrics[0]} became {value} at epoch {epoch}"
                     self.model.stop_training = True
                     return
-                report_epoch(trial, epoch, value)
-                if prune and trial.should_prune():
+                self.reports.add(epoch, value)
+                if self.reports.should_prune():
                     self.pruned_epoch = epoch
                     self.model.stop_training = True
                     return
             if checkpoint is not None:
                 checkpoints.save(self.model, checkpoint, epoch + 1, self.history)
+
+        def settle(self) -> None:
+            """Deliver every pending report (waiting for the database, up to the
+            tolerance); then, when the fit ran to its end with a pruning decision owed,
+            take it: the trial is pruned at its last epoch as it would have been had the
+            database stayed up."""
+            self.reports.settle()
+            if self.reports.late:
+                trial.set_user_attr("epochs_reported_late", len(self.reports.late))
+            owed = (
+                self.reports.decision_owed
+                and self.epochs_run > 0
+                and self.failure is None
+                and self.missing_metric is None
+                and self.pruned_epoch is None
+                and stop_requested() is None
+            )
+            if owed and self.reports.should_prune(wait=True):
+                self.pruned_epoch = self.epochs_run - 1
 
     return EpochRecorder()
 

@@ -77,6 +77,7 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
     if not isinstance(model, keras.Model) or model.optimizer is None:
         raise TrialFailed(f"build_model of {objective.name!r} must return a compiled keras.Model")
     ctx.check_grid_axes()  # before any epoch: a grid axis nothing suggests is a spec error
+    ctx.warn_unsuggested()
     trial.set_user_attr("n_params", int(model.count_params()))
     save_trial_note(trial, spec, model)
     trial.set_user_attr("replicas", int(strategy.num_replicas_in_sync))
@@ -117,6 +118,8 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
                 callbacks=callbacks,
             )
     finally:
+        # Before anything else is stored: the reports held back by a database outage.
+        reporter.settle()
         trial.set_user_attr("epochs_run", reporter.epochs_run)
         trial.set_user_attr("history", reporter.history)
     signum = stop_requested()

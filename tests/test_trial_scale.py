@@ -1,0 +1,278 @@
+"""The per-trial path at scale: revision 0004's index on Optuna's trials and the finished
+counter, the claim that reads no trial of the study, and the queued-trial pop that asks the
+database; on SQLite and PostgreSQL. Structural checks (query plans, statements issued), no
+timings."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import optuna
+import pytest
+import sqlalchemy as sa
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.trial import TrialState, create_trial
+
+from studyctl.storage import StudyctlStorage, close_storage, open_storage, schema
+from studyctl.storage import tables as db
+from studyctl.storage.rdb import upgrade_storage
+from studyctl.storage.waiting import pop_waiting_trial_id, use_indexed_waiting_pop
+
+INDEX = "ix_studyctl_trials_study_state"
+
+
+def _n_finished(engine: sa.Engine, name: str) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text("SELECT n_finished FROM studyctl_studies WHERE study_name = :n"),
+                {"n": name},
+            ).scalar_one()
+        )
+
+
+def _finished_by_count(engine: sa.Engine, name: str) -> int:
+    with engine.connect() as conn:
+        return db.count_finished_by_name(conn, name)
+
+
+def _trial_indexes(engine: sa.Engine) -> set[str]:
+    return {str(i["name"]) for i in sa.inspect(engine).get_indexes("trials")}
+
+
+def _add_trials(study: optuna.Study) -> None:
+    """Trials in every state: 3 COMPLETE, 2 PRUNED, 1 FAIL, 1 RUNNING, 1 WAITING."""
+    for value in (1.0, 2.0, 3.0):
+        study.add_trial(create_trial(value=value))
+    for _ in range(2):
+        study.add_trial(create_trial(state=TrialState.PRUNED))
+    study.add_trial(create_trial(state=TrialState.FAIL))
+    study.ask()
+    study.enqueue_trial({})
+
+
+def test_upgrade_from_0003_adds_index_and_counts_existing_trials(storage_url: str) -> None:
+    plain = optuna.storages.RDBStorage(storage_url)  # Optuna's tables, trials written before
+    study = optuna.create_study(study_name="old", storage=plain)
+    _add_trials(study)
+    engine = sa.create_engine(storage_url)
+    schema.upgrade_studyctl(engine, "0003")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO studyctl_studies (study_name, n_trials, spec_json, created_at, "
+                "updated_at, claim_seq) VALUES ('old', 20, '{}', '2026-01-01 00:00:00', "
+                "'2026-01-01 00:00:00', 8)"
+            )
+        )
+    assert INDEX not in _trial_indexes(engine)
+
+    schema.upgrade_studyctl(engine)
+    with engine.connect() as conn:
+        assert schema.current_revision(conn) == schema.head_revision() == "0004"
+    assert INDEX in _trial_indexes(engine)
+    assert _n_finished(engine, "old") == 5 == _finished_by_count(engine, "old")
+
+    schema.downgrade_studyctl(engine, "0003")
+    assert INDEX not in _trial_indexes(engine)
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("studyctl_studies")}
+    assert "n_finished" not in columns
+    # The downgrade left Optuna's own index and data alone.
+    assert "ix_trials_study_id" in _trial_indexes(engine)
+    assert len(optuna.load_study(study_name="old", storage=plain).trials) == 8
+    engine.dispose()
+
+
+def test_a_new_database_has_the_index_and_db_upgrade_restores_it(storage_url: str) -> None:
+    storage = open_storage(storage_url)
+    assert INDEX in _trial_indexes(storage.engine)
+    # As if an Optuna migration had rebuilt `trials` without it: `db upgrade` adds it back.
+    with storage.engine.begin() as conn:
+        conn.execute(sa.text(f"DROP INDEX {INDEX}"))
+    close_storage(storage_url)
+    upgrade_storage(storage_url)
+    engine = sa.create_engine(storage_url)
+    assert INDEX in _trial_indexes(engine)
+    engine.dispose()
+
+
+def _budget_study(storage: StudyctlStorage, name: str, n_trials: int) -> optuna.Study:
+    study = optuna.create_study(study_name=name, storage=storage)
+    with db.transaction(storage.engine) as conn:
+        db.upsert_study_record(conn, name, n_trials, "{}")
+    return study
+
+
+def test_counter_follows_every_way_a_trial_finishes(storage_url: str) -> None:
+    storage = open_storage(storage_url)
+    study = _budget_study(storage, "counted", 100)
+    _add_trials(study)  # add_trial of finished trials, ask, enqueue
+    study.tell(study.ask(), 0.5)
+    study.tell(study.ask(), state=TrialState.PRUNED)
+    study.tell(study.ask(), state=TrialState.FAIL)
+    study.enqueue_trial({})
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]
+    # A WAITING trial finished directly (Optuna's own transition, not studyctl's).
+    assert storage.set_trial_state_values(waiting._trial_id, TrialState.COMPLETE, [0.25])
+    assert (
+        _n_finished(storage.engine, "counted") == 8 == _finished_by_count(storage.engine, "counted")
+    )
+    # A record made for a study that already has trials starts from their count.
+    with db.transaction(storage.engine) as conn:
+        db.delete_study_records(conn, "counted")
+        db.upsert_study_record(conn, "counted", 100, "{}")
+    assert _n_finished(storage.engine, "counted") == 8
+    with storage.engine.connect() as conn:
+        assert db.count_finished_trials(conn, study._study_id) == 8
+
+
+def test_budget_is_exact_under_concurrent_claims(storage_url: str) -> None:
+    """Four storages (four engines, as four workers have) claim, run and finish trials
+    at once; exactly n_trials finish and the counter equals the trials' own count."""
+    n_trials = 24
+    first = open_storage(storage_url)
+    _budget_study(first, "race", n_trials)
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        storage = StudyctlStorage(storage_url)
+        try:
+            with db.transaction(storage.engine) as conn:
+                db.insert_worker(
+                    conn, worker_id=f"w{index}", study_name="race", host="h", pid=index, gpus=""
+                )
+            study = optuna.load_study(study_name="race", storage=storage)
+            while True:
+                claim = storage.control.try_claim(
+                    study_name="race",
+                    study_id=study._study_id,
+                    worker_id=f"w{index}",
+                    n_trials=n_trials,
+                    stale_after=60.0,
+                )
+                if claim is None:
+                    return
+                trial = study.ask()
+                storage.control.attach_claim(claim, trial._trial_id)
+                # Every fifth trial fails and frees its slot for another.
+                if trial.number % 5 == 4:
+                    study.tell(trial, state=TrialState.FAIL)
+                else:
+                    study.tell(trial, float(trial.number))
+                storage.control.release_claim(claim)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+        finally:
+            storage.engine.dispose()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert _finished_by_count(first.engine, "race") == n_trials
+    assert _n_finished(first.engine, "race") == n_trials
+
+
+@contextmanager
+def _statements(engine: sa.Engine) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def _plan(engine: sa.Engine, sql: str, params: dict[str, Any]) -> str:
+    """The query plan of `sql`, one string (SQLite's EXPLAIN QUERY PLAN, PostgreSQL's
+    EXPLAIN), with the planner told the table is large."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = conn.execute(sa.text(f"EXPLAIN QUERY PLAN {sql}"), params).all()
+            return "\n".join(str(r[-1]) for r in rows)
+        conn.execute(sa.text("SET enable_seqscan = off"))
+        return "\n".join(str(r[0]) for r in conn.execute(sa.text(f"EXPLAIN {sql}"), params))
+
+
+def _reads_trials_of_study(plan: str) -> bool:
+    """Whether a plan visits `trials` other than by primary key (one row per claim)."""
+    lines = [line for line in plan.splitlines() if "trials" in line and "trial_id" not in line]
+    by_study = "ix_trials_study_id" in plan or "SCAN trials" in plan
+    return by_study or any("Seq Scan on trials" in line for line in lines)
+
+
+def test_a_claim_reads_no_trial_of_the_study_but_its_own(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    study = _budget_study(storage, "plan", 10)
+    for value in range(5):
+        study.add_trial(create_trial(value=float(value)))
+    with db.transaction(storage.engine) as conn:
+        db.insert_worker(conn, worker_id="w1", study_name="plan", host="h", pid=1, gpus="")
+    with _statements(storage.engine) as seen:
+        claim = storage.control.try_claim(
+            study_name="plan",
+            study_id=study._study_id,
+            worker_id="w1",
+            n_trials=10,
+            stale_after=60.0,
+        )
+    assert claim is not None
+    reading = [s for s in seen if "trials" in s]
+    assert reading, seen  # the live claims' trials are read (by primary key)
+    params = {"sid": study._study_id, "name": "plan", "stale_before": db.utcnow()}
+    for sql in reading:
+        plan = _plan(storage.engine, sql.replace("?", ":x"), {**params, "x": 0})
+        assert not _reads_trials_of_study(plan), (sql, plan)
+
+
+def test_running_and_waiting_queries_use_the_index(storage_url: str) -> None:
+    storage = open_storage(storage_url)
+    study = _budget_study(storage, "idx", 10)
+    sid = study._study_id
+    waiting_plan = _plan(storage.engine, db._WAITING_SQL, {"sid": sid})
+    assert INDEX in waiting_plan, waiting_plan
+    # Optuna's heartbeat sweep for RUNNING trials, as Optuna writes it.
+    running = (
+        "SELECT trial_id FROM trials WHERE trials.state = 'RUNNING' AND trials.study_id = :sid"
+    )
+    assert INDEX in _plan(storage.engine, running, {"sid": sid})
+
+
+def test_the_loop_takes_queued_trials_without_filtering_every_cached_trial(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = open_storage(storage_url)
+    study = _budget_study(storage, "queue", 10)
+    for value in range(3):
+        study.add_trial(create_trial(value=float(value)))
+    study.enqueue_trial({"x": 0.25})
+    study.enqueue_trial({"x": 0.75})
+    use_indexed_waiting_pop(study)
+    filtered: list[Any] = []
+    original = _CachedStorage.get_all_trials
+
+    def counting(self: _CachedStorage, *args: Any, **kwargs: Any) -> Any:
+        filtered.append(kwargs.get("states"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(_CachedStorage, "get_all_trials", counting)
+    first = study.ask()
+    assert first.suggest_float("x", 0, 1) == 0.25  # the oldest queued trial, its params
+    assert first.number == 3
+    assert (TrialState.WAITING,) not in filtered
+    # Another process already took the other queued trial: it is skipped, a new one made.
+    other = StudyctlStorage(storage_url)
+    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]
+    assert other.set_trial_state_values(queued._trial_id, TrialState.RUNNING)
+    other.engine.dispose()
+    assert pop_waiting_trial_id(study) is None
+    assert study.ask().number == 5
