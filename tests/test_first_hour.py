@@ -343,3 +343,23 @@ def test_report_has_a_summary_numbers_and_the_best_trial_marked(lab: Lab, tmp_pa
         assert float(row[2]) == pytest.approx(t.values[0], rel=1e-5)  # a number, not [0.1...]
         assert row[3] == f"x={t.params['x']:.6g}"
         assert ("best" in attrs) == (t.number == best.number)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--wrokers", "2", "x.toml"], "error: No such option: --wrokers"),
+        (["stauts"], "error: No such command 'stauts'. Did you mean 'status'"),
+        (["status"], "error: Missing argument 'STUDY'."),
+        (["run", "--workers", "two", "x.toml"], "error: Invalid value for '--workers'"),
+    ],
+)
+def test_usage_errors_are_one_error_line(tmp_path: Path, args: list[str], expected: str) -> None:
+    """A misspelt option or command, a missing argument or a bad value: one `error:` line
+    that names the help to read, exit 2 (Click's own form was three lines: usage, hint,
+    error)."""
+    result = _cli(args, tmp_path)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert "--help`)" in lines[0] and result.stdout == ""
