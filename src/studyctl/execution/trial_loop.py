@@ -289,9 +289,11 @@ def run_trial_loop(
     *,
     max_trials: int | None = None,
     on_trial: Callable[[TrialOutcome], None] | None = None,
+    on_last_trial: Callable[[], None] | None = None,
 ) -> LoopResult:
     """Run trials until the study's budget is met (or timeout, max_trials, a signal, or
-    `max_consecutive_failures` failures in a row)."""
+    `max_consecutive_failures` failures in a row). `on_last_trial` is called as the
+    `max_trials`-th trial starts (the worker then warms this process's successor)."""
     configure_optuna_logging()  # Optuna's per-trial lines only with --verbose
     mask_secrets_in_logs(logging.getLogger("optuna"))
     runner = _TrialRunner(spec, objective, storage, registration)
@@ -343,6 +345,8 @@ def run_trial_loop(
                         signum = stop_requested()
                         if signum is not None:
                             raise WorkerInterrupted(signum)
+                    if on_last_trial is not None and result.trials_run + 1 == max_trials:
+                        on_last_trial()
                     _optimize_one(study, runner)
                 finally:
                     trial_id = storage.control.release_claim(claim)
