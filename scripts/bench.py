@@ -24,6 +24,7 @@ Figures (ratios within one run: these machines are shared and noisy):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -450,6 +451,64 @@ class Bench:
             "studyctl_help_s": round(helped, 3),
             "help_over_python_s": round(helped - bare, 3),
             "worker_to_first_trial_s": round((first - launched).total_seconds(), 2),
+            **self.recycle_gap(),
+        }
+
+    def recycle_gap(self) -> dict[str, Any]:
+        """One worker, trials_per_process = 1: from one trial's end to the next one's start
+        across each recycle, with the warm spare ([worker] prewarm) and without, runs
+        alternating so both see the same machine. A spare hides its start-up only behind
+        a trial that lasts longer than that start-up, so the trials train 12 epochs; the
+        spare's own wait for its start-up (warm after the previous trial ended) is
+        reported apart from the hand-over itself."""
+        trials = 3
+        gaps: dict[str, list[float]] = {"prewarm": [], "cold": []}
+        warm_late: list[float] = []
+        handover: list[float] = []
+        for _ in range(1 if self.quick else 2):
+            for label, prewarm in [("cold", "false"), ("prewarm", "true")]:
+                spec, name, url = self.spec(f"""
+                    objective = "bench_mlp"
+                    n_trials = {trials}
+                    [params]
+                    units = 32
+                    lr = 0.01
+                    [training]
+                    epochs = {4 if self.quick else 12}
+                    batch_size = 64
+                    [worker]
+                    trials_per_process = 1
+                    prewarm = {prewarm}
+                    [artifacts]
+                    path = "{self.work / "artifacts"}"
+                """)
+                self.create(spec, url)
+                self.studyctl("worker", name, "-s", url, "-q")
+                import optuna
+
+                done = sorted(
+                    optuna.load_study(study_name=name, storage=url).trials,
+                    key=lambda t: t.number,
+                )
+                for before, after in itertools.pairwise(done):
+                    assert before.datetime_complete and after.datetime_start
+                    gap = after.datetime_start - before.datetime_complete
+                    gaps[label].append(gap.total_seconds())
+                    if label == "prewarm":
+                        info = after.user_attrs["worker"]
+                        ended = before.datetime_complete.timestamp()
+                        warm_late.append(max(0.0, info["process_warm_at"] - ended))
+                        handover.append(
+                            after.datetime_start.timestamp() - max(ended, info["process_warm_at"])
+                        )
+        return {
+            "recycle_trials_per_run": trials,
+            "recycle_gap_cold_s": round(statistics.median(gaps["cold"]), 2),
+            "recycle_gap_prewarm_s": round(statistics.median(gaps["prewarm"]), 2),
+            "recycle_gaps_cold_s": [round(g, 2) for g in gaps["cold"]],
+            "recycle_gaps_prewarm_s": [round(g, 2) for g in gaps["prewarm"]],
+            "recycle_spare_warm_after_trial_end_s": [round(g, 2) for g in warm_late],
+            "recycle_handover_s": [round(g, 2) for g in handover],
         }
 
     # 6 ---------------------------------------------------------------------------------
@@ -748,6 +807,13 @@ def markdown(r: dict[str, Any]) -> str:
         f"{st['python_pass_s']} s (+{st['help_over_python_s']} s); worker start to first "
         f"trial {st['worker_to_first_trial_s']} s | <= 0.5 s over |"
     )
+    if "recycle_gap_prewarm_s" in st:
+        lines.append(
+            "| 5 | gap between trials at a trial-process recycle (1 worker, trials_per_process"
+            f" = 1, median of {len(st['recycle_gaps_prewarm_s'])}): warm spare (prewarm, the "
+            f"default) vs none | **{st['recycle_gap_prewarm_s']} s** vs "
+            f"{st['recycle_gap_cold_s']} s | <= 0.5 s |"
+        )
     for label, v in r["storage"].items():
         lines.append(
             f"| 6 | near-zero objective, {label} workers | {v['trials_per_s']} trials/s, "

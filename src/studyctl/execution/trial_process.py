@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     except StudyctlError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_FATAL
-    went_at = started_at
+    went_at = warm_at = started_at
     if go_fd is not None:
         prewarm(objective, spec)  # the framework and (without GPUs) the data; no devices
+        warm_at = time.time()
         go = wait_for_go(go_fd)
         if go is None:  # not needed, or its worker is gone: it claimed nothing
             return EXIT_DONE
@@ -95,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     registration = WorkerRegistration(
         storage, spec.name, interval=0, worker_id=args.worker_id, trials_done=args.trials_done
     )
-    # On each trial's `worker` attribute: when this process started and when it began to
-    # take trials (a spare: when its worker told it to go).
+    # On each trial's `worker` attribute: when this process started, when a spare was warm
+    # and when it began to take trials (a spare: when its worker told it to go).
     registration.info["process_started_at"] = round(started_at, 3)
+    registration.info["process_warm_at"] = round(warm_at, 3)
     registration.info["process_went_at"] = round(went_at, 3)
 
     def say(line: str) -> None:
