@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(line, flush=True)
 
-    printer = ProgressPrinter(storage, study, spec.n_trials, say)
+    # Quiet (under `run --workers`, whose launcher prints the totals): no per-trial line,
+    # so no per-trial totals query either.
+    printer = None if args.quiet else ProgressPrinter(storage, study, spec.n_trials, say)
     try:
         result = run_trial_loop(
             storage,
