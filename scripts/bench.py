@@ -17,6 +17,9 @@ Figures (ratios within one run: these machines are shared and noisy):
 7. what the search buys: studyctl's TPE (sequential, 2 workers, 2 workers with a median
    pruner) against KerasTuner's RandomSearch on the same model, space, data and epochs,
    over seeds: best val_loss at equal epochs, and epochs to reach RandomSearch's best.
+8. recycle gap: one worker replacing its trial process after every trial, from one
+   trial's end to the next one's start, with the warm spare (`[worker] prewarm`) and
+   without.
 
     python scripts/bench.py --only search   # one figure; merged into the existing results
 """
@@ -43,6 +46,9 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 STUDYCTL = [sys.executable, "-m", "studyctl.cli"]
 PG_ADMIN = "host=127.0.0.1 port=5432 user=root dbname=postgres"
+# Figure 8's trials: longer than a trial process's start-up (about 5 s idle), as the
+# trials a worker recycles processes for are (minutes).
+EPOCHS_RECYCLE = 40
 
 MLP = """
 from studyctl import TrainingData, keras_objective
@@ -451,58 +457,57 @@ class Bench:
             "studyctl_help_s": round(helped, 3),
             "help_over_python_s": round(helped - bare, 3),
             "worker_to_first_trial_s": round((first - launched).total_seconds(), 2),
-            **self.recycle_gap(),
         }
 
     def recycle_gap(self) -> dict[str, Any]:
         """One worker, trials_per_process = 1: from one trial's end to the next one's start
-        across each recycle, with the warm spare ([worker] prewarm) and without, runs
-        alternating so both see the same machine. A spare hides its start-up only behind
-        a trial that lasts longer than that start-up, so the trials train 12 epochs; the
+        across each recycle, with the warm spare ([worker] prewarm) and without, one run
+        after the other in the same bench run. A spare hides its start-up only behind
+        a trial that lasts longer than that start-up, so the trials train 40 epochs; the
         spare's own wait for its start-up (warm after the previous trial ended) is
         reported apart from the hand-over itself."""
-        trials = 3
+        trials = 3 if self.quick else 4
         gaps: dict[str, list[float]] = {"prewarm": [], "cold": []}
         warm_late: list[float] = []
         handover: list[float] = []
-        for _ in range(1 if self.quick else 2):
-            for label, prewarm in [("cold", "false"), ("prewarm", "true")]:
-                spec, name, url = self.spec(f"""
-                    objective = "bench_mlp"
-                    n_trials = {trials}
-                    [params]
-                    units = 32
-                    lr = 0.01
-                    [training]
-                    epochs = {4 if self.quick else 12}
-                    batch_size = 64
-                    [worker]
-                    trials_per_process = 1
-                    prewarm = {prewarm}
-                    [artifacts]
-                    path = "{self.work / "artifacts"}"
-                """)
-                self.create(spec, url)
-                self.studyctl("worker", name, "-s", url, "-q")
-                import optuna
+        for label, prewarm in [("cold", "false"), ("prewarm", "true")]:
+            spec, name, url = self.spec(f"""
+                objective = "bench_mlp"
+                n_trials = {trials}
+                [params]
+                units = 32
+                lr = 0.01
+                [training]
+                epochs = {4 if self.quick else EPOCHS_RECYCLE}
+                batch_size = 64
+                [worker]
+                trials_per_process = 1
+                prewarm = {prewarm}
+                [artifacts]
+                path = "{self.work / "artifacts"}"
+            """)
+            self.create(spec, url)
+            self.studyctl("worker", name, "-s", url, "-q")
+            import optuna
 
-                done = sorted(
-                    optuna.load_study(study_name=name, storage=url).trials,
-                    key=lambda t: t.number,
-                )
-                for before, after in itertools.pairwise(done):
-                    assert before.datetime_complete and after.datetime_start
-                    gap = after.datetime_start - before.datetime_complete
-                    gaps[label].append(gap.total_seconds())
-                    if label == "prewarm":
-                        info = after.user_attrs["worker"]
-                        ended = before.datetime_complete.timestamp()
-                        warm_late.append(max(0.0, info["process_warm_at"] - ended))
-                        handover.append(
-                            after.datetime_start.timestamp() - max(ended, info["process_warm_at"])
-                        )
+            done = sorted(
+                optuna.load_study(study_name=name, storage=url).trials,
+                key=lambda t: t.number,
+            )
+            for before, after in itertools.pairwise(done):
+                assert before.datetime_complete and after.datetime_start
+                gap = after.datetime_start - before.datetime_complete
+                gaps[label].append(gap.total_seconds())
+                if label == "prewarm":
+                    info = after.user_attrs["worker"]
+                    ended = before.datetime_complete.timestamp()
+                    warm_late.append(max(0.0, info["process_warm_at"] - ended))
+                    handover.append(
+                        after.datetime_start.timestamp() - max(ended, info["process_warm_at"])
+                    )
         return {
             "recycle_trials_per_run": trials,
+            "recycle_epochs": EPOCHS_RECYCLE,
             "recycle_gap_cold_s": round(statistics.median(gaps["cold"]), 2),
             "recycle_gap_prewarm_s": round(statistics.median(gaps["prewarm"]), 2),
             "recycle_gaps_cold_s": [round(g, 2) for g in gaps["cold"]],
@@ -807,13 +812,6 @@ def markdown(r: dict[str, Any]) -> str:
         f"{st['python_pass_s']} s (+{st['help_over_python_s']} s); worker start to first "
         f"trial {st['worker_to_first_trial_s']} s | <= 0.5 s over |"
     )
-    if "recycle_gap_prewarm_s" in st:
-        lines.append(
-            "| 5 | gap between trials at a trial-process recycle (1 worker, trials_per_process"
-            f" = 1, median of {len(st['recycle_gaps_prewarm_s'])}): warm spare (prewarm, the "
-            f"default) vs none | **{st['recycle_gap_prewarm_s']} s** vs "
-            f"{st['recycle_gap_cold_s']} s | <= 0.5 s |"
-        )
     for label, v in r["storage"].items():
         lines.append(
             f"| 6 | near-zero objective, {label} workers | {v['trials_per_s']} trials/s, "
@@ -845,6 +843,18 @@ def markdown(r: dict[str, Any]) -> str:
             f"| 7 | TPE with 2 workers vs sequential, same trials: mean best val_loss ratio "
             f"| **{q['parallel_over_sequential']}** | <= 1 (no loss from parallelism) |"
         )
+    if "recycle" in r:
+        g = r["recycle"]
+        lines.append(
+            "| 8 | gap between trials at a trial-process recycle (1 worker, trials_per_process"
+            f" = 1, {g['recycle_epochs']}-epoch trials, median of "
+            f"{len(g['recycle_gaps_prewarm_s'])}): warm spare "
+            f"(`[worker] prewarm`, the default) vs none | **{g['recycle_gap_prewarm_s']} s** vs "
+            f"{g['recycle_gap_cold_s']} s (each: {g['recycle_gaps_prewarm_s']} vs "
+            f"{g['recycle_gaps_cold_s']}); the spare still warming after the trial ended "
+            f"{g['recycle_spare_warm_after_trial_end_s']} s, hand-over once it is warm "
+            f"{g['recycle_handover_s']} s | <= 0.5 s |"
+        )
     lines += [
         "",
         "![best value against epochs](benchmarks/pruning.png)",
@@ -867,6 +877,7 @@ FIGURES = {
     "startup": "startup",
     "storage": "storage_load",
     "search": "search",
+    "recycle": "recycle_gap",
 }
 
 
