@@ -257,8 +257,9 @@ class Bench:
     def speedup(self) -> dict[str, Any]:
         trials, epochs = (4, 1) if self.quick else (16, 4)
         walls = {}
+        parts: dict[int, dict[str, float]] = {}
         for workers in (1, 2):
-            spec, _, url = self.spec(f"""
+            spec, name, url = self.spec(f"""
                 objective = "bench_mlp"
                 n_trials = {trials}
                 [sampler]
@@ -270,6 +271,7 @@ class Bench:
                 [artifacts]
                 path = "{self.work / "artifacts"}"
             """)
+            launched = datetime.now()
             start = time.perf_counter()
             self.studyctl(
                 "run",
@@ -283,6 +285,27 @@ class Bench:
                 "1",
             )
             walls[workers] = time.perf_counter() - start
+            ended = datetime.now()
+            import optuna
+
+            done = [t for t in optuna.load_study(study_name=name, storage=url).trials]
+            starts = [t.datetime_start for t in done if t.datetime_start]
+            ends = [t.datetime_complete for t in done if t.datetime_complete]
+            # Where the wall time goes: start-up to the first trial, the trials (mean
+            # duration; summed over workers they fill the rest unless a worker idles),
+            # and from the last trial's end to the run's exit.
+            parts[workers] = {
+                "to_first_trial_s": round((min(starts) - launched).total_seconds(), 2),
+                "mean_trial_s": round(
+                    statistics.mean(
+                        (t.datetime_complete - t.datetime_start).total_seconds()
+                        for t in done
+                        if t.datetime_complete and t.datetime_start
+                    ),
+                    2,
+                ),
+                "last_trial_end_to_exit_s": round((ended - max(ends)).total_seconds(), 2),
+            }
         return {
             "trials": trials,
             "epochs": epochs,
@@ -290,6 +313,8 @@ class Bench:
             "wall_2_workers_s": round(walls[2], 1),
             "speedup": round(walls[1] / walls[2], 2),
             "efficiency": round(walls[1] / walls[2] / 2, 2),
+            "where_1_worker": parts[1],
+            "where_2_workers": parts[2],
         }
 
     # 3 ---------------------------------------------------------------------------------
