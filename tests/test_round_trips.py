@@ -24,10 +24,10 @@ def noop(trial, ctx):
     return trial.suggest_float("x", 0, 1)
 """
 
-# Optuna itself commits 11 times per trial of this objective through `study.optimize`
-# (stale-trial sweep, trial list, create, heartbeat, a parameter, tell and the reads around
-# them, the `worker` and `duration_s` attributes); studyctl's loop adds its claim, its
-# release and the budget read. Before the claim carried the worker's row it was 21.
+# Most commits of a trial go through Optuna's storage inside `study.optimize` (stale-trial
+# sweep, trial list, create, heartbeat, a parameter, the `worker` and `duration_s`
+# attributes, tell and the reads around them); studyctl's loop adds its claim, its release
+# and the budget and lost-trial reads. Before the claim carried the worker's row: 21.
 MAX_COMMITS_PER_TRIAL = 19
 
 
