@@ -217,3 +217,16 @@ def test_stop_signal_leaves_no_running_trial_and_no_spare(
     assert [t.state for t in trials[1:]] == [TrialState.WAITING]
     assert "Traceback" not in out
     assert trial_processes_of("stop") == []
+
+
+def test_prewarm_is_a_worker_option_of_the_spec(tmp_path: Path) -> None:
+    from studyctl.errors import SpecError
+    from studyctl.spec import StudySpec, load_spec
+
+    body = 'name = "p"\nobjective = "x"\nn_trials = 1\n[worker]\nprewarm = {}\n'
+    assert load_spec(write_spec(tmp_path / "on.toml", body.format("true"))).worker.prewarm
+    off = load_spec(write_spec(tmp_path / "off.toml", body.format("false")))
+    assert off.worker.prewarm is False
+    assert StudySpec.from_dict(off.to_dict()).worker.prewarm is False  # the stored snapshot
+    with pytest.raises(SpecError, match="prewarm"):
+        load_spec(write_spec(tmp_path / "bad.toml", body.format('"yes"')))
