@@ -230,3 +230,24 @@ def test_prewarm_is_a_worker_option_of_the_spec(tmp_path: Path) -> None:
     assert StudySpec.from_dict(off.to_dict()).worker.prewarm is False  # the stored snapshot
     with pytest.raises(SpecError, match="prewarm"):
         load_spec(write_spec(tmp_path / "bad.toml", body.format('"yes"')))
+
+
+def test_launcher_wakes_when_a_worker_output_ends() -> None:
+    """The launcher reads each worker's output in a thread; the end of that output (the
+    worker exiting) wakes its loop at once instead of at its next poll."""
+    import threading
+
+    from studyctl.execution.launcher import _pump
+
+    proc = subprocess.Popen(
+        ["python3", "-c", "print('one'); print('two')"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    ended = threading.Event()
+    lines: list[str] = []
+    reader = threading.Thread(target=_pump, args=("w0", proc.stdout, lines.append, ended))
+    reader.start()
+    assert ended.wait(timeout=10)
+    reader.join(timeout=10)
+    proc.wait(timeout=10)
+    assert lines == ["[w0] one", "[w0] two"]

@@ -6,6 +6,8 @@ replaces every `trials_per_process` trials, so TensorFlow's per-model leak is re
 the OS and its import is paid once per many trials. SIGINT/SIGTERM/SIGHUP are forwarded to the
 child once; the child records its trial FAIL ("interrupted") and exits 130/143.
 A child that crashes (killed, segfault) is replaced up to `MAX_CHILD_CRASHES` times in a row.
+With `[worker] prewarm` the next child is started as a warm spare while the current one
+trains its last trial, and told to go once the current one exits (`execution.spare`).
 """
 
 from __future__ import annotations
