@@ -17,6 +17,9 @@ Figures (ratios within one run: these machines are shared and noisy):
 7. what the search buys: studyctl's TPE (sequential, 2 workers, 2 workers with a median
    pruner) against KerasTuner's RandomSearch on the same model, space, data and epochs,
    over seeds: best val_loss at equal epochs, and epochs to reach RandomSearch's best.
+8. recycle gap: one worker replacing its trial process after every trial, from one
+   trial's end to the next one's start, with the warm spare (`[worker] prewarm`) and
+   without.
 
     python scripts/bench.py --only search   # one figure; merged into the existing results
 """
@@ -24,6 +27,7 @@ Figures (ratios within one run: these machines are shared and noisy):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -42,6 +46,9 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 STUDYCTL = [sys.executable, "-m", "studyctl.cli"]
 PG_ADMIN = "host=127.0.0.1 port=5432 user=root dbname=postgres"
+# Figure 8's trials: longer than a trial process's start-up (about 5 s idle), as the
+# trials a worker recycles processes for are (minutes).
+EPOCHS_RECYCLE = 40
 
 MLP = """
 from studyctl import TrainingData, keras_objective
@@ -250,8 +257,9 @@ class Bench:
     def speedup(self) -> dict[str, Any]:
         trials, epochs = (4, 1) if self.quick else (16, 4)
         walls = {}
+        parts: dict[int, dict[str, float]] = {}
         for workers in (1, 2):
-            spec, _, url = self.spec(f"""
+            spec, name, url = self.spec(f"""
                 objective = "bench_mlp"
                 n_trials = {trials}
                 [sampler]
@@ -263,6 +271,7 @@ class Bench:
                 [artifacts]
                 path = "{self.work / "artifacts"}"
             """)
+            launched = datetime.now()
             start = time.perf_counter()
             self.studyctl(
                 "run",
@@ -276,6 +285,27 @@ class Bench:
                 "1",
             )
             walls[workers] = time.perf_counter() - start
+            ended = datetime.now()
+            import optuna
+
+            done = [t for t in optuna.load_study(study_name=name, storage=url).trials]
+            starts = [t.datetime_start for t in done if t.datetime_start]
+            ends = [t.datetime_complete for t in done if t.datetime_complete]
+            # Where the wall time goes: start-up to the first trial, the trials (mean
+            # duration; summed over workers they fill the rest unless a worker idles),
+            # and from the last trial's end to the run's exit.
+            parts[workers] = {
+                "to_first_trial_s": round((min(starts) - launched).total_seconds(), 2),
+                "mean_trial_s": round(
+                    statistics.mean(
+                        (t.datetime_complete - t.datetime_start).total_seconds()
+                        for t in done
+                        if t.datetime_complete and t.datetime_start
+                    ),
+                    2,
+                ),
+                "last_trial_end_to_exit_s": round((ended - max(ends)).total_seconds(), 2),
+            }
         return {
             "trials": trials,
             "epochs": epochs,
@@ -283,6 +313,8 @@ class Bench:
             "wall_2_workers_s": round(walls[2], 1),
             "speedup": round(walls[1] / walls[2], 2),
             "efficiency": round(walls[1] / walls[2] / 2, 2),
+            "where_1_worker": parts[1],
+            "where_2_workers": parts[2],
         }
 
     # 3 ---------------------------------------------------------------------------------
@@ -450,6 +482,63 @@ class Bench:
             "studyctl_help_s": round(helped, 3),
             "help_over_python_s": round(helped - bare, 3),
             "worker_to_first_trial_s": round((first - launched).total_seconds(), 2),
+        }
+
+    def recycle_gap(self) -> dict[str, Any]:
+        """One worker, trials_per_process = 1: from one trial's end to the next one's start
+        across each recycle, with the warm spare ([worker] prewarm) and without, one run
+        after the other in the same bench run. A spare hides its start-up only behind
+        a trial that lasts longer than that start-up, so the trials train 40 epochs; the
+        spare's own wait for its start-up (warm after the previous trial ended) is
+        reported apart from the hand-over itself."""
+        trials = 3 if self.quick else 4
+        gaps: dict[str, list[float]] = {"prewarm": [], "cold": []}
+        warm_late: list[float] = []
+        handover: list[float] = []
+        for label, prewarm in [("cold", "false"), ("prewarm", "true")]:
+            spec, name, url = self.spec(f"""
+                objective = "bench_mlp"
+                n_trials = {trials}
+                [params]
+                units = 32
+                lr = 0.01
+                [training]
+                epochs = {4 if self.quick else EPOCHS_RECYCLE}
+                batch_size = 64
+                [worker]
+                trials_per_process = 1
+                prewarm = {prewarm}
+                [artifacts]
+                path = "{self.work / "artifacts"}"
+            """)
+            self.create(spec, url)
+            self.studyctl("worker", name, "-s", url, "-q")
+            import optuna
+
+            done = sorted(
+                optuna.load_study(study_name=name, storage=url).trials,
+                key=lambda t: t.number,
+            )
+            for before, after in itertools.pairwise(done):
+                assert before.datetime_complete and after.datetime_start
+                gap = after.datetime_start - before.datetime_complete
+                gaps[label].append(gap.total_seconds())
+                if label == "prewarm":
+                    info = after.user_attrs["worker"]
+                    ended = before.datetime_complete.timestamp()
+                    warm_late.append(max(0.0, info["process_warm_at"] - ended))
+                    handover.append(
+                        after.datetime_start.timestamp() - max(ended, info["process_warm_at"])
+                    )
+        return {
+            "recycle_trials_per_run": trials,
+            "recycle_epochs": EPOCHS_RECYCLE,
+            "recycle_gap_cold_s": round(statistics.median(gaps["cold"]), 2),
+            "recycle_gap_prewarm_s": round(statistics.median(gaps["prewarm"]), 2),
+            "recycle_gaps_cold_s": [round(g, 2) for g in gaps["cold"]],
+            "recycle_gaps_prewarm_s": [round(g, 2) for g in gaps["prewarm"]],
+            "recycle_spare_warm_after_trial_end_s": [round(g, 2) for g in warm_late],
+            "recycle_handover_s": [round(g, 2) for g in handover],
         }
 
     # 6 ---------------------------------------------------------------------------------
@@ -724,7 +813,16 @@ def markdown(r: dict[str, Any]) -> str:
         f"({o['studyctl_ratio_to_bare']}x the loop without it) | <= 1.05x |",
         f"| 2 | {s['trials']} trials, 1 vs 2 workers at 1 thread | {s['wall_1_worker_s']} s vs "
         f"{s['wall_2_workers_s']} s: speedup {s['speedup']}x, **efficiency {s['efficiency']}**"
-        " | >= 0.85 |",
+        + (
+            f"; start-up to the first trial {s['where_1_worker']['to_first_trial_s']} s vs "
+            f"{s['where_2_workers']['to_first_trial_s']} s, mean trial "
+            f"{s['where_1_worker']['mean_trial_s']} s vs {s['where_2_workers']['mean_trial_s']}"
+            f" s, last trial's end to exit {s['where_1_worker']['last_trial_end_to_exit_s']} s "
+            f"vs {s['where_2_workers']['last_trial_end_to_exit_s']} s"
+            if "where_1_worker" in s
+            else ""
+        )
+        + " | >= 0.9 |",
         f"| 3 | worker RSS (MiB) after {m['trials']} trials: studyctl (recycling every 25) / "
         f"plain in-process Optuna | {list(m['studyctl_worker_mib'].values())} / "
         f"{list(m['plain_optuna_loop_mib'].values())} | growth 10->300 <= 150 MiB |",
@@ -779,6 +877,18 @@ def markdown(r: dict[str, Any]) -> str:
             f"| 7 | TPE with 2 workers vs sequential, same trials: mean best val_loss ratio "
             f"| **{q['parallel_over_sequential']}** | <= 1 (no loss from parallelism) |"
         )
+    if "recycle" in r:
+        g = r["recycle"]
+        lines.append(
+            "| 8 | gap between trials at a trial-process recycle (1 worker, trials_per_process"
+            f" = 1, {g['recycle_epochs']}-epoch trials, median of "
+            f"{len(g['recycle_gaps_prewarm_s'])}): warm spare "
+            f"(`[worker] prewarm`, the default) vs none | **{g['recycle_gap_prewarm_s']} s** vs "
+            f"{g['recycle_gap_cold_s']} s (each: {g['recycle_gaps_prewarm_s']} vs "
+            f"{g['recycle_gaps_cold_s']}); the spare still warming after the trial ended "
+            f"{g['recycle_spare_warm_after_trial_end_s']} s, hand-over once it is warm "
+            f"{g['recycle_handover_s']} s | <= 0.5 s |"
+        )
     lines += [
         "",
         "![best value against epochs](benchmarks/pruning.png)",
@@ -801,6 +911,7 @@ FIGURES = {
     "startup": "startup",
     "storage": "storage_load",
     "search": "search",
+    "recycle": "recycle_gap",
 }
 
 

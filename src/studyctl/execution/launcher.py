@@ -8,6 +8,7 @@ fatal error, not a signal we forwarded) is restarted up to `MAX_WORKER_RESTARTS`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,9 +53,12 @@ class LaunchResult:
     signum: int | None = None
 
 
-def _pump(label: str, stream: IO[str], echo: Callable[[str], None]) -> None:
-    for line in stream:
-        echo(f"[{label}] {line.rstrip()}")
+def _pump(label: str, stream: IO[str], echo: Callable[[str], None], ended: threading.Event) -> None:
+    try:
+        for line in stream:
+            echo(f"[{label}] {line.rstrip()}")
+    finally:
+        ended.set()  # end of its output: the worker is exiting; the launcher looks now
 
 
 def launch_workers(
@@ -72,6 +76,7 @@ def launch_workers(
 ) -> LaunchResult:
     slots = [WorkerSlot(label=f"w{i}", gpus=g) for i, g in enumerate(gpu_sets)]
     result = LaunchResult()
+    ended = threading.Event()  # a worker's output ended: it exits
 
     def start(slot: WorkerSlot) -> None:
         cmd = [sys.executable, "-m", "studyctl.cli", "worker", study_name]
@@ -106,7 +111,7 @@ def launch_workers(
         slot.link.started()
         assert slot.proc.stdout is not None
         slot.reader = threading.Thread(
-            target=_pump, args=(slot.label, slot.proc.stdout, echo), daemon=True
+            target=_pump, args=(slot.label, slot.proc.stdout, echo, ended), daemon=True
         )
         slot.reader.start()
         echo(f"[{slot.label}] started (pid {slot.proc.pid}, GPUs {slot.gpus or 'none'})")
@@ -126,7 +131,10 @@ def launch_workers(
         at_start = finished_count(totals.read()[0])
         lost: StorageError | None = None
         while any(s.proc is not None for s in slots):
-            time.sleep(POLL_S)
+            if ended.wait(POLL_S):
+                ended.clear()
+                for slot in slots:  # its output ends just before it exits
+                    _reap(slot)
             for slot in slots:
                 if slot.proc is None or slot.proc.poll() is None:
                     continue
@@ -162,6 +170,17 @@ def launch_workers(
     if lost is not None:
         raise lost
     return result
+
+
+def _reap(slot: WorkerSlot) -> None:
+    """Wait briefly for a worker whose output ended (it is exiting), so the loop sees its
+    exit now rather than at its next poll."""
+    if slot.proc is None or slot.reader is None:
+        return
+    slot.reader.join(timeout=0.01)
+    if not slot.reader.is_alive():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            slot.proc.wait(timeout=POLL_S)
 
 
 def _totals_line(

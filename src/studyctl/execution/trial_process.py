@@ -16,6 +16,8 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
+from typing import NoReturn
 
 from studyctl.errors import StudyctlError
 from studyctl.storage.urls import STORAGE_ENV
@@ -35,8 +37,12 @@ def _hangup_reason(worker_gone: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from studyctl.execution.parent import watch_parent
+    from studyctl.execution.spare import notice_sender, standby_fd, wait_for_go
 
+    started_at = time.time()
     watch_parent(_hangup_reason)  # first: the worker may already be gone
+    go_fd = standby_fd()  # a spare: warms up, then waits for its worker's go
+    last_trial_notice = notice_sender()
     parser = argparse.ArgumentParser(prog="studyctl-trial-process")
     parser.add_argument("--study", required=True)
     parser.add_argument("--storage", required=True)
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from studyctl.objectives import resolve_objective
     from studyctl.storage.connect import enable_heartbeat, open_worker_storage
     from studyctl.storage.studies import load_stored_spec, open_study
-    from studyctl.training.devices import use_backend
+    from studyctl.training.devices import prewarm, use_backend
 
     try:
         storage = open_worker_storage(args.storage)
@@ -76,16 +82,34 @@ def main(argv: list[str] | None = None) -> int:
     except StudyctlError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_FATAL
+    went_at = warm_at = started_at
+    if go_fd is not None:
+        prewarm(objective, spec)  # the framework and (without GPUs) the data; no devices
+        warm_at = time.time()
+        go = wait_for_go(go_fd)
+        if go is None:  # not needed, or its worker is gone: it claimed nothing
+            return EXIT_DONE
+        went_at = time.time()
+        args.trials_done = int(go["trials_done"])
+        if go["timeout"] is not None:
+            spec = dataclasses.replace(spec, timeout=float(go["timeout"]))
 
     registration = WorkerRegistration(
         storage, spec.name, interval=0, worker_id=args.worker_id, trials_done=args.trials_done
     )
+    # On each trial's `worker` attribute: when this process started, when a spare was warm
+    # and when it began to take trials (a spare: when its worker told it to go).
+    registration.info["process_started_at"] = round(started_at, 3)
+    registration.info["process_warm_at"] = round(warm_at, 3)
+    registration.info["process_went_at"] = round(went_at, 3)
 
     def say(line: str) -> None:
         if not args.quiet:
             print(line, flush=True)
 
-    printer = ProgressPrinter(storage, study, spec.n_trials, say)
+    # Quiet (under `run --workers`, whose launcher prints the totals): no per-trial line,
+    # so no per-trial totals query either.
+    printer = None if args.quiet else ProgressPrinter(storage, study, spec.n_trials, say)
     try:
         result = run_trial_loop(
             storage,
@@ -95,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             registration,
             max_trials=args.max_trials,
             on_trial=printer,
+            on_last_trial=last_trial_notice,
         )
     except Exception as exc:
         print(f"error: trial process: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -110,5 +135,25 @@ def main(argv: list[str] | None = None) -> int:
     }.get(result.reason, 128 + int(result.signum or 2))
 
 
+def exit_now(code: int) -> NoReturn:
+    """End a trial process whose loop finished cleanly (budget met, timeout, or its
+    `--max-trials` reached): every trial it ran is stored, its claims released and its
+    heartbeat stopped, so its connections are closed and the interpreter's teardown
+    (TensorFlow's: 0.3 s and more, measured) is skipped. Its worker hands over to the warm
+    spare, or a run ends, as soon as this process is gone."""
+    import logging
+
+    from studyctl.storage.rdb import close_all_storages
+
+    close_all_storages()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code in (EXIT_DONE, EXIT_RECYCLE):
+        exit_now(code)
+    sys.exit(code)

@@ -124,6 +124,7 @@ def _parse_worker(table: Table) -> WorkerSpec:
         grace_period=table.take("grace_period", int, d.grace_period),
         max_retries=table.take("max_retries", int, d.max_retries),
         trials_per_process=table.take("trials_per_process", int, d.trials_per_process),
+        prewarm=table.take("prewarm", bool, d.prewarm),
         max_consecutive_failures=table.take(
             "max_consecutive_failures", int, d.max_consecutive_failures
         ),

@@ -83,10 +83,24 @@ class Control(Protocol):
         """Reserve one trial of the budget; None when the budget is taken."""
         ...
 
-    def attach_claim(self, claim_id: int, trial_id: int) -> None: ...
+    def attach_claim(
+        self,
+        claim_id: int,
+        trial_id: int,
+        *,
+        worker_id: str | None = None,
+        current_trial: int | None = None,
+    ) -> None:
+        """Link the claim to its trial; with `worker_id`, set that worker's current trial
+        in the same transaction."""
+        ...
 
-    def release_claim(self, claim_id: int) -> int | None:
-        """Drop the claim; return the id of the trial it was attached to (if any)."""
+    def release_claim(
+        self, claim_id: int, *, worker_id: str | None = None, trials_done: int | None = None
+    ) -> int | None:
+        """Drop the claim; return the id of the trial it was attached to (if any). With
+        `worker_id`, when a trial was attached, set that worker's `trials_done` and clear
+        its current trial in the same transaction."""
         ...
 
     def release_worker_claims(self, worker_id: str) -> None: ...
@@ -199,11 +213,32 @@ class SqlControl(Control):
             )
         )
 
-    def attach_claim(self, claim_id: int, trial_id: int) -> None:
-        self.in_transaction(lambda conn: db.attach_claim(conn, claim_id, trial_id))
+    def attach_claim(
+        self,
+        claim_id: int,
+        trial_id: int,
+        *,
+        worker_id: str | None = None,
+        current_trial: int | None = None,
+    ) -> None:
+        def attach(conn: Connection) -> None:
+            db.attach_claim(conn, claim_id, trial_id)
+            if worker_id is not None:
+                db.update_worker(conn, worker_id, current_trial=current_trial)
 
-    def release_claim(self, claim_id: int) -> int | None:
-        return self.in_transaction(lambda conn: db.release_claim(conn, claim_id))
+        self.in_transaction(attach)
+
+    def release_claim(
+        self, claim_id: int, *, worker_id: str | None = None, trials_done: int | None = None
+    ) -> int | None:
+        def release(conn: Connection) -> int | None:
+            trial_id = db.release_claim(conn, claim_id)
+            if trial_id is not None and worker_id is not None:
+                done = {} if trials_done is None else {"trials_done": trials_done}
+                db.update_worker(conn, worker_id, current_trial=None, **done)
+            return trial_id
+
+        return self.in_transaction(release)
 
     def release_worker_claims(self, worker_id: str) -> None:
         """Drop the claims a worker's trial process left behind (it exited or crashed); a

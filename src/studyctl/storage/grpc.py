@@ -268,11 +268,26 @@ class RemoteControl(Control):
         )
         return None if claim is None else int(claim)
 
-    def attach_claim(self, claim_id: int, trial_id: int) -> None:
-        self.rpc("attach_claim", claim_id=claim_id, trial_id=trial_id)
+    def attach_claim(
+        self,
+        claim_id: int,
+        trial_id: int,
+        *,
+        worker_id: str | None = None,
+        current_trial: int | None = None,
+    ) -> None:
+        extra: dict[str, object] = {}
+        if worker_id is not None:
+            extra = {"worker_id": worker_id, "current_trial": current_trial}
+        self.rpc("attach_claim", claim_id=claim_id, trial_id=trial_id, **extra)
 
-    def release_claim(self, claim_id: int) -> int | None:
-        trial_id = self.rpc("release_claim", claim_id=claim_id)
+    def release_claim(
+        self, claim_id: int, *, worker_id: str | None = None, trials_done: int | None = None
+    ) -> int | None:
+        extra: dict[str, object] = {}
+        if worker_id is not None:
+            extra = {"worker_id": worker_id, "trials_done": trials_done}
+        trial_id = self.rpc("release_claim", claim_id=claim_id, **extra)
         return None if trial_id is None else int(trial_id)
 
     def release_worker_claims(self, worker_id: str) -> None:

@@ -400,6 +400,12 @@ def close_storage(url: str) -> None:
         storage.engine.dispose()
 
 
+def close_all_storages() -> None:
+    """`close_storage` for every storage this process opened."""
+    for url in list(_STORAGES):
+        close_storage(url)
+
+
 def schema_versions(url: str) -> SchemaVersions:
     require_existing_database(url)
     storage = open_storage(url, for_upgrade=True)

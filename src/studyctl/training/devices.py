@@ -38,6 +38,7 @@ _HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 _STRATEGY: Any = None
 _DEVICES: list[str] = []
+_CONFIGURED: list[str] = []
 
 
 def backend_environment(backend: str) -> dict[str, str]:
@@ -105,7 +106,15 @@ def device_names() -> list[str]:
 
 
 def configure_devices() -> list[str]:
-    """Set threads, GPU memory growth and logical CPUs; return the devices to mirror over."""
+    """Set threads, GPU memory growth and logical CPUs; return the devices to mirror over.
+    Once per process (TensorFlow refuses these settings after its runtime started)."""
+    if _CONFIGURED:
+        return list(_CONFIGURED)
+    _CONFIGURED[:] = _configure_devices()
+    return list(_CONFIGURED)
+
+
+def _configure_devices() -> list[str]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -167,5 +176,42 @@ def warm_up(objective: Objective, spec: StudySpec) -> None:
     # every object alive in the process: TensorFlow, Optuna, SQLAlchemy and the data (about
     # 0.5 s per trial measured on the 2-core CI machine). Those live as long as the process;
     # frozen, the collector skips them and scans only what trials create.
+    gc.collect()
+    gc.freeze()
+
+
+def _sees_no_gpu() -> bool:
+    """Whether this process has no GPU, asked without creating a device context (listing
+    physical devices initializes no GPU memory; building logical ones would)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return True
+    if current_backend() == "jax":
+        return False  # JAX cannot list devices without starting its backends
+    import tensorflow as tf
+
+    return not tf.config.list_physical_devices("GPU")
+
+
+def prewarm(objective: Objective, spec: StudySpec) -> None:
+    """A spare trial process in standby (`execution.spare`): what `warm_up` does that
+    leaves the devices alone, while another trial process of the same worker still owns
+    them. It imports the framework and Keras; on a machine without GPUs it also loads the
+    objective's data (a user's `load_data` may create tensors, which on a GPU would start a
+    device context and take memory beside the process that trains). No strategy is built."""
+    if not isinstance(objective, KerasObjective):
+        return
+    with quiet_native_stderr():
+        if current_backend() == "jax":
+            import jax  # noqa: F401
+        else:
+            import tensorflow  # noqa: F401
+        import keras  # noqa: F401
+
+        no_gpu = _sees_no_gpu()
+        if no_gpu and current_backend() != "jax":
+            configure_devices()  # threads and logical CPUs, before any tensor exists
+    if no_gpu:
+        with contextlib.suppress(StudyctlError):
+            load_objective_data(objective, spec.options)
     gc.collect()
     gc.freeze()
