@@ -33,22 +33,6 @@ T = TypeVar("T")
 STATES = db.STATES
 
 
-# Operations a remote client may call (the proxy refuses any other name).
-OPERATIONS = (
-    "study_spec",
-    "insert_worker",
-    "update_worker",
-    "worker_trials_done",
-    "try_claim",
-    "attach_claim",
-    "release_claim",
-    "release_worker_claims",
-    "count_finished",
-    "state_counts",
-    "fail_lost_trials",
-    "forget_trial_attrs",
-)
-
 _UPDATABLE = {"current_trial", "trials_done", "state", "message"}
 
 
@@ -129,6 +113,12 @@ class Control(Protocol):
         """Delete attributes of a trial, finished or not, that name an artifact studyctl
         has removed (a superseded model, a removed checkpoint folder)."""
         ...
+
+
+# Operations a remote client may call (the proxy refuses any other name): the protocol's.
+OPERATIONS = tuple(
+    name for name, member in vars(Control).items() if not name.startswith("_") and callable(member)
+)
 
 
 class SqlControl(Control):
