@@ -41,9 +41,19 @@ def _has_optuna_trials() -> bool:
     return bool(sa.inspect(op.get_bind()).has_table("trials"))
 
 
+def _has_counter() -> bool:
+    columns = sa.inspect(op.get_bind()).get_columns("studyctl_studies")
+    return any(c["name"] == "n_finished" for c in columns)
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("studyctl_studies") as batch:
-        batch.add_column(sa.Column("n_finished", sa.Integer, nullable=False, server_default="0"))
+    # Idempotent, like the index below: a database stamped with an older revision than
+    # its tables have (restored from a backup's version row, stamped by hand) upgrades too.
+    if not _has_counter():
+        with op.batch_alter_table("studyctl_studies") as batch:
+            batch.add_column(
+                sa.Column("n_finished", sa.Integer, nullable=False, server_default="0")
+            )
     if _has_optuna_trials():
         op.execute(f"CREATE INDEX IF NOT EXISTS {TRIALS_INDEX} ON trials (study_id, state)")
         op.execute(_BACKFILL)
