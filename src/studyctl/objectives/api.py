@@ -139,18 +139,19 @@ class TrialContext:
                     "from the grid",
                 )
 
-    def unsuggested_entries(self) -> list[str]:
-        """One line per ``[space]`` or ``[params]`` entry the objective did not suggest in
-        this trial (such an entry changes nothing: a misspelt name is searched nowhere).
-        Training axes are suggested by studyctl itself; a ``[params]`` entry may also be
-        read through `ctx.params`."""
+    def unsuggested_entries(self) -> dict[str, str]:
+        """The ``[space]`` and ``[params]`` entries the objective did not suggest in this
+        trial, as key (``space.lr``) -> the warning's text; such an entry changes nothing (a
+        misspelt name is searched nowhere). Training axes are suggested by studyctl itself;
+        a ``[params]`` entry may also be read through `ctx.params`."""
         suggested = self.trial.params
-        lines = []
+        found: dict[str, str] = {}
         tables: list[tuple[str, Mapping[str, Any]]] = [("space", self.spec.space)]
         if not self.params_read:
             tables.append(("params", self.spec.params))
         for table, entries in tables:
             for name in entries:
+                key = f"{table}.{name}"
                 if name in suggested or name in self.spec.training_axes:
                     continue
                 close = difflib.get_close_matches(name, list(suggested), n=1)
@@ -160,17 +161,16 @@ class TrialContext:
                     else "a conditional parameter is fine; otherwise suggest it (ctx.suggest_*) "
                     "or remove it"
                 )
-                lines.append(
-                    f"{self.spec.path}: {table}.{name}: objective {self.spec.objective!r} did "
-                    f"not suggest {name!r} in trial #{self.trial.number} (it suggests "
+                found[key] = (
+                    f"{self.spec.path}: {key}: objective {self.spec.objective!r} did not "
+                    f"suggest {name!r} in trial #{self.trial.number} (it suggests "
                     f"{', '.join(sorted(suggested)) or 'nothing'}); {fix}"
                 )
-        return lines
+        return found
 
     def warn_unsuggested(self) -> None:
         """Print `unsuggested_entries` as warnings, each entry once per process."""
-        for line in self.unsuggested_entries():
-            key = line.split(": ", 2)[1]
+        for key, line in self.unsuggested_entries().items():
             if key not in _WARNED_UNSUGGESTED:
                 _WARNED_UNSUGGESTED.add(key)
                 warn(line)
