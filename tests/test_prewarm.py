@@ -16,21 +16,15 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
-from .conftest import STUDYCTL, run_cli, write_objectives, write_spec
+from .conftest import DIGITS_DATA, STUDYCTL, run_cli, write_objectives, write_spec
 from .faults.procs import alive, children_of, cmdline, wait_gone
 
-DIGITS = """
+DIGITS = (
+    DIGITS_DATA
+    + """
 import time
 
-from studyctl import TrainingData, function_objective, keras_objective
-
-
-def load_data():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype("float32")
-    return TrainingData(x=x[:1400], y=d.target[:1400], x_val=x[1400:], y_val=d.target[1400:])
+from studyctl import function_objective
 
 
 @keras_objective("tiny_digits", load_data=load_data)
@@ -51,6 +45,7 @@ def slow(trial, ctx):
     time.sleep(float(ctx.options.get("sleep", 0)))
     return x * x
 """
+)
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 
