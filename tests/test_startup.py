@@ -199,3 +199,53 @@ def test_reads_fail_as_one_storage_error_and_a_runs_reads_keep_its_tolerance(
             summary.write_trials_csv(reader, "mixed", io.StringIO())
     finally:
         reader.close()
+
+
+_DIRECT = (
+    "import os, sys\nsys.argv = ['studyctl', *sys.argv[1:]]\nfrom studyctl.cli import main\n"
+    "try:\n    main()\nfinally:\n"
+    "    with open(os.environ['MODULES_OUT'], 'w') as out:\n"
+    "        out.write(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+)
+_VIA_TYPER = (
+    "import sys\nsys.argv = ['studyctl', *sys.argv[1:]]\n"
+    "from studyctl.cli.commands import run_app\nrun_app()\n"
+)
+
+
+def test_reading_commands_print_what_typer_prints_without_typer(
+    storage_url: str, tmp_path: Path
+) -> None:
+    """`studies`, `status`, `best` and `trials` in their plain forms run without Typer,
+    Click or pydantic and print the same bytes, streams and exit code as the Typer app;
+    other forms (`--help`, an abbreviated option) go to Typer."""
+    _mixed_study(storage_url, tmp_path)
+    s = storage_url
+    cases = [
+        (["studies", "-s", s, "-f", "json"], True),
+        (["status", "mixed", "--storage", s], True),
+        (["best", f"--storage={s}", "mixed", "--format=json"], True),
+        (
+            ["trials", "mixed", "-s", s, "--state", "complete", "--state", "waiting", "-f", "csv"],
+            True,
+        ),
+        (["status", "nope", "-s", s], True),
+    ]
+    if s.startswith("sqlite"):
+        cases.append((["status", "mixed", "--stor", s], False))
+    modules_out = tmp_path / "modules.txt"
+    env = {**os.environ, "MODULES_OUT": str(modules_out)}
+    env.pop("COLUMNS", None)
+    for args, direct in cases:
+        ours = subprocess.run([sys.executable, "-c", _DIRECT, *args], capture_output=True, env=env)
+        typer_run = subprocess.run(
+            [sys.executable, "-c", _VIA_TYPER, *args], capture_output=True, env=env
+        )
+        assert (ours.returncode, ours.stdout, ours.stderr) == (
+            typer_run.returncode,
+            typer_run.stdout,
+            typer_run.stderr,
+        ), args
+        imported = set(modules_out.read_text().split())
+        without = {"typer", "click", "pydantic", "optuna", "alembic"}
+        assert (not imported & without) == direct, (args, imported & without)

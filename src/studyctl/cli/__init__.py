@@ -3,8 +3,9 @@ the result; errors a user can cause print as one line with exit code 2.
 
 Nothing here imports TensorFlow: `studyctl --help` stays fast, and worker processes are
 started before TensorFlow exists in any parent. `studyctl --help` (and `studyctl` alone)
-is answered from `_help` without importing Typer or any command (`commands` assembles
-the Typer app, imported on first use: `from studyctl.cli import app`).
+is answered from `_help` without importing Typer or any command, and `studies`, `status`,
+`best` and `trials` in their plain forms by `_direct` (`commands` assembles the Typer app,
+imported on first use: `from studyctl.cli import app`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def main() -> None:
         text, code = answer
         (sys.stdout if code == 0 else sys.stderr).write(text)
         raise SystemExit(code)
+    from studyctl.cli._direct import direct_command, run_direct
+
+    command = direct_command(sys.argv[1:])
+    if command is not None:
+        run_direct(command)
     from studyctl.cli.commands import run_app
 
     run_app()

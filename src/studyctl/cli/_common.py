@@ -1,4 +1,5 @@
-"""What every command shares: the Typer apps, the option types, and the output helpers.
+"""What every command shares: the Typer apps, the option types, and the output helpers
+(from `_output`, which needs no Typer).
 
 A command registered with `command`/`db_command` turns a `StudyctlError` into one
 ``error:`` line on stderr and its exit code (2).
@@ -7,21 +8,18 @@ A command registered with `command`/`db_command` turns a `StudyctlError` into on
 from __future__ import annotations
 
 import functools
-import json
-import os
-import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from studyctl.cli._output import fail
 from studyctl.errors import StudyctlError
 
 if TYPE_CHECKING:
     from studyctl.storage.rdb import StudyctlStorage
-    from studyctl.storage.reader import StudyReader
 
 app = typer.Typer(
     name="studyctl",
@@ -174,46 +172,6 @@ ObjectivesDirOpt = Annotated[
 ]
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
-
-
-def table(columns: list[str], rows: list[list[Any]]) -> None:
-    """A table as wide as the terminal (or $COLUMNS); long cells wrap. Into a pipe, with no
-    $COLUMNS, rows stay on one line each up to 120 columns (or more for many columns)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*columns, box=None, pad_edge=False, header_style="bold")
-    for column in table.columns:
-        column.overflow = "fold"
-    for row in rows:
-        table.add_row(*("-" if c is None else str(c) for c in row))
-    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
-        console = Console()
-    else:
-        console = Console(width=max(120, len(columns) * 14))
-    console.print(table)
-
-
-def fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    if isinstance(v, list):
-        return ", ".join(fmt(x) for x in v)
-    return "-" if v is None else str(v)
-
-
-def fmt_params(params: dict[str, Any]) -> str:
-    """Parameters as `name=value` pairs, numbers to 6 significant digits."""
-    return " ".join(f"{k}={fmt(v)}" for k, v in params.items())
-
-
 def open_storage_of(url: str | None) -> StudyctlStorage:
     """The existing database `--storage` (or the environment, or the default) names; a
     missing SQLite file is an error, never created."""
@@ -223,28 +181,9 @@ def open_storage_of(url: str | None) -> StudyctlStorage:
     return open_existing_storage(resolve_storage_url(url))
 
 
-def open_reader_of(url: str | None) -> StudyReader:
-    """`open_storage_of` for a command that only reads: plain SQL when both schemas are
-    current (no Optuna, no Alembic), the storage otherwise."""
-    from studyctl.storage.reader import open_reader
-    from studyctl.storage.urls import resolve_storage_url
-
-    return open_reader(resolve_storage_url(url))
-
-
 def set_verbose(verbose: bool) -> None:
     """Quiet by default, for this process and the workers and trial processes it starts;
     without --verbose a worker keeps what its launcher chose ($STUDYCTL_VERBOSE)."""
     from studyctl.verbosity import set_verbose as choose
 
     choose(True if verbose else None)
-
-
-def print_best(status: dict[str, Any]) -> None:
-    """The best trial (or the Pareto front) of a `study_status`, one line each."""
-    for best in status["best"]:
-        typer.echo(
-            f"best trial #{best['number']}: {fmt(best['values'])}  {fmt_params(best['params'])}"
-        )
-    if not status["best"]:
-        typer.echo("no completed trial yet")

@@ -15,10 +15,9 @@ from studyctl.cli._common import (
     StudyArg,
     command,
     db_command,
-    echo_json,
-    fail,
     open_storage_of,
 )
+from studyctl.cli._output import echo_json, fail
 
 if TYPE_CHECKING:
     from studyctl.storage.schema import SchemaVersions

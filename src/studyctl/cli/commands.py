@@ -9,13 +9,11 @@ this app's own help).
 from __future__ import annotations
 
 import sys
-import traceback
-from types import TracebackType
 from typing import Any
 
 from studyctl.cli import admin, inspect, run
 from studyctl.cli._common import app
-from studyctl.storage.urls import mask_secrets
+from studyctl.cli._direct import print_masked_traceback
 
 __all__ = ["admin", "app", "inspect", "run", "run_app"]
 
@@ -36,14 +34,6 @@ app.registered_commands.sort(
 )
 
 
-def _print_masked_traceback(
-    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
-) -> None:
-    """An unexpected error's traceback, with every URL password and secret masked."""
-    text = "".join(traceback.format_exception(exc_type, exc, tb))
-    sys.stderr.write(mask_secrets(text))
-
-
 def run_app() -> None:
     """Run the command line with Typer. A usage error (a misspelt option or command, a bad
     value) is one `error:` line naming the help to read, exit code 2, like every other
@@ -55,7 +45,7 @@ def run_app() -> None:
     bases: dict[str, Any] = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
     usage_error, click_exception = bases["UsageError"], bases["ClickException"]
 
-    sys.excepthook = _print_masked_traceback
+    sys.excepthook = print_masked_traceback
     try:
         code = app(standalone_mode=False)
     except usage_error as exc:

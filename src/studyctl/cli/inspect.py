@@ -4,7 +4,6 @@ open an existing one only."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -18,41 +17,16 @@ from studyctl.cli._common import (
     StudyArg,
     TrialsFormat,
     command,
-    echo_json,
-    fail,
-    fmt,
-    fmt_params,
-    open_reader_of,
     open_storage_of,
-    print_best,
-    table,
 )
+from studyctl.cli._output import echo_json, fail, table
+from studyctl.cli._reading import open_reader_of, show_best, show_status, show_studies, show_trials
 
 
 @command
 def studies(storage: StorageOpt = None, output: FormatOpt = OutputFormat.table) -> None:
     """List the studies in a storage with their trial counts and best value."""
-    from studyctl.inspect.summary import list_studies
-
-    rows = list_studies(open_reader_of(storage))
-    if output == OutputFormat.json:
-        echo_json(rows)
-        return
-    table(
-        ["study", "direction", "finished", "budget", "running", "failed", "best"],
-        [
-            [
-                r["name"],
-                ",".join(r["directions"]),
-                r["finished"],
-                r["n_trials"],
-                r["states"]["RUNNING"],
-                r["states"]["FAIL"],
-                fmt(r["best_value"]),
-            ]
-            for r in rows
-        ],
-    )
+    show_studies(storage, output.value)
 
 
 @command
@@ -62,49 +36,7 @@ def status(
     output: FormatOpt = OutputFormat.table,
 ) -> None:
     """Budget, trial states, workers (live and dead), retries and the best trial."""
-    from studyctl.inspect.summary import study_status
-
-    data = study_status(open_reader_of(storage), study)
-    if output == OutputFormat.json:
-        echo_json(data)
-        return
-    states = ", ".join(f"{k.lower()} {v}" for k, v in data["states"].items() if v)
-    typer.echo(
-        f"study {data['name']} ({', '.join(data['directions'])} "
-        f"{', '.join(m or '?' for m in (data['metrics'] or ['?']))})"
-    )
-    typer.echo(
-        f"budget: {data['finished']}/{fmt(data['n_trials'])} finished"
-        + (" (complete)" if data["complete"] else "")
-        + f"; {states or 'no trials'}"
-    )
-    print_best(data)
-    if data["retried"]:
-        typer.echo(
-            "retried: "
-            + ", ".join(
-                f"#{r['trial']} retries #{r['retry_of']} ({r['state'].lower()})"
-                for r in data["retried"]
-            )
-        )
-    if data["workers"]:
-        typer.echo("workers:")
-        table(
-            ["worker", "host", "pid", "gpus", "state", "trials", "current", "heartbeat"],
-            [
-                [
-                    w["worker_id"],
-                    w["host"],
-                    w["pid"],
-                    w["gpus"] or "-",
-                    w["state"],
-                    w["trials_done"],
-                    w["current_trial"],
-                    w["heartbeat_at"][:19],
-                ]
-                for w in data["workers"]
-            ],
-        )
+    show_status(study, storage, output.value)
 
 
 @command
@@ -125,38 +57,7 @@ def trials(
 ) -> None:
     """List a study's trials with params, values, state, duration and attributes
     (--format csv or json exports them all)."""
-    from studyctl.inspect.summary import list_trials, write_trials_csv
-    from studyctl.storage.tables import STATES
-
-    for s in state or []:
-        if s.upper() not in STATES:
-            fail(f"--state {s!r}: expected one of {', '.join(x.lower() for x in STATES)}")
-    if output == TrialsFormat.csv:
-        write_trials_csv(open_reader_of(storage), study, sys.stdout, state)
-        return
-    rows = list_trials(open_reader_of(storage), study, state)
-    if output == TrialsFormat.json:
-        echo_json(rows)
-        return
-    table(
-        ["#", "state", "value", "duration", "params", "note"],
-        [
-            [
-                r["number"],
-                r["state"],
-                fmt(r["values"]),
-                None if r["duration_s"] is None else f"{r['duration_s']:.1f}s",
-                fmt_params(r["params"]),
-                r["user_attrs"].get("fail_reason")
-                or (
-                    f"pruned at epoch {r['user_attrs']['pruned_at_epoch']}"
-                    if "pruned_at_epoch" in r["user_attrs"]
-                    else None
-                ),
-            ]
-            for r in rows
-        ],
-    )
+    show_trials(study, storage, state, output.value)
 
 
 @command
@@ -171,23 +72,7 @@ def best(
 ) -> None:
     """The best trial (the Pareto front for several objectives); --export-model writes its
     trained Keras model."""
-    from studyctl.inspect.summary import best_summary, export_best_model
-
-    st = open_reader_of(storage)
-    if export_model is not None:
-        number = export_best_model(st, study, str(export_model))
-        typer.echo(f"wrote the model of trial #{number} to {export_model}", err=True)
-    rows = best_summary(st, study)
-    if output == OutputFormat.json:
-        echo_json(rows)  # `[]` without a completed trial: still valid JSON for a script
-    if not rows:
-        fail(f"study {study!r} has no completed trial yet")
-    if output == OutputFormat.json:
-        return
-    for r in rows:
-        typer.echo(f"trial #{r['number']}: {fmt(r['values'])}")
-        for k, v in r["params"].items():
-            typer.echo(f"  {k} = {fmt(v)}")
+    show_best(study, storage, output.value, None if export_model is None else str(export_model))
 
 
 @command

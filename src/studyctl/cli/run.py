@@ -24,12 +24,9 @@ from studyctl.cli._common import (
     WorkersOpt,
     WorkerStorageOpt,
     command,
-    echo_json,
-    fail,
-    fmt,
-    print_best,
     set_verbose,
 )
+from studyctl.cli._output import echo_json, fail, fmt, print_best
 
 if TYPE_CHECKING:
     from studyctl.execution.study_run import RunOutcome

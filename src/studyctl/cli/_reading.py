@@ -1,0 +1,151 @@
+"""What `studies`, `status`, `trials` and `best` print, from parsed arguments, without Typer.
+
+`cli/inspect.py` runs them as Typer commands; `cli/_direct.py` runs them straight from
+`sys.argv` when the arguments are ones it reads exactly as Typer would. A format is a
+plain string here: "table", "json" or "csv".
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from studyctl.cli._output import echo, echo_json, fail, fmt, fmt_params, print_best, table
+
+if TYPE_CHECKING:
+    from studyctl.storage.reader import StudyReader
+
+
+def open_reader_of(url: str | None) -> StudyReader:
+    """The existing database `--storage` (or the environment, or the default) names, for a
+    command that only reads: plain SQL when both schemas are current (no Optuna, no
+    Alembic), the storage otherwise; a missing SQLite file is an error, never created."""
+    from studyctl.storage.reader import open_reader
+    from studyctl.storage.urls import resolve_storage_url
+
+    return open_reader(resolve_storage_url(url))
+
+
+def show_studies(storage: str | None, output: str) -> None:
+    from studyctl.inspect.summary import list_studies
+
+    rows = list_studies(open_reader_of(storage))
+    if output == "json":
+        echo_json(rows)
+        return
+    table(
+        ["study", "direction", "finished", "budget", "running", "failed", "best"],
+        [
+            [
+                r["name"],
+                ",".join(r["directions"]),
+                r["finished"],
+                r["n_trials"],
+                r["states"]["RUNNING"],
+                r["states"]["FAIL"],
+                fmt(r["best_value"]),
+            ]
+            for r in rows
+        ],
+    )
+
+
+def show_status(study: str, storage: str | None, output: str) -> None:
+    from studyctl.inspect.summary import study_status
+
+    data = study_status(open_reader_of(storage), study)
+    if output == "json":
+        echo_json(data)
+        return
+    states = ", ".join(f"{k.lower()} {v}" for k, v in data["states"].items() if v)
+    echo(
+        f"study {data['name']} ({', '.join(data['directions'])} "
+        f"{', '.join(m or '?' for m in (data['metrics'] or ['?']))})"
+    )
+    echo(
+        f"budget: {data['finished']}/{fmt(data['n_trials'])} finished"
+        + (" (complete)" if data["complete"] else "")
+        + f"; {states or 'no trials'}"
+    )
+    print_best(data)
+    if data["retried"]:
+        echo(
+            "retried: "
+            + ", ".join(
+                f"#{r['trial']} retries #{r['retry_of']} ({r['state'].lower()})"
+                for r in data["retried"]
+            )
+        )
+    if data["workers"]:
+        echo("workers:")
+        table(
+            ["worker", "host", "pid", "gpus", "state", "trials", "current", "heartbeat"],
+            [
+                [
+                    w["worker_id"],
+                    w["host"],
+                    w["pid"],
+                    w["gpus"] or "-",
+                    w["state"],
+                    w["trials_done"],
+                    w["current_trial"],
+                    w["heartbeat_at"][:19],
+                ]
+                for w in data["workers"]
+            ],
+        )
+
+
+def show_trials(study: str, storage: str | None, states: list[str] | None, output: str) -> None:
+    from studyctl.inspect.summary import list_trials, write_trials_csv
+    from studyctl.storage.tables import STATES
+
+    for s in states or []:
+        if s.upper() not in STATES:
+            fail(f"--state {s!r}: expected one of {', '.join(x.lower() for x in STATES)}")
+    if output == "csv":
+        write_trials_csv(open_reader_of(storage), study, sys.stdout, states)
+        return
+    rows = list_trials(open_reader_of(storage), study, states)
+    if output == "json":
+        echo_json(rows)
+        return
+    table(
+        ["#", "state", "value", "duration", "params", "note"],
+        [
+            [
+                r["number"],
+                r["state"],
+                fmt(r["values"]),
+                None if r["duration_s"] is None else f"{r['duration_s']:.1f}s",
+                fmt_params(r["params"]),
+                r["user_attrs"].get("fail_reason")
+                or (
+                    f"pruned at epoch {r['user_attrs']['pruned_at_epoch']}"
+                    if "pruned_at_epoch" in r["user_attrs"]
+                    else None
+                ),
+            ]
+            for r in rows
+        ],
+    )
+
+
+def show_best(study: str, storage: str | None, output: str, export_model: str | None) -> None:
+    from studyctl.inspect.summary import best_summary, export_best_model
+
+    st = open_reader_of(storage)
+    if export_model is not None:
+        number = export_best_model(st, study, export_model)
+        echo(f"wrote the model of trial #{number} to {export_model}", err=True)
+    rows = best_summary(st, study)
+    if output == "json":
+        echo_json(rows)  # `[]` without a completed trial: still valid JSON for a script
+    if not rows:
+        fail(f"study {study!r} has no completed trial yet")
+    if output == "json":
+        return
+    for r in rows:
+        echo(f"trial #{r['number']}: {fmt(r['values'])}")
+        for k, v in r["params"].items():
+            echo(f"  {k} = {fmt(v)}")
