@@ -217,8 +217,9 @@ def test_reading_commands_print_what_typer_prints_without_typer(
     storage_url: str, tmp_path: Path
 ) -> None:
     """`studies`, `status`, `best` and `trials` in their plain forms run without Typer,
-    Click or pydantic and print the same bytes, streams and exit code as the Typer app;
-    other forms (`--help`, an abbreviated option) go to Typer."""
+    Click, pydantic or SQLAlchemy (through the driver: `storage.plain`) and print the same
+    bytes, streams and exit code as the Typer app; other forms (an abbreviated option) go
+    to Typer."""
     _mixed_study(storage_url, tmp_path)
     s = storage_url
     cases = [
@@ -247,5 +248,5 @@ def test_reading_commands_print_what_typer_prints_without_typer(
             typer_run.stderr,
         ), args
         imported = set(modules_out.read_text().split())
-        without = {"typer", "click", "pydantic", "optuna", "alembic"}
+        without = {"typer", "click", "pydantic", "sqlalchemy", "optuna", "alembic"}
         assert (not imported & without) == direct, (args, imported & without)

@@ -98,7 +98,7 @@ def show_status(study: str, storage: str | None, output: str) -> None:
 
 def show_trials(study: str, storage: str | None, states: list[str] | None, output: str) -> None:
     from studyctl.inspect.summary import list_trials, write_trials_csv
-    from studyctl.storage.tables import STATES
+    from studyctl.storage.plain import STATES
 
     for s in states or []:
         if s.upper() not in STATES:

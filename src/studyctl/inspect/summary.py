@@ -11,8 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
 from studyctl.errors import StudyctlError
-from studyctl.spec import StudySpec, WorkerSpec
-from studyctl.storage import tables, trial_rows
+from studyctl.storage import plain, trial_rows
 from studyctl.storage.reader import StudyReader, as_reader, has_constraints
 
 if TYPE_CHECKING:
@@ -80,7 +79,7 @@ def _best(
 def list_studies(source: Source) -> list[dict[str, Any]]:
     reader = as_reader(source)
     out = []
-    budgets = reader.read(tables.study_budgets)
+    budgets = reader.budgets()
     for s in reader.studies():
         counts = reader.state_counts(s.study_id)
         best = _best(reader, s.name, s.study_id, s.directions, attrs=False)
@@ -89,7 +88,7 @@ def list_studies(source: Source) -> list[dict[str, Any]]:
                 "name": s.name,
                 "directions": s.directions,
                 "n_trials": budgets.get(s.name),
-                "finished": tables.finished_count(counts),
+                "finished": plain.finished_count(counts),
                 "states": counts,
                 "best_value": best[0]["values"][0] if len(best) == 1 else None,
             }
@@ -100,6 +99,8 @@ def list_studies(source: Source) -> list[dict[str, Any]]:
 def _grace_period(record: dict[str, Any] | None) -> float:
     """The study's own grace period (a worker silent for longer is dead), from its stored
     spec, or the default for a study studyctl did not create."""
+    from studyctl.spec import StudySpec, WorkerSpec
+
     if record is not None:
         try:
             return float(StudySpec.from_dict(json.loads(record["spec_json"])).worker.grace_period)
@@ -115,31 +116,21 @@ def study_status(source: Source, name: str, *, stale_after: float | None = None)
     study_id = _study_id(reader, name)
     directions = reader.directions(study_id)
     counts = reader.state_counts(study_id)
-
-    def read(conn: Any) -> tuple[Any, ...]:
-        return (
-            tables.get_study_record(conn, name),
-            tables.list_workers(conn, name),
-            tables.db_utcnow(conn),
-            # From the attribute rows: loading every trial for this took seconds at 10k.
-            trial_rows.retried_trials(conn, study_id),
-        )
-
-    record, workers, now, retried = reader.read(read)
+    record, workers, now, retried = reader.status_rows(name, study_id)
     if stale_after is None:
         stale_after = _grace_period(record)
     for w in workers:
-        alive = w["state"] == tables.WORKER_RUNNING and now - w["heartbeat_at"] < timedelta(
+        alive = w["state"] == plain.WORKER_RUNNING and now - w["heartbeat_at"] < timedelta(
             seconds=stale_after
         )
         w["alive"] = alive
-        if w["state"] == tables.WORKER_RUNNING and not alive:
+        if w["state"] == plain.WORKER_RUNNING and not alive:
             w["state"] = "dead"
         for key in ("started_at", "heartbeat_at"):
             w[key] = w[key].isoformat()
     best = _best(reader, name, study_id, directions, attrs=False)
     n_trials = record["n_trials"] if record else None
-    finished = tables.finished_count(counts)
+    finished = plain.finished_count(counts)
     return {
         "name": name,
         "directions": directions,

@@ -4,24 +4,23 @@ inspection commands' plain SQLAlchemy reads), so both connect the same way."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
 
-from studyctl.errors import StorageError, one_line
-from studyctl.storage.urls import mask_url
+# Shared with the reads made through the driver itself (`plain`).
+from studyctl.storage.plain import (
+    INSUFFICIENT_PRIVILEGE,
+    POSTGRES_CONNECT_TIMEOUT_S,
+    missing_right,
+)
+from studyctl.storage.plain import SQLITE_BUSY_TIMEOUT_S as SQLITE_BUSY_TIMEOUT_S
+from studyctl.storage.plain import require_existing_database as require_existing_database
 
-SQLITE_BUSY_TIMEOUT_S = 60
 # Per process: Optuna's session plus its heartbeat thread, studyctl's worker heartbeat
 # thread and one spare; see docs/ARCHITECTURE.md ("Connections").
 POSTGRES_POOL_SIZE = 3
 POSTGRES_MAX_OVERFLOW = 1
-
-# PostgreSQL's SQLSTATE for a right the role lacks (permission denied for table/schema).
-INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def engine_kwargs(url: sa.engine.URL, pool_size: int) -> dict[str, Any]:
@@ -36,7 +35,7 @@ def engine_kwargs(url: sa.engine.URL, pool_size: int) -> dict[str, Any]:
             pool_recycle=1800,
         )
         if url.get_backend_name() == "postgresql":
-            kwargs["connect_args"] = {"connect_timeout": 10}
+            kwargs["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
     return kwargs
 
 
@@ -49,34 +48,4 @@ def _explain_missing_right(context: sa.engine.ExceptionContext) -> None:
     if getattr(orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE or context.engine is None:
         return
     url = context.engine.url
-    what = one_line(orig, with_type=False)
-    if "schema" in what:
-        hint = "run `studyctl db upgrade` with the database's owner role first"
-    else:
-        hint = "SECURITY.md lists the rights each command needs"
-    raise StorageError(
-        f"storage {mask_url(url.render_as_string(hide_password=True))}: {what}: "
-        f"the database role {url.username!r} lacks this right",
-        hint=hint,
-    )
-
-
-def require_existing_database(url: str) -> None:
-    """Refuse a SQLite URL whose file does not exist: commands that read or change existing
-    studies never create an empty database (in a folder without `studyctl.db`,
-    `studyctl studies` used to leave one behind). Other URLs are checked on connecting."""
-    try:
-        parsed = make_url(url)
-    except (sa_exc.ArgumentError, ValueError):
-        return  # open_storage reports the malformed URL
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return
-    if database.startswith("file:"):
-        return
-    if not Path(database).expanduser().is_file():
-        raise StorageError(
-            f"no database at {mask_url(url)}: {database} does not exist",
-            hint="run a study first (`studyctl run SPEC`), or name the database with "
-            "--storage URL or $STUDYCTL_STORAGE",
-        )
+    raise missing_right(orig, url.render_as_string(hide_password=True), url.username)

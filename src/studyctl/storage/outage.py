@@ -38,13 +38,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
-
-import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from studyctl.errors import StorageError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import Connection
 
 T = TypeVar("T")
 
@@ -71,20 +71,31 @@ def _is_optuna_storage_error(exc: BaseException) -> bool:
     return module is not None and isinstance(exc, module.StorageInternalError)
 
 
+def _sqlalchemy_error(exc: BaseException, kind: str = "SQLAlchemyError") -> bool:
+    """Whether `exc` is SQLAlchemy's error `kind`, checked without importing SQLAlchemy: a
+    process that has not imported it (an inspection command reading through the driver)
+    has none to catch."""
+    module = sys.modules.get("sqlalchemy.exc")
+    return module is not None and isinstance(exc, getattr(module, kind))
+
+
 def _root(exc: BaseException) -> BaseException:
     """The driver's exception under SQLAlchemy's and Optuna's wrappers."""
     if _is_optuna_storage_error(exc) and exc.__cause__ is not None:
         exc = exc.__cause__
-    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
-        return exc.orig
-    return exc
+    orig = getattr(exc, "orig", None) if _sqlalchemy_error(exc, "DBAPIError") else None
+    return exc if orig is None else orig
 
 
 def is_unreachable(exc: BaseException) -> bool:
     """True when `exc` means the database could not be reached (worth waiting for), not
     that the statement or the database itself is at fault."""
     wrapped = exc.__cause__ if _is_optuna_storage_error(exc) else exc
-    if isinstance(wrapped, sa_exc.DBAPIError) and wrapped.connection_invalidated:
+    if (
+        wrapped is not None
+        and _sqlalchemy_error(wrapped, "DBAPIError")
+        and getattr(wrapped, "connection_invalidated", False)
+    ):
         return True
     orig = _root(exc)
     if type(orig).__module__.startswith("sqlite3"):
@@ -198,9 +209,7 @@ class OutageGuard:
             except (StorageError, DatabaseAway):
                 raise
             except Exception as exc:
-                if not isinstance(exc, sa_exc.SQLAlchemyError) and not _is_optuna_storage_error(
-                    exc
-                ):
+                if not _sqlalchemy_error(exc) and not _is_optuna_storage_error(exc):
                     raise
                 if not is_unreachable(exc):
                     if not convert:
@@ -265,6 +274,8 @@ def guard_of(storage: Any) -> OutageGuard | None:
 
 def server_started_within(conn: Connection, seconds: float) -> bool:
     """Whether the database server (PostgreSQL) started less than `seconds` ago."""
+    import sqlalchemy as sa
+
     if conn.dialect.name != "postgresql":
         return False
     return bool(
@@ -281,6 +292,7 @@ def install_connect_guard(engine: sa.Engine, guard: OutageGuard) -> None:
     """Every new connection of `engine` waits for an unreachable database (up to the
     guard's tolerance), so every caller, Optuna's and Alembic's included, rides an outage
     out at its next connection; pool_pre_ping replaces connections the outage broke."""
+    import sqlalchemy as sa
 
     def do_connect(dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
         params = cparams

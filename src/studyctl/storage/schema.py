@@ -23,13 +23,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-
 from studyctl.errors import StorageError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.engine import Connection, Engine
 
 VERSION_TABLE = "studyctl_alembic_version"
 # studyctl's indexes on Optuna's tables (revision 0004), by name: additive, and created again
@@ -105,6 +103,8 @@ def known_revisions() -> set[str]:
 def current_revision(conn: Connection) -> str | None:
     """studyctl's revision in this database (None before studyctl's first use): two cheap
     queries, without Alembic."""
+    import sqlalchemy as sa
+
     if not sa.inspect(conn).has_table(VERSION_TABLE):
         return None
     rows = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
@@ -114,6 +114,8 @@ def current_revision(conn: Connection) -> str | None:
 
 
 def _has_studyctl_tables(conn: Connection) -> bool:
+    import sqlalchemy as sa
+
     return "studyctl_studies" in sa.inspect(conn).get_table_names()
 
 
@@ -152,6 +154,7 @@ def ensure_schema(engine: Engine, shown_url: str) -> None:
 
 def upgrade_studyctl(engine: Engine, revision: str = "head") -> None:
     """Bring studyctl's tables to `revision`; tables made before versioning are adopted."""
+    import sqlalchemy as sa
     from alembic import command
 
     with engine.begin() as conn:

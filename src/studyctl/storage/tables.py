@@ -5,25 +5,37 @@
 * ``studyctl_workers``: every worker process, with host, pid, GPU set and heartbeat.
 * ``studyctl_claims``: budget reservations; a worker holds one while its trial runs.
 
-All of studyctl's SQL is here: every access goes through `transaction(engine)` and queries
-take the connection explicitly (`studyctl.storage.control` composes them into the
-operations a worker makes). The tables are created and changed only by the Alembic
-revisions in `migrations/` (`studyctl.storage.schema`); this metadata describes the head
-revision. Optuna's `trials` table is read (never written) here; its columns used here
-(trial_id, study_id, state) have not changed since Optuna's schema v3.2.0.a. The one write
-to Optuna's tables is `delete_trial_attrs`: attributes naming an artifact that studyctl
-removed (Optuna itself refuses to change a finished trial).
+All of studyctl's SQL is here, but for the few reads the inspection commands make through
+the driver itself (`reader`: a study's budget and spec, its workers): every access goes
+through `transaction(engine)` and queries take the connection explicitly
+(`studyctl.storage.control` composes them into the operations a worker makes). The tables
+are created and changed only by the Alembic revisions in `migrations/`
+(`studyctl.storage.schema`); this metadata describes the head revision. Optuna's `trials`
+table is read (never written) here; its columns used here (trial_id, study_id, state) have
+not changed since Optuna's schema v3.2.0.a. The one write to Optuna's tables is
+`delete_trial_attrs`: attributes naming an artifact that studyctl removed (Optuna itself
+refuses to change a finished trial).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+# The trial states, the workers' running state, the database's clock and the state counts
+# are shared with the reads made without SQLAlchemy (`plain`).
+from studyctl.storage.plain import FINISHED_STATES as FINISHED_STATES
+from studyctl.storage.plain import STATES as STATES
+from studyctl.storage.plain import WORKER_RUNNING as WORKER_RUNNING
+from studyctl.storage.plain import db_utcnow as db_utcnow
+from studyctl.storage.plain import finished_count as finished_count
+from studyctl.storage.plain import state_counts as state_counts
+from studyctl.storage.plain import utcnow as utcnow
 
 metadata = sa.MetaData()
 
@@ -70,26 +82,7 @@ claims_table = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
-WORKER_RUNNING = "running"
-# Trial states by name, in Optuna's order; a trial counts against the budget once finished.
-STATES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")
-FINISHED_STATES = ("COMPLETE", "PRUNED")
 WORKER_STOPPED = "stopped"
-
-
-def utcnow() -> datetime:
-    """Naive UTC, the form stored in every timestamp column."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def db_utcnow(conn: Connection) -> datetime:
-    """Naive UTC from the database server's clock (PostgreSQL), so heartbeats written by
-    workers on different hosts are stamped and compared on one clock; SQLite serves one
-    machine, whose clock this process reads."""
-    if conn.dialect.name == "postgresql":
-        value = conn.execute(sa.text("SELECT timezone('UTC', clock_timestamp())")).scalar_one()
-        return value.replace(tzinfo=None) if isinstance(value, datetime) else utcnow()
-    return utcnow()
 
 
 @contextmanager
@@ -348,23 +341,6 @@ def release_idle_claims(conn: Connection, worker_id: str) -> None:
         ),
         {"wid": worker_id},
     )
-
-
-def state_counts(conn: Connection, study_id: int) -> dict[str, int]:
-    """Trials of the study per state name (every state present, zero when none)."""
-    counts = dict.fromkeys(STATES, 0)
-    rows = conn.execute(
-        sa.text("SELECT state, count(*) FROM trials WHERE study_id = :sid GROUP BY state"),
-        {"sid": study_id},
-    )
-    for state, n in rows:
-        counts[str(getattr(state, "name", state))] = int(n)
-    return counts
-
-
-def finished_count(counts: dict[str, int]) -> int:
-    """Trials that count against the budget, from `state_counts`."""
-    return sum(counts.get(s, 0) for s in FINISHED_STATES)
 
 
 # RUNNING trials whose claim belongs to a worker that stopped beating (or to one worker).

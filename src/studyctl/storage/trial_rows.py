@@ -15,28 +15,29 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from studyctl.storage.plain import STATES, rows, scalar
 
-from studyctl.storage.tables import STATES, transaction
+if TYPE_CHECKING:
+    from studyctl.storage.plain import ReadConnection
+
+T = TypeVar("T")
 
 
-def retried_trials(conn: Connection, study_id: int) -> list[dict[str, Any]]:
+def retried_trials(conn: ReadConnection, study_id: int) -> list[dict[str, Any]]:
     """Trials that retry another (system attribute ``failed_trial``), by number:
     ``{"trial", "retry_of", "state"}``."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT t.number, t.state, a.value_json FROM trial_system_attributes a "
-            "JOIN trials t ON t.trial_id = a.trial_id "
-            "WHERE t.study_id = :sid AND a.key = 'failed_trial' ORDER BY t.trial_id"
-        ),
+    found = rows(
+        conn,
+        "SELECT t.number, t.state, a.value_json FROM trial_system_attributes a "
+        "JOIN trials t ON t.trial_id = a.trial_id "
+        "WHERE t.study_id = :sid AND a.key = 'failed_trial' ORDER BY t.trial_id",
         {"sid": study_id},
     )
     return [
         {"trial": int(n), "retry_of": json.loads(v), "state": str(getattr(s, "name", s))}
-        for n, s, v in rows
+        for n, s, v in found
     ]
 
 
@@ -48,36 +49,33 @@ def _state_filter(states: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
 
 
 def trial_columns(
-    conn: Connection, study_id: int, states: tuple[str, ...] | None = None
+    conn: ReadConnection, study_id: int, states: tuple[str, ...] | None = None
 ) -> tuple[int, list[str], list[str]]:
     """(objectives, parameter names, user attribute keys) over the study's trials in
     `states` (all when None): the columns of a trials table, read without the trials."""
     where, params = _state_filter(states)
     params["sid"] = study_id
-    objectives = conn.execute(
-        sa.text(
-            "SELECT max(v.objective) FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
-            f"WHERE t.study_id = :sid{where}"
-        ),
+    objectives = scalar(
+        conn,
+        "SELECT max(v.objective) FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id "
+        f"WHERE t.study_id = :sid{where}",
         params,
-    ).scalar()
+    )
     names = [
         str(r[0])
-        for r in conn.execute(
-            sa.text(
-                "SELECT DISTINCT p.param_name FROM trial_params p "
-                f"JOIN trials t ON t.trial_id = p.trial_id WHERE t.study_id = :sid{where}"
-            ),
+        for r in rows(
+            conn,
+            "SELECT DISTINCT p.param_name FROM trial_params p "
+            f"JOIN trials t ON t.trial_id = p.trial_id WHERE t.study_id = :sid{where}",
             params,
         )
     ]
     keys = [
         str(r[0])
-        for r in conn.execute(
-            sa.text(
-                "SELECT DISTINCT a.key FROM trial_user_attributes a "
-                f"JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :sid{where}"
-            ),
+        for r in rows(
+            conn,
+            "SELECT DISTINCT a.key FROM trial_user_attributes a "
+            f"JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :sid{where}",
             params,
         )
     ]
@@ -105,44 +103,43 @@ def _enum_name(value: Any) -> str:
 
 
 def _batch_children(
-    conn: Connection, bounds: dict[str, int], sql: str, order: str = "c.trial_id"
-) -> Any:
+    conn: ReadConnection, bounds: dict[str, int], sql: str, order: str = "c.trial_id"
+) -> list[tuple[Any, ...]]:
     """Child rows (values, params, attributes) of the trials in a trial_id range: the range
     holds a batch's trials and possibly others of the study (other states), which the
     caller skips."""
-    return conn.execute(
-        sa.text(
-            sql + " JOIN trials t ON t.trial_id = c.trial_id WHERE t.study_id = :sid "
-            f"AND c.trial_id BETWEEN :lo AND :hi ORDER BY {order}"
-        ),
+    return rows(
+        conn,
+        sql + " JOIN trials t ON t.trial_id = c.trial_id WHERE t.study_id = :sid "
+        f"AND c.trial_id BETWEEN :lo AND :hi ORDER BY {order}",
         bounds,
     )
 
 
-def _fill_children(conn: Connection, study_id: int, rows: dict[int, TrialRow]) -> None:
-    """Read the values, params and attributes of `rows` (trial_id -> row) into them."""
-    bounds = {"sid": study_id, "lo": min(rows), "hi": max(rows)}
+def _fill_children(conn: ReadConnection, study_id: int, trials: dict[int, TrialRow]) -> None:
+    """Read the values, params and attributes of `trials` (trial_id -> row) into them."""
+    bounds = {"sid": study_id, "lo": min(trials), "hi": max(trials)}
     children = functools.partial(_batch_children, conn, bounds)
     for tid, objective, value, vtype in children(
         "SELECT c.trial_id, c.objective, c.value, c.value_type FROM trial_values c"
     ):
-        if (row := rows.get(int(tid))) is not None:
+        if (row := trials.get(int(tid))) is not None:
             row.values.append((int(objective), value, _enum_name(vtype)))
     for tid, name, value, dist in children(
         "SELECT c.trial_id, c.param_name, c.param_value, c.distribution_json FROM trial_params c",
         "c.param_id",
     ):
-        if (row := rows.get(int(tid))) is not None:
+        if (row := trials.get(int(tid))) is not None:
             row.params.append((str(name), value, str(dist)))
     for tid, key, value in children(
         "SELECT c.trial_id, c.key, c.value_json FROM trial_user_attributes c"
     ):
-        if (row := rows.get(int(tid))) is not None:
+        if (row := trials.get(int(tid))) is not None:
             row.user_attrs[str(key)] = str(value)
     for tid, key, value in children(
         "SELECT c.trial_id, c.key, c.value_json FROM trial_system_attributes c"
     ):
-        if (row := rows.get(int(tid))) is not None:
+        if (row := trials.get(int(tid))) is not None:
             row.system_attrs[str(key)] = str(value)
 
 
@@ -157,44 +154,51 @@ def _trial_rows(trials: Any) -> dict[int, TrialRow]:
 
 
 def iter_trial_rows(
-    engine: Engine,
+    read: Callable[[Callable[[ReadConnection], dict[int, TrialRow]]], dict[int, TrialRow]],
     study_id: int,
     states: tuple[str, ...] | None = None,
     batch_size: int = 2000,
 ) -> Iterator[TrialRow]:
     """The study's trials in number order, `batch_size` at a time (keyset on trial_id), each
-    batch read in its own short transaction: memory stays bounded by one batch."""
+    batch read in its own short transaction (`read` runs a function in one): memory stays
+    bounded by one batch."""
     where, params = _state_filter(states)
     after = -1
-    while True:
-        with transaction(engine) as conn:
-            trials = conn.execute(
-                sa.text(
-                    _TRIAL_COLUMNS + "FROM trials t WHERE t.study_id = :sid AND "
-                    f"t.trial_id > :after{where} ORDER BY t.trial_id LIMIT :limit"
-                ),
+
+    def batch(conn: ReadConnection) -> dict[int, TrialRow]:
+        trials = _trial_rows(
+            rows(
+                conn,
+                _TRIAL_COLUMNS + "FROM trials t WHERE t.study_id = :sid AND "
+                f"t.trial_id > :after{where} ORDER BY t.trial_id LIMIT :limit",
                 {**params, "sid": study_id, "after": after, "limit": batch_size},
-            ).all()
-            if not trials:
-                return
-            rows = _trial_rows(trials)
-            _fill_children(conn, study_id, rows)
-        yield from rows.values()
-        after = max(rows)
+            )
+        )
+        if trials:
+            _fill_children(conn, study_id, trials)
+        return trials
+
+    while True:
+        trials = read(batch)
+        if not trials:
+            return
+        yield from trials.values()
+        after = max(trials)
 
 
-def trial_row(conn: Connection, study_id: int, trial_id: int) -> TrialRow | None:
+def trial_row(conn: ReadConnection, study_id: int, trial_id: int) -> TrialRow | None:
     """One trial of the study, as `iter_trial_rows` reads it."""
-    rows = _trial_rows(
-        conn.execute(
-            sa.text(_TRIAL_COLUMNS + "FROM trials t WHERE t.study_id = :sid AND t.trial_id = :tid"),
+    found = _trial_rows(
+        rows(
+            conn,
+            _TRIAL_COLUMNS + "FROM trials t WHERE t.study_id = :sid AND t.trial_id = :tid",
             {"sid": study_id, "tid": trial_id},
-        ).all()
+        )
     )
-    if not rows:
+    if not found:
         return None
-    _fill_children(conn, study_id, rows)
-    return rows[trial_id]
+    _fill_children(conn, study_id, found)
+    return found[trial_id]
 
 
 # Optuna's own best-trial query (`TrialModel.find_min_value_trial_id` / `find_max_...`),
@@ -210,12 +214,12 @@ _BEST_ID_SQL = (
 )
 
 
-def best_trial_id(conn: Connection, study_id: int, *, maximize: bool) -> int | None:
+def best_trial_id(conn: ReadConnection, study_id: int, *, maximize: bool) -> int | None:
     """The trial_id of the study's best COMPLETE trial (one objective), as Optuna's
     `RDBStorage.get_best_trial` picks it; None before any trial completed."""
-    found = conn.execute(
-        sa.text(_BEST_ID_SQL.format(order="DESC" if maximize else "ASC")), {"sid": study_id}
-    ).scalar()
+    found = scalar(
+        conn, _BEST_ID_SQL.format(order="DESC" if maximize else "ASC"), {"sid": study_id}
+    )
     return None if found is None else int(found)
 
 
@@ -311,51 +315,49 @@ class StudyTally:
         self._unfinished: dict[int, str] = {}  # trial_id -> state
         self._refreshes = 0
 
-    def refresh(self, conn: Connection) -> None:
+    def refresh(self, conn: ReadConnection) -> None:
         if self._refreshes % self.RESYNC_EVERY == 0:
             self._load(conn)
         else:
             self._update(conn)
         self._refreshes += 1
 
-    def _load(self, conn: Connection) -> None:
+    def _load(self, conn: ReadConnection) -> None:
         self.counts = dict.fromkeys(STATES, 0)
         self._unfinished = {}
         self._last_id = 0
-        for state, n, max_id, unfinished in conn.execute(
-            sa.text(_TALLY_SQL), {"sid": self.study_id}
-        ):
+        for state, n, max_id, unfinished in rows(conn, _TALLY_SQL, {"sid": self.study_id}):
             name = _enum_name(state)
             self.counts[name] = self.counts.get(name, 0) + int(n)
             self._last_id = max(self._last_id, int(max_id))
             if unfinished:
                 self._unfinished[int(max_id)] = name
         order = "DESC" if self.maximize else "ASC"
-        row = conn.execute(sa.text(_BEST_SQL.format(order=order)), {"sid": self.study_id}).first()
+        best = rows(conn, _BEST_SQL.format(order=order), {"sid": self.study_id})
         self.best = None
-        if row is not None:
-            self._offer(stored_value(row[1], row[2]), int(row[0]))
+        if best:
+            self._offer(stored_value(best[0][1], best[0][2]), int(best[0][0]))
 
     def _offer(self, value: float, number: int) -> None:
         if self.best is None or (value > self.best[0] if self.maximize else value < self.best[0]):
             self.best = (value, number)
 
-    def _update(self, conn: Connection) -> None:
-        rows = list(
-            conn.execute(
-                sa.text(_TALLY_ROWS_SQL + "t.trial_id > :after"),
-                {"sid": self.study_id, "after": self._last_id},
-            )
+    def _update(self, conn: ReadConnection) -> None:
+        changed = rows(
+            conn,
+            _TALLY_ROWS_SQL + "t.trial_id > :after",
+            {"sid": self.study_id, "after": self._last_id},
         )
         if self._unfinished:
             ids = sorted(self._unfinished)
             names = {f"id{i}": v for i, v in enumerate(ids)}
-            rows += conn.execute(
-                sa.text(_TALLY_ROWS_SQL + f"t.trial_id IN ({', '.join(':' + k for k in names)})"),
+            changed += rows(
+                conn,
+                _TALLY_ROWS_SQL + f"t.trial_id IN ({', '.join(':' + k for k in names)})",
                 {"sid": self.study_id, **names},
-            ).all()
+            )
         # The two reads are disjoint: new trials (id > last) and unfinished ones (id <= last).
-        for trial_id, number, state, value, value_type in rows:
+        for trial_id, number, state, value, value_type in changed:
             tid, name = int(trial_id), _enum_name(state)
             before = self._unfinished.pop(tid, None)
             if before is not None:
@@ -365,4 +367,4 @@ class StudyTally:
                 self._unfinished[tid] = name
             elif name == "COMPLETE" and value_type is not None:
                 self._offer(stored_value(value, value_type), int(number))
-        self._last_id = max([self._last_id, *(int(r[0]) for r in rows)])
+        self._last_id = max([self._last_id, *(int(r[0]) for r in changed)])
