@@ -250,3 +250,23 @@ def test_reading_commands_print_what_typer_prints_without_typer(
         imported = set(modules_out.read_text().split())
         without = {"typer", "click", "pydantic", "sqlalchemy", "optuna", "alembic"}
         assert (not imported & without) == direct, (args, imported & without)
+
+
+def test_watch_snapshot_reads_the_best_params_without_optuna(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """`watch` shows the best trial's parameters as Optuna gives them (float, int and
+    categorical), decoded without importing Optuna."""
+    study = _mixed_study(sqlite_url, tmp_path)
+    code = (
+        "import json, sys\nfrom studyctl.storage.reader import open_reader\n"
+        "from studyctl.storage.snapshot import take_snapshot\n"
+        "snapshot = take_snapshot(open_reader(sys.argv[1]).engine, 'mixed')\n"
+        "print(json.dumps(snapshot.best_params))\nprint('optuna' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, sqlite_url], capture_output=True, text=True, check=True
+    )
+    params, optuna_imported = out.stdout.splitlines()
+    assert json.loads(params) == study.best_params
+    assert optuna_imported == "False"

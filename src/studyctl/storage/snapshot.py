@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from studyctl.errors import StudyctlError
 from studyctl.storage import tables as db
+from studyctl.storage.trial_rows import stored_param
 
 RECENT_TRIALS = 8
 MAX_WORKERS_SHOWN = 16
@@ -158,8 +159,8 @@ def _study_row(conn: Connection, name: str) -> tuple[int, tuple[str, ...]]:
 
 
 def _params(conn: Connection, trial_id: int) -> dict[str, Any]:
-    from optuna.distributions import json_to_distribution
-
+    """The trial's parameters as its objective saw them (without Optuna for the kinds
+    `trial_rows.stored_param` knows)."""
     out: dict[str, Any] = {}
     for name, value, dist in conn.execute(
         sa.text(
@@ -169,7 +170,7 @@ def _params(conn: Connection, trial_id: int) -> dict[str, Any]:
         {"tid": trial_id},
     ):
         try:
-            out[name] = json_to_distribution(dist).to_external_repr(value)
+            out[name] = stored_param(value, dist)
         except Exception:  # an unknown distribution: show the stored number
             out[name] = value
     return out
