@@ -254,7 +254,8 @@ class StudyReader:
     def status_rows(self, study_name: str, study_id: int) -> tuple[Any, ...]:
         """What `status` reads beside the counts, in one transaction: the study's record
         (`n_trials`, `spec_json`; None for a study studyctl did not create), its workers
-        (`tables.list_workers`' rows), the database's clock and the retried trials."""
+        (every column of `tables.workers_table`, oldest first), the database's clock and
+        the retried trials."""
 
         def query(conn: ReadConnection) -> tuple[Any, ...]:
             found = rows(

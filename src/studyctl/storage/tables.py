@@ -170,15 +170,6 @@ def get_worker(conn: Connection, worker_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def list_workers(conn: Connection, study_name: str) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        sa.select(workers_table)
-        .where(workers_table.c.study_name == study_name)
-        .order_by(workers_table.c.started_at)
-    ).mappings()
-    return [dict(r) for r in rows]
-
-
 # --- budget claims -----------------------------------------------------------------------
 
 
@@ -378,9 +369,3 @@ _WAITING_SQL = (
 def waiting_trial_ids(conn: Connection, study_id: int) -> list[int]:
     """The study's WAITING trials (enqueued trials and retries), oldest first."""
     return [int(r[0]) for r in conn.execute(sa.text(_WAITING_SQL), {"sid": study_id})]
-
-
-def study_budgets(conn: Connection) -> dict[str, int | None]:
-    """Every studyctl study's budget (`n_trials`) by name."""
-    rows = conn.execute(sa.select(studies_table.c.study_name, studies_table.c.n_trials))
-    return {name: n for name, n in rows}
