@@ -580,15 +580,16 @@ def in_process(baseline_ref: str | None, sizes: list[int]) -> dict[str, Any]:
         return result
 
 
-def startup(baseline_ref: str | None, reps: int) -> dict[str, Any]:
+def startup(baseline_ref: str | None, reps: int, size: int = 100) -> dict[str, Any]:
     """Median wall and CPU seconds of `python -c pass`, `studyctl --help` and `studyctl
-    status`, `studies`, `best` and `trials` (a study of 100 trials on SQLite), for the
-    baseline and the working tree, interleaved."""
+    status`, `studies`, `best` and `trials` (a study of `size` trials on SQLite; `trials
+    --format csv` too, and no `trials` table over 10,000 trials), for the baseline and the
+    working tree, interleaved."""
     with tempfile.TemporaryDirectory(prefix="studyctl-scale-") as tmp:
         work = Path(tmp)
         bench = Scale(work, True, None, 1, 0)
         db = Database("sqlite", work, "startup")
-        bench.build(db.url, 100)
+        bench.build(db.url, size)
         variants = {"studyctl": bench.current}
         if baseline_ref:
             variants = {"baseline": checkout_baseline(baseline_ref, work), **variants}
@@ -600,7 +601,10 @@ def startup(baseline_ref: str | None, reps: int) -> dict[str, Any]:
             "studies": [*cli, "studies", "--storage", db.url],
             "best": [*cli, "best", STUDY, "--storage", db.url],
             "trials": [*cli, "trials", STUDY, "--storage", db.url],
+            "trials --format csv": [*cli, "trials", STUDY, "--storage", db.url, "-f", "csv"],
         }
+        if size > 10000:  # a table of every trial measures the table, not the start-up
+            del cmds["trials"]
         times: dict[str, dict[str, list[float]]] = {v: {c: [] for c in cmds} for v in variants}
         cpu: dict[str, dict[str, list[float]]] = {v: {c: [] for c in cmds} for v in variants}
         for _ in range(reps):
@@ -785,8 +789,15 @@ def main() -> None:
     parser.add_argument(
         "--startup",
         action="store_true",
-        help="only time `studyctl --help` and `status` of a 100-trial study (SQLite) against "
+        help="only time `studyctl --help` and the reading commands on a study (SQLite) against "
         "`python -c pass`, for --baseline and the working tree",
+    )
+    parser.add_argument(
+        "--startup-size",
+        type=int,
+        default=100,
+        metavar="N",
+        help="with --startup: the study's trials (default 100)",
     )
     parser.add_argument(
         "--in-process",
@@ -800,7 +811,7 @@ def main() -> None:
         print(json.dumps(in_process(args.baseline, sizes_), indent=1))
         return
     if args.startup:
-        print(json.dumps(startup(args.baseline, args.reps or 9), indent=1))
+        print(json.dumps(startup(args.baseline, args.reps or 9, args.startup_size), indent=1))
         return
     if args.index_effect:
         effect: dict[str, Any] = {}
