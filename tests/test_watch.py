@@ -5,6 +5,7 @@ to its budget, on a terminal (driven through tmux, as a person sees it) and thro
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -220,16 +221,24 @@ def _tmux(*args: str) -> str:
     ).stdout
 
 
-def _exit_status(session: str, timeout: float) -> str:
-    """The exit status of the pane's command once it has exited ("" if it has not)."""
+def _in_pane(command: list[str], status_file: Path) -> str:
+    """`command` for a tmux pane, under a shell that writes its exit status to `status_file`.
+
+    The status comes from the file, not from tmux's ``#{pane_dead_status}``: a tmux server
+    can miss the SIGCHLD of its pane's process and then reports nothing for a command that
+    has exited (seen with tmux 3.3a, even for a plain ``sleep``)."""
+    quoted = " ".join(shlex.quote(part) for part in command)
+    return f"sh -c {shlex.quote(f'{quoted}; echo $? > {shlex.quote(str(status_file))}')}"
+
+
+def _exit_status(status_file: Path, timeout: float) -> str:
+    """The exit status the pane's command wrote once it exited ("" if it has not)."""
     deadline = time.monotonic() + timeout
-    status = ""
     while time.monotonic() < deadline:
-        status = _tmux("display-message", "-p", "-t", session, "#{pane_dead_status}").strip()
-        if status:
-            break
+        if status_file.exists() and (status := status_file.read_text().strip()):
+            return status
         time.sleep(0.2)
-    return status
+    return ""
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -244,7 +253,10 @@ def test_watch_follows_a_running_study_on_a_terminal_and_through_a_pipe(
         ["worker", "live", "-s", sqlite_url, "--objectives-dir", str(objectives), "-q"], tmp_path
     )
     piped = _studyctl(["watch", "live", "-s", sqlite_url, "--interval", "0.5"], tmp_path)
-    command = " ".join([sys.executable, "-m", "studyctl.cli", "watch", "live", "-s", sqlite_url])
+    status_file = tmp_path / "watch.status"
+    command = _in_pane(
+        [sys.executable, "-m", "studyctl.cli", "watch", "live", "-s", sqlite_url], status_file
+    )
     _tmux("new-session", "-d", "-s", "w", "-x", "110", "-y", "40", "-c", str(tmp_path))
     try:
         _tmux("set-option", "-t", "w", "remain-on-exit", "on")
@@ -260,8 +272,9 @@ def test_watch_follows_a_running_study_on_a_terminal_and_through_a_pipe(
         assert "/4 finished" in seen and "ETA" in seen, seen
         assert "q or Ctrl-C quits" in seen
         # It follows the study to its budget, then exits on its own.
-        assert _exit_status("w", 90) == "0"
+        status = _exit_status(status_file, 90)
         final = _tmux("capture-pane", "-p", "-t", "w")
+        assert status == "0", final
         assert "4/4 finished (100%)" in final and "budget met" in final, final
         assert "ETA done" in final and "x=" in final
     finally:
@@ -284,7 +297,10 @@ def test_watch_follows_a_running_study_on_a_terminal_and_through_a_pipe(
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_watch_quits_on_q(tmp_path: Path, sqlite_url: str) -> None:
     _create(tmp_path, sqlite_url, "idle", 3)
-    command = " ".join([sys.executable, "-m", "studyctl.cli", "watch", "idle", "-s", sqlite_url])
+    status_file = tmp_path / "watch.status"
+    command = _in_pane(
+        [sys.executable, "-m", "studyctl.cli", "watch", "idle", "-s", sqlite_url], status_file
+    )
     _tmux("new-session", "-d", "-s", "q", "-x", "100", "-y", "30", "-c", str(tmp_path))
     try:
         _tmux("set-option", "-t", "q", "remain-on-exit", "on")
@@ -295,6 +311,6 @@ def test_watch_quits_on_q(tmp_path: Path, sqlite_url: str) -> None:
             time.sleep(0.3)
         assert "0/3 finished" in _tmux("capture-pane", "-p", "-t", "q")
         _tmux("send-keys", "-t", "q", "q")
-        assert _exit_status("q", 10) == "0", "watch did not quit on q"
+        assert _exit_status(status_file, 10) == "0", "watch did not quit on q"
     finally:
         subprocess.run(["tmux", "-L", "studyctl-test", "kill-server"], capture_output=True)
