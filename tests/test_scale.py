@@ -80,12 +80,21 @@ def test_status_retries_and_best_without_loading_trials(storage_url: str, tmp_pa
     storage = open_storage(storage_url)
     status = summary.study_status(storage, "mixed")
     trials = study.get_trials(deepcopy=False)
-    assert status["retried"] == [
+    expected = [
         {"trial": t.number, "retry_of": t.system_attrs["failed_trial"], "state": t.state.name}
         for t in trials
         if "failed_trial" in t.system_attrs
     ]
-    assert len(status["retried"]) >= 3
+    assert len(expected) >= 3
+    assert status["n_retried"] == len(expected)
+    assert status["retried"] == expected[-trial_rows.RECENT_RETRIES :]
+    # However many a study holds, status reads their count and the last few.
+    with tables.transaction(storage.engine) as conn:
+        assert trial_rows.retried_trials(conn, study._study_id, limit=2) == (
+            len(expected),
+            expected[-2:],
+        )
+        assert trial_rows.retried_trials(conn, study._study_id, limit=None)[1] == expected
     assert status["states"] == {s: sum(t.state.name == s for t in trials) for s in tables.STATES}
     assert [b["number"] for b in status["best"]] == [study.best_trial.number]
 

@@ -69,13 +69,13 @@ def show_status(study: str, storage: str | None, output: str) -> None:
     )
     print_best(data)
     if data["retried"]:
-        echo(
-            "retried: "
-            + ", ".join(
-                f"#{r['trial']} retries #{r['retry_of']} ({r['state'].lower()})"
-                for r in data["retried"]
-            )
+        shown = ", ".join(
+            f"#{r['trial']} retries #{r['retry_of']} ({r['state'].lower()})"
+            for r in data["retried"]
         )
+        more = data["n_retried"] - len(data["retried"])
+        head = f"{data['n_retried']} trials, the last: " if more else ""
+        echo(f"retried: {head}{shown}")
     if data["workers"]:
         echo("workers:")
         table(

@@ -111,12 +111,13 @@ def _grace_period(record: dict[str, Any] | None) -> float:
 
 def study_status(source: Source, name: str, *, stale_after: float | None = None) -> dict[str, Any]:
     """Budget, trial states, workers (alive or dead: silent for longer than `stale_after`,
-    by default the study's grace period), retries and the best trial(s)."""
+    by default the study's grace period), retries (how many, and the last
+    `trial_rows.RECENT_RETRIES` of them: `trials` lists every trial) and the best trial(s)."""
     reader = as_reader(source)
     study_id = _study_id(reader, name)
     directions = reader.directions(study_id)
     counts = reader.state_counts(study_id)
-    record, workers, now, retried = reader.status_rows(name, study_id)
+    record, workers, now, (n_retried, retried) = reader.status_rows(name, study_id)
     if stale_after is None:
         stale_after = _grace_period(record)
     for w in workers:
@@ -141,6 +142,7 @@ def study_status(source: Source, name: str, *, stale_after: float | None = None)
         "states": counts,
         "best": best,
         "workers": workers,
+        "n_retried": n_retried,
         "retried": retried,
     }
 

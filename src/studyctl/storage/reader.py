@@ -255,7 +255,7 @@ class StudyReader:
         """What `status` reads beside the counts, in one transaction: the study's record
         (`n_trials`, `spec_json`; None for a study studyctl did not create), its workers
         (every column of `tables.workers_table`, oldest first), the database's clock and
-        the retried trials."""
+        the retried trials (their count and the last few)."""
 
         def query(conn: ReadConnection) -> tuple[Any, ...]:
             found = rows(

@@ -25,19 +25,27 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def retried_trials(conn: ReadConnection, study_id: int) -> list[dict[str, Any]]:
-    """Trials that retry another (system attribute ``failed_trial``), by number:
-    ``{"trial", "retry_of", "state"}``."""
+RECENT_RETRIES = 10
+
+
+def retried_trials(
+    conn: ReadConnection, study_id: int, limit: int | None = RECENT_RETRIES
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many trials retry another (system attribute ``failed_trial``), and the last
+    `limit` of them (all when None), by number: ``{"trial", "retry_of", "state"}``. A study
+    of 100,000 trials can hold thousands of retries; the count is one indexed query."""
+    where = "WHERE t.study_id = :sid AND a.key = 'failed_trial'"
+    joined = "FROM trial_system_attributes a JOIN trials t ON t.trial_id = a.trial_id "
+    total = int(scalar(conn, f"SELECT count(*) {joined}{where}", {"sid": study_id}) or 0)
+    bound = "" if limit is None else f" LIMIT {int(limit)}"
     found = rows(
         conn,
-        "SELECT t.number, t.state, a.value_json FROM trial_system_attributes a "
-        "JOIN trials t ON t.trial_id = a.trial_id "
-        "WHERE t.study_id = :sid AND a.key = 'failed_trial' ORDER BY t.trial_id",
+        f"SELECT t.number, t.state, a.value_json {joined}{where} ORDER BY t.trial_id DESC{bound}",
         {"sid": study_id},
     )
-    return [
+    return total, [
         {"trial": int(n), "retry_of": json.loads(v), "state": str(getattr(s, "name", s))}
-        for n, s, v in found
+        for n, s, v in reversed(found)
     ]
 
 
