@@ -115,10 +115,13 @@ def _batch_children(
 ) -> list[tuple[Any, ...]]:
     """Child rows (values, params, attributes) of the trials in a trial_id range: the range
     holds a batch's trials and possibly others of the study (other states), which the
-    caller skips."""
+    caller skips. The range bounds both sides of the join: bounded on the child table alone,
+    PostgreSQL's planner read every trial of the study for each batch (8 ms a batch at
+    100,000 trials, 2.5 s of a CSV export)."""
     return rows(
         conn,
         sql + " JOIN trials t ON t.trial_id = c.trial_id WHERE t.study_id = :sid "
+        "AND t.trial_id BETWEEN :lo AND :hi "
         f"AND c.trial_id BETWEEN :lo AND :hi ORDER BY {order}",
         bounds,
     )
