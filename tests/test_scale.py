@@ -5,7 +5,9 @@ paths give the same answers as the full loads they replace (CSV rows, retries in
 from __future__ import annotations
 
 import io
+import json
 import math
+import time
 from pathlib import Path
 
 import optuna
@@ -155,3 +157,24 @@ def test_inspection_imports_no_alembic_when_the_schema_is_current(
     ).stdout.split("\n")
     # Optuna's own version check still loads Alembic; studyctl's check runs no revision file.
     assert out[0] == "[]"
+
+
+def test_status_lists_live_workers_and_the_last_stopped(storage_url: str, tmp_path: Path) -> None:
+    """A study run through many preemptions collects many worker rows: `status` shows every
+    worker that is not stopped and the last 5 stopped; `--format json` lists them all."""
+    _mixed_study(storage_url, tmp_path)
+    control = open_storage(storage_url).control
+    for i in range(9):
+        control.insert_worker(worker_id=f"w{i}", study_name="mixed", host=f"h{i}", pid=i, gpus="")
+        if i != 4:  # w4 still running
+            control.update_worker(f"w{i}", state=tables.WORKER_STOPPED)
+        time.sleep(0.01)  # distinct start times: the table is in start order
+    text = run_cli(["status", "mixed", "-s", storage_url], tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "workers (3 earlier stopped not shown):" in text.stdout
+    listed = [w for w in (f"w{i}" for i in range(9)) if f"\n{w} " in text.stdout]
+    assert listed == ["w3", "w4", "w5", "w6", "w7", "w8"], text.stdout
+    data = json.loads(
+        run_cli(["status", "mixed", "-s", storage_url, "-f", "json"], tmp_path).stdout
+    )
+    assert [w["worker_id"] for w in data["workers"]] == [f"w{i}" for i in range(9)]

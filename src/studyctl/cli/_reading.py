@@ -8,7 +8,7 @@ plain string here: "table", "json" or "csv".
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from studyctl.cli._output import echo, echo_json, fail, fmt, fmt_params, print_best, table
 
@@ -77,7 +77,8 @@ def show_status(study: str, storage: str | None, output: str) -> None:
         head = f"{data['n_retried']} trials, the last: " if more else ""
         echo(f"retried: {head}{shown}")
     if data["workers"]:
-        echo("workers:")
+        shown_workers, hidden = _workers_to_show(data["workers"])
+        echo("workers:" if not hidden else f"workers ({hidden} earlier stopped not shown):")
         table(
             ["worker", "host", "pid", "gpus", "state", "trials", "current", "heartbeat"],
             [
@@ -91,9 +92,24 @@ def show_status(study: str, storage: str | None, output: str) -> None:
                     w["current_trial"],
                     w["heartbeat_at"][:19],
                 ]
-                for w in data["workers"]
+                for w in shown_workers
             ],
         )
+
+
+STOPPED_WORKERS_SHOWN = 5
+
+
+def _workers_to_show(workers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Every worker that is not stopped (running or dead), and the last few stopped ones, in
+    start order; and how many stopped ones are left out. A study run for weeks through
+    preemptions and array jobs collects hundreds of worker rows; `--format json` has all."""
+    from studyctl.storage.plain import WORKER_STOPPED
+
+    stopped = [w for w in workers if w["state"] == WORKER_STOPPED]
+    kept = {id(w) for w in stopped[-STOPPED_WORKERS_SHOWN:]}
+    shown = [w for w in workers if w["state"] != WORKER_STOPPED or id(w) in kept]
+    return shown, len(workers) - len(shown)
 
 
 def show_trials(study: str, storage: str | None, states: list[str] | None, output: str) -> None:

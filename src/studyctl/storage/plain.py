@@ -37,6 +37,7 @@ INSUFFICIENT_PRIVILEGE = "42501"
 STATES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 WORKER_RUNNING = "running"
+WORKER_STOPPED = "stopped"
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 # The URLs read without SQLAlchemy: a SQLite file, and psycopg's URL of a PostgreSQL

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from studyctl.storage.plain import FINISHED_STATES as FINISHED_STATES
 from studyctl.storage.plain import STATES as STATES
 from studyctl.storage.plain import WORKER_RUNNING as WORKER_RUNNING
+from studyctl.storage.plain import WORKER_STOPPED as WORKER_STOPPED
 from studyctl.storage.plain import db_utcnow as db_utcnow
 from studyctl.storage.plain import finished_count as finished_count
 from studyctl.storage.plain import state_counts as state_counts
@@ -81,8 +82,6 @@ claims_table = sa.Table(
     sa.Column("trial_id", sa.Integer, nullable=True, index=True),
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
-
-WORKER_STOPPED = "stopped"
 
 
 @contextmanager
