@@ -5,6 +5,7 @@ paths give the same answers as the full loads they replace (CSV rows, retries in
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import time
@@ -15,7 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from studyctl.inspect import summary
+from studyctl.inspect import report, summary
 from studyctl.spec import load_spec
 from studyctl.storage import open_storage, tables, trial_rows
 from studyctl.storage.studies import open_study
@@ -178,3 +179,42 @@ def test_status_lists_live_workers_and_the_last_stopped(storage_url: str, tmp_pa
         run_cli(["status", "mixed", "-s", storage_url, "-f", "json"], tmp_path).stdout
     )
     assert [w["worker_id"] for w in data["workers"]] == [f"w{i}" for i in range(9)]
+
+
+def test_report_of_a_big_study_draws_its_recent_trials(storage_url: str, tmp_path: Path) -> None:
+    """`report --max-trials N`: the plots and the table show the most recent N trials, the
+    optimization history and the best trial the whole study's; 0 draws every trial."""
+    study = _mixed_study(storage_url, tmp_path)
+    trials = study.get_trials(deepcopy=False)
+    cut = run_cli(
+        ["report", "mixed", "-s", storage_url, "-o", "cut.html", "--max-trials", "10"], tmp_path
+    )
+    assert cut.returncode == 0, cut.stderr
+    assert f"most recent 10 of {len(trials)} trials" in cut.stdout
+    page = (tmp_path / "cut.html").read_text()
+    assert f"most recent 10 of {len(trials)} trials" in page
+    table = page.split("<table id='trials'>")[1]
+    rows = table.split("<tr")[2:]  # after the header row
+    numbers = [int(row.split("<td>")[1].split("<")[0]) for row in rows]
+    assert numbers == [t.number for t in trials][-10:]
+    history = page.split("<h2>Optimization history</h2>")[1].split("<h2>")[0]
+    assert "Not available" not in history
+    # The history is every completed trial's, not only the window's.
+    finite = [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.values[0])]
+    assert finite[0].number < numbers[0]
+    figure = report._whole_history(open_storage(storage_url), matplotlib=False)(0, None)(study)
+    assert list(figure.data[0].x) == [t.number for t in finite]
+    values = [t.values[0] for t in finite]
+    assert list(figure.data[0].y) == values
+    assert list(figure.data[1].y) == list(itertools.accumulate(values, min))
+    whole = run_cli(
+        ["report", "mixed", "-s", storage_url, "-o", "all.html", "--max-trials", "0"], tmp_path
+    )
+    assert whole.returncode == 0 and "most recent" not in whole.stdout, whole.stderr
+    table = (tmp_path / "all.html").read_text().split("<table id='trials'>")[1]
+    assert table.count("<tr") == len(trials) + 1
+    pngs = run_cli(
+        ["report", "mixed", "-s", storage_url, "-o", "plots", "--max-trials", "10"], tmp_path
+    )
+    assert pngs.returncode == 0, pngs.stderr
+    assert (tmp_path / "plots" / "optimization_history.png").stat().st_size > 0

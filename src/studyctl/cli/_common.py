@@ -120,6 +120,18 @@ VerboseOpt = Annotated[
         "trial's traceback).",
     ),
 ]
+
+
+def max_trials_option(what: str) -> Any:
+    """`--max-trials N` of the commands that show a big study as its most recent trials."""
+    return typer.Option(
+        "--max-trials",
+        min=0,
+        metavar="N",
+        help=f"{what}; 0 shows every trial.",
+    )
+
+
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
 WorkersOpt = Annotated[
     int,

@@ -15,6 +15,7 @@ from studyctl.cli._common import (
     StudyArg,
     command,
     db_command,
+    max_trials_option,
     open_storage_of,
 )
 from studyctl.cli._output import echo_json, fail
@@ -118,12 +119,9 @@ def dashboard(
     ] = False,
     max_trials: Annotated[
         int,
-        typer.Option(
-            "--max-trials",
-            min=0,
-            metavar="N",
-            help="Show a bigger study as its most recent N trials (optuna-dashboard does not "
-            "support studies over 10,000 trials); 0 shows every trial.",
+        max_trials_option(
+            "Show a bigger study as its most recent N trials (optuna-dashboard does not "
+            "support studies over 10,000 trials)"
         ),
     ] = 10_000,
 ) -> None:

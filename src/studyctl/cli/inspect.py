@@ -17,6 +17,7 @@ from studyctl.cli._common import (
     StudyArg,
     TrialsFormat,
     command,
+    max_trials_option,
     open_storage_of,
 )
 from studyctl.cli._output import echo_json, fail, table
@@ -115,6 +116,13 @@ def report(
         ),
     ],
     storage: StorageOpt = None,
+    max_trials: Annotated[
+        int,
+        max_trials_option(
+            "Draw a bigger study's most recent N trials (the optimization history, the best "
+            "trial and the budget stay the whole study's)"
+        ),
+    ] = 10_000,
 ) -> None:
     """Write a report: optimization history, parameter importances, parallel coordinates,
     learning curves and a trials table."""
@@ -122,11 +130,15 @@ def report(
 
     st = open_storage_of(storage)
     if output.suffix == ".html":
-        typer.echo(f"wrote {write_html(st, study, output)}")
-        return
-    if output.suffix and output.suffix != ".png":
+        path, note = write_html(st, study, output, max_trials)
+        written = [path]
+    elif output.suffix and output.suffix != ".png":
         fail(f"--output {output}: expected a .html or .png file, or a folder")
-    for path in write_pngs(st, study, output):
+    else:
+        written, note = write_pngs(st, study, output, max_trials)
+    if note:
+        typer.echo(note)
+    for path in written:
         typer.echo(f"wrote {path}")
 
 

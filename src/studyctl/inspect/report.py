@@ -3,7 +3,9 @@ table), or PNGs of the main plots (Optuna's matplotlib plots)."""
 
 from __future__ import annotations
 
+import functools
 import html
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,31 +13,40 @@ from typing import Any
 import optuna
 
 from studyctl.errors import StudyctlError
-from studyctl.inspect.summary import list_trials, study_status
+from studyctl.inspect.summary import list_trials, study_status, trial_dict
+from studyctl.inspect.trial_window import DEFAULT_MAX_TRIALS, WindowedStorage
 from studyctl.storage import StudyctlStorage, study_exists
 from studyctl.storage.studies import unknown_study
 from studyctl.verbosity import configure_optuna_logging
 
 PlotFactory = Callable[[optuna.Study], Any]
+HistoryFactory = Callable[[int, "str | None"], PlotFactory]
 
 
-def _plots(study: optuna.Study, module: Any) -> dict[str, PlotFactory]:
-    """The main plots, by title, from optuna.visualization or its matplotlib twin."""
+def _plots(
+    study: optuna.Study, module: Any, history: HistoryFactory | None = None
+) -> dict[str, PlotFactory]:
+    """The main plots, by title, from optuna.visualization or its matplotlib twin; the
+    optimization histories from `history` when given (a study cut to a window)."""
     names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    history = history or functools.partial(_history_of, module)
     if len(study.directions) == 1:
         return {
-            "Optimization history": module.plot_optimization_history,
+            "Optimization history": history(0, None),
             "Parameter importances": module.plot_param_importances,
             "Parallel coordinates": module.plot_parallel_coordinate,
             "Intermediate values (learning curves)": module.plot_intermediate_values,
         }
     plots: dict[str, PlotFactory] = {"Pareto front": module.plot_pareto_front}
     for i, name in enumerate(names):
-        plots[f"Optimization history: {name}"] = _history_of(module, i, name)
+        plots[f"Optimization history: {name}"] = history(i, name)
     return plots
 
 
-def _history_of(module: Any, index: int, name: str) -> PlotFactory:
+def _history_of(module: Any, index: int, name: str | None) -> PlotFactory:
+    if name is None:  # one objective, no metric name: Optuna's own labels
+        return module.plot_optimization_history
+
     def plot(study: optuna.Study) -> Any:
         return module.plot_optimization_history(
             study, target=lambda t: t.values[index], target_name=name
@@ -44,14 +55,89 @@ def _history_of(module: Any, index: int, name: str) -> PlotFactory:
     return plot
 
 
-def _finished_study(storage: StudyctlStorage, name: str) -> optuna.Study:
+_WHOLE_HISTORY_SQL = (
+    "SELECT t.number, v.value FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
+    "WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND v.objective = :objective "
+    "AND v.value_type = 'FINITE' ORDER BY t.number"
+)
+
+
+def _whole_history(storage: StudyctlStorage, matplotlib: bool) -> HistoryFactory:
+    """Optimization histories over every completed trial of a study whose other plots show
+    a window: one query of (number, value), not the trials. Optuna's own history indexes
+    its values by trial number and fails on a window that does not start at trial 0."""
+
+    def factory(index: int, name: str | None) -> PlotFactory:
+        def plot(study: optuna.Study) -> Any:
+            import sqlalchemy as sa
+
+            with storage.engine.connect() as conn:
+                found = conn.execute(
+                    sa.text(_WHOLE_HISTORY_SQL),
+                    {"sid": study._study_id, "objective": index},
+                ).all()
+            if not found:
+                raise ValueError("no completed trial with a finite value")
+            numbers = [int(n) for n, _ in found]
+            values = [float(v) for _, v in found]
+            better = max if study.directions[index].name == "MAXIMIZE" else min
+            best = list(itertools.accumulate(values, better))
+            label = name or (study.metric_names or ["Objective Value"])[0]
+            if matplotlib:
+                import matplotlib.pyplot as plt
+
+                _, ax = plt.subplots()
+                ax.set_title("Optimization History Plot")
+                ax.scatter(numbers, values, s=4, label=label)
+                ax.plot(numbers, best, color="tab:red", label="Best Value")
+                ax.set_xlabel("Trial")
+                ax.set_ylabel(label)
+                ax.legend()
+                return ax
+            import plotly.graph_objects as go
+
+            figure = go.Figure(
+                [
+                    go.Scattergl(x=numbers, y=values, mode="markers", name=label),
+                    go.Scattergl(x=numbers, y=best, mode="lines", name="Best Value"),
+                ]
+            )
+            figure.update_layout(
+                title="Optimization History Plot", xaxis_title="Trial", yaxis_title=label
+            )
+            return figure
+
+        return plot
+
+    return factory
+
+
+def _finished_study(
+    storage: StudyctlStorage, name: str, max_trials: int = DEFAULT_MAX_TRIALS
+) -> tuple[optuna.Study, str | None]:
+    """The study to plot, and a note when it is cut to its most recent `max_trials` trials
+    (0: never). A 100,000-trial report read every trial and drew them all: 103 s, 1.5 GB and
+    a 53 MB page (BENCHMARKS.md, "report at 100,000 trials")."""
     configure_optuna_logging()  # no "[W ...] You need to set up the pruning feature"
     if not study_exists(storage, name):
         raise unknown_study(storage, name)
-    study = optuna.load_study(study_name=name, storage=storage)
-    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    states = study_status(storage, name)["states"]
+    if not states.get("COMPLETE"):
         raise StudyctlError(f"study {name!r} has no completed trial yet")
-    return study
+    study = optuna.load_study(study_name=name, storage=storage)
+    if not max_trials:
+        return study, None
+    view = WindowedStorage(storage, max_trials)
+    if view.window_after(study._study_id) is None:
+        return study, None
+    # Optuna wraps any RDBStorage given to a Study in its cache, which reads every trial of
+    # the study; the plots read the window through the view itself.
+    study._storage = view
+    total = sum(states.values())
+    return study, (
+        f"plots and trials show the most recent {max_trials:,} of {total:,} trials (the best "
+        "trial is the study's own); --max-trials N shows more, 0 all"
+    )
 
 
 def _number(v: Any) -> str:
@@ -92,14 +178,19 @@ def _summary(storage: StudyctlStorage, name: str) -> tuple[str, set[int]]:
     return f"<table id='summary'>{body}</table>", {b["number"] for b in best}
 
 
-def write_html(storage: StudyctlStorage, name: str, output: Path) -> Path:
+def write_html(
+    storage: StudyctlStorage, name: str, output: Path, max_trials: int = DEFAULT_MAX_TRIALS
+) -> tuple[Path, str | None]:
     import optuna.visualization as vis
 
-    study = _finished_study(storage, name)
+    study, note = _finished_study(storage, name, max_trials)
     summary, best = _summary(storage, name)
     parts = [f"<h1>Study {html.escape(name)}</h1>", summary]
+    if note:
+        parts.append(f"<p id='window'>{html.escape(note)}</p>")
     first = True
-    for title, plot in _plots(study, vis).items():
+    history = _whole_history(storage, matplotlib=False) if note else None
+    for title, plot in _plots(study, vis, history).items():
         parts.append(f"<h2>{html.escape(title)}</h2>")
         try:
             figure = plot(study)
@@ -108,7 +199,9 @@ def write_html(storage: StudyctlStorage, name: str, output: Path) -> Path:
             continue
         parts.append(figure.to_html(full_html=False, include_plotlyjs="inline" if first else False))
         first = False
-    rows = list_trials(storage, name)
+    # Windowed: the trials the plots drew; otherwise read without loading FrozenTrials.
+    rows = [trial_dict(t) for t in study.get_trials(deepcopy=False)] if note else None
+    rows = rows if rows is not None else list_trials(storage, name)
     head = "<tr><th>#</th><th>state</th><th>value</th><th>params</th><th>duration (s)</th></tr>"
     body = "".join(
         ("<tr class='best'>" if r["number"] in best else "<tr>")
@@ -131,20 +224,22 @@ def write_html(storage: StudyctlStorage, name: str, output: Path) -> Path:
         + "</body></html>",
         encoding="utf-8",
     )
-    return output
+    return output, note
 
 
-def write_pngs(storage: StudyctlStorage, name: str, output: Path) -> list[Path]:
+def write_pngs(
+    storage: StudyctlStorage, name: str, output: Path, max_trials: int = DEFAULT_MAX_TRIALS
+) -> tuple[list[Path], str | None]:
     """`output` ending in .png: the optimization history (or Pareto front); otherwise a
-    folder with one PNG per main plot."""
+    folder with one PNG per main plot. With the note of `_finished_study`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis_mpl
 
-    study = _finished_study(storage, name)
-    plots = _plots(study, vis_mpl)
+    study, note = _finished_study(storage, name, max_trials)
+    plots = _plots(study, vis_mpl, _whole_history(storage, matplotlib=True) if note else None)
     if output.suffix == ".png":
         plots = dict(list(plots.items())[:1])
         targets = {next(iter(plots)): output}
@@ -169,4 +264,4 @@ def write_pngs(storage: StudyctlStorage, name: str, output: Path) -> list[Path]:
         figure.savefig(targets[title], dpi=100, bbox_inches="tight")
         plt.close(figure)
         written.append(targets[title])
-    return written
+    return written, note
