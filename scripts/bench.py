@@ -95,9 +95,14 @@ def noop(trial, ctx):
 """
 
 BARE_LOOP = """
-import json, sys, tempfile, time
+import json, os, sys, tempfile, time
 sys.path.insert(0, {folder!r})
 from bench_objectives import build, load_data
+import tensorflow as tf
+threads = int(os.environ.get("BENCH_THREADS", "0"))
+if threads:  # as studyctl's --threads-per-worker sets them
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
 import keras
 data = load_data()
 start = time.perf_counter()
@@ -306,15 +311,48 @@ class Bench:
                 ),
                 "last_trial_end_to_exit_s": round((ended - max(ends)).total_seconds(), 2),
             }
+        ceiling = self.bare_side_by_side(trials // 2, epochs)
         return {
             "trials": trials,
             "epochs": epochs,
+            **ceiling,
             "wall_1_worker_s": round(walls[1], 1),
             "wall_2_workers_s": round(walls[2], 1),
             "speedup": round(walls[1] / walls[2], 2),
             "efficiency": round(walls[1] / walls[2] / 2, 2),
             "where_1_worker": parts[1],
             "where_2_workers": parts[2],
+            # Per-trial time alone / two at once, against the bare loop's: 1.0 when a
+            # worker's trial slows down side by side no more than the bare loop does.
+            "trial_efficiency": round(
+                parts[1]["mean_trial_s"] / parts[2]["mean_trial_s"] / ceiling["bare_efficiency"],
+                2,
+            ),
+        }
+
+    def bare_side_by_side(self, n: int, epochs: int) -> dict[str, float]:
+        """What the machine allows: the bare Keras loop of figure 1 (the same model, batch
+        size and epochs as figure 2), `n` trials at one thread, alone and as two processes
+        at once. Its efficiency (per-trial time alone / side by side) bounds any two
+        workers' on these cores: shared caches, memory bandwidth, a noisy neighbour."""
+        code = BARE_LOOP.format(folder=str(self.objectives), n=n, epochs=epochs, backup=False)
+        cmd = [sys.executable, "-c", code]
+        one = {**env(), "BENCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+        def run(count: int) -> list[float]:
+            procs = [
+                subprocess.Popen(cmd, env=one, cwd=self.work, stdout=subprocess.PIPE, text=True)
+                for _ in range(count)
+            ]
+            outs = [p.communicate()[0] for p in procs]
+            return [float(json.loads(o.strip().splitlines()[-1])) for o in outs]
+
+        alone = run(1)[0]
+        together = statistics.mean(run(2))
+        return {
+            "bare_trial_alone_s": round(alone, 3),
+            "bare_trial_side_by_side_s": round(together, 3),
+            "bare_efficiency": round(alone / together, 2),
         }
 
     # 3 ---------------------------------------------------------------------------------
@@ -820,6 +858,14 @@ def markdown(r: dict[str, Any]) -> str:
             f" s, last trial's end to exit {s['where_1_worker']['last_trial_end_to_exit_s']} s "
             f"vs {s['where_2_workers']['last_trial_end_to_exit_s']} s"
             if "where_1_worker" in s
+            else ""
+        )
+        + (
+            f"; the bare Keras loop, the same trials as two processes at once: "
+            f"{s['bare_trial_alone_s']} s alone vs {s['bare_trial_side_by_side_s']} s a trial "
+            f"(**the machine's efficiency {s['bare_efficiency']}**; studyctl's trials "
+            f"{s['trial_efficiency']} of it)"
+            if "bare_efficiency" in s
             else ""
         )
         + " | >= 0.9 |",
