@@ -38,6 +38,7 @@ from studyctl.storage.engine import (
     engine_kwargs,
     require_existing_database,
 )
+from studyctl.storage.frozen_trial import read_frozen_trial
 from studyctl.storage.locks import setup_lock
 from studyctl.storage.outage import (
     OUTAGE_TOLERANCE_ENV,
@@ -189,6 +190,15 @@ class StudyctlStorage(RDBStorage):
         trial.number = 0 if previous is None else previous + 1
         return trial
 
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        """Optuna's trial, read in two queries instead of six (`frozen_trial`)."""
+
+        def read() -> FrozenTrial:
+            with self.engine.connect() as conn:
+                return read_frozen_trial(conn, trial_id)
+
+        return self.outage.call(read)
+
     def _count_finished_now(self, trial_id: int) -> None:
         with self.engine.begin() as conn:
             self._count_finished(conn, trial_id)
@@ -269,7 +279,6 @@ _GUARDED_METHODS = (
     "set_trial_user_attr",
     "set_trial_system_attr",
     "get_trial_id_from_study_id_trial_number",
-    "get_trial",
     "get_all_trials",
     "get_best_trial",
 )
