@@ -13,7 +13,8 @@ Figures (ratios within one run: these machines are shared and noisy):
 4. pruning: epochs trained and best val_loss with no pruning, median, Hyperband (TPE) and
    random search, over seeds;
 5. start-up: `studyctl --help` vs `python -c pass`; a worker's time to its first trial;
-6. storage under load: 1/4/8 workers, near-zero objective, SQLite and PostgreSQL;
+6. storage under load: 1/4/8 workers, near-zero objective, SQLite and PostgreSQL, side by
+   side with as many plain Optuna processes (`study.optimize`) on the same database;
 7. what the search buys: studyctl's TPE (sequential, 2 workers, 2 workers with a median
    pruner) against KerasTuner's RandomSearch on the same model, space, data and epochs,
    over seeds: best val_loss at equal epochs, and epochs to reach RandomSearch's best.
@@ -135,6 +136,16 @@ def objective(trial):
     return h.history["val_loss"][-1]
 optuna.create_study().optimize(objective, n_trials=max(marks))
 print(json.dumps(rss))
+"""
+
+
+# Figure 6's plain Optuna worker: the near-zero objective and random sampler of studyctl's.
+PLAIN_LOAD = """
+import sys, optuna
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+name, url, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+study = optuna.load_study(study_name=name, storage=url, sampler=optuna.samplers.RandomSampler())
+study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=n)
 """
 
 
@@ -614,24 +625,36 @@ class Bench:
                         capture_output=True,
                         text=True,
                     )
-                    import optuna
-
-                    study = optuna.load_study(study_name=name, storage=url)
-                    ts = study.trials
-                    start = min(t.datetime_start for t in ts if t.datetime_start)
-                    end = max(t.datetime_complete for t in ts if t.datetime_complete)
-                    errors = (
-                        sum(1 for t in ts if t.state.name != "COMPLETE")
-                        + (run.returncode != 0)
-                        + (len(ts) != trials)
-                    )
+                    rate, errors = _rate(url, name, trials, [run.returncode])
+                    plain_rate, plain_errors = self._plain_load(url, trials, workers)
                     out[f"{backend} x{workers}"] = {
-                        "trials_per_s": round(len(ts) / (end - start).total_seconds(), 1),
+                        "trials_per_s": rate,
                         "errors": errors,
+                        "plain_optuna_trials_per_s": plain_rate,
+                        "plain_optuna_errors": plain_errors,
                     }
                 finally:
                     drop()
         return out
+
+    def _plain_load(self, url: str, trials: int, workers: int) -> tuple[float, int]:
+        """Plain Optuna on the same database: `workers` processes of `study.optimize` with
+        the same objective and sampler, `trials` in all."""
+        import optuna
+
+        name = "plain"
+        optuna.create_study(study_name=name, storage=url)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", PLAIN_LOAD, name, url, str(trials // workers)],
+                env=env(),
+                cwd=self.work,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(workers)
+        ]
+        return _rate(url, name, trials, [p.wait() for p in procs])
 
     # 7 ---------------------------------------------------------------------------------
     def search(self) -> dict[str, Any]:
@@ -757,6 +780,22 @@ class Bench:
             admin.close()
 
         return f"postgresql+psycopg://root@127.0.0.1:5432/{name}", drop
+
+
+def _rate(url: str, name: str, expected: int, returncodes: list[int]) -> tuple[float, int]:
+    """Trials per second of a finished study (first start to last end) and its errors: trials
+    not COMPLETE, processes that failed, trials missing or extra."""
+    import optuna
+
+    ts = optuna.load_study(study_name=name, storage=url).trials
+    start = min(t.datetime_start for t in ts if t.datetime_start)
+    end = max(t.datetime_complete for t in ts if t.datetime_complete)
+    errors = (
+        sum(1 for t in ts if t.state.name != "COMPLETE")
+        + sum(1 for code in returncodes if code != 0)
+        + (len(ts) != expected)
+    )
+    return round(len(ts) / (end - start).total_seconds(), 1), errors
 
 
 def _curve(trials: list[list[float]]) -> list[tuple[int, float]]:
@@ -893,9 +932,16 @@ def markdown(r: dict[str, Any]) -> str:
         f"trial {st['worker_to_first_trial_s']} s | <= 0.5 s over |"
     )
     for label, v in r["storage"].items():
+        plain = (
+            f"; plain Optuna {v['plain_optuna_trials_per_s']} trials/s "
+            f"({v['plain_optuna_errors']} errors): studyctl "
+            f"**{v['trials_per_s'] / v['plain_optuna_trials_per_s']:.2f}x**"
+            if "plain_optuna_trials_per_s" in v
+            else ""
+        )
         lines.append(
-            f"| 6 | near-zero objective, {label} workers | {v['trials_per_s']} trials/s, "
-            f"{v['errors']} errors | 0 errors |"
+            f"| 6 | near-zero objective, {label} workers | studyctl {v['trials_per_s']} "
+            f"trials/s, {v['errors']} errors{plain} | 0 errors; 1 worker >= plain Optuna |"
         )
     if "search" in r:
         q = r["search"]

@@ -107,20 +107,33 @@ study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=int(sys.argv[3
 """
 
 
+# Starts the measured command and reports its wall seconds and peak RSS (ru_maxrss, KiB) on
+# stdout. Linux counts the memory of the process a command was forked from in the command's
+# ru_maxrss (the pre-exec copy's high-water mark survives the exec), so a command started
+# straight from this script, which grows as it reads the big studies, would be charged for
+# it; started from this small interpreter instead, it is charged for its own pages only.
+_MEASURE = """
+import os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+elapsed = time.perf_counter() - start
+print(elapsed, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_process(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
-    """Run `cmd` to completion; (wall seconds, peak RSS in MiB). Output is discarded."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    """Run `cmd` to completion; (wall seconds, peak RSS in MiB) of `cmd` alone (see
+    `_MEASURE`). Its output is discarded."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd], env=env, cwd=cwd, capture_output=True
     )
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.decode()[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024  # Linux: KiB
+        raise RuntimeError(f"measuring {' '.join(cmd)} failed: {proc.stderr.decode()[-2000:]}")
+    elapsed, rss_kib, returncode = proc.stdout.decode().split()
+    if int(returncode) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {returncode}: {proc.stderr.decode()[-2000:]}")
+    return float(elapsed), int(rss_kib) / 1024  # Linux: KiB
 
 
 # --- building studies --------------------------------------------------------------------
@@ -231,6 +244,21 @@ def build_studies(url: str, n: int, spec_path: str) -> None:
     bulk_insert_trials(url, STUDY, n, seed=1)
     bulk_insert_trials(url, PLAIN, n, seed=2)
     recount_finished(url, STUDY)
+    analyze(url)
+
+
+def analyze(url: str) -> None:
+    """PostgreSQL's planner statistics for the tables just filled: a study grown one trial at
+    a time gets them from autovacuum; a bulk insert measured at once would otherwise be
+    planned as the nearly empty tables autovacuum last saw."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(sa.text("ANALYZE"))
+            conn.commit()
+    engine.dispose()
 
 
 def recount_finished(url: str, study_name: str) -> None:

@@ -47,7 +47,7 @@ def test_revisions_upgrade_with_data_and_downgrade(storage_url: str) -> None:
         )
     schema.upgrade_studyctl(engine)
     with engine.connect() as conn:
-        assert schema.current_revision(conn) == schema.head_revision() == "0004"
+        assert schema.current_revision(conn) == schema.head_revision() == "0005"
         row = conn.execute(sa.text("SELECT * FROM studyctl_studies")).mappings().one()
     assert (row["study_name"], row["n_trials"], row["spec_json"], row["claim_seq"]) == (
         "old",
@@ -82,7 +82,7 @@ def test_unversioned_tables_are_adopted_by_db_upgrade(sqlite_url: str) -> None:
         conn.execute(sa.text("DELETE FROM studyctl_alembic_version"))
     result = runner.invoke(app, ["db", "upgrade", "-s", sqlite_url, "-f", "json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["studyctl"] == {"current": "0004", "head": "0004"}
+    assert json.loads(result.output)["studyctl"] == {"current": "0005", "head": "0005"}
     engine.dispose()
 
 
@@ -109,7 +109,7 @@ def test_schema_mismatch_stops_run_and_worker_before_any_trial(
         assert result.returncode == 2
         line = result.stderr.strip()
         assert "\n" not in line
-        assert "studyctl schema is at revision 0001; this studyctl needs 0004" in line
+        assert "studyctl schema is at revision 0001; this studyctl needs 0005" in line
         assert "run `studyctl db upgrade --storage" in line
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE studyctl_alembic_version SET version_num = '9999'"))

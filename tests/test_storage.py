@@ -191,3 +191,62 @@ def test_trials_of_lost_workers_are_failed_and_retried_once(storage_url: str) ->
     # The worker_id form: w2's trial process died while w2 itself still beats.
     assert sweep(worker_id="w2") == [trials["w2"].number]
     assert study.trials[trials["w2"].number].state == TrialState.FAIL
+
+
+def test_get_trial_reads_what_optunas_reads(storage_url: str) -> None:
+    """StudyctlStorage's two-query `get_trial` returns Optuna's FrozenTrial, field for field
+    and in the same order: values (multi-objective, infinite), every kind of parameter,
+    attributes, intermediate values (NaN, infinite), a trial with none of them."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+    from optuna.storages import RDBStorage
+
+    storage = open_storage(storage_url)
+    sid = storage.create_new_study(
+        [optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE], "read"
+    )
+    full = storage.create_new_trial(sid)
+    space = {
+        "lr": (FloatDistribution(1e-4, 1.0, log=True), 0.01),
+        "units": (IntDistribution(1, 64, step=3), 7.0),
+        "act": (CategoricalDistribution([None, "relu", 1.5]), 1.0),
+    }
+    for name, (distribution, internal) in space.items():
+        storage.set_trial_param(full, name, internal, distribution)
+    storage.set_trial_user_attr(full, "worker", {"host": "h", "pid": 1})
+    storage.set_trial_user_attr(full, "note", "ü")
+    storage.set_trial_system_attr(full, "retry_history", [0, 1])
+    for step, value in enumerate((0.5, float("nan"), float("inf"), float("-inf"))):
+        storage.set_trial_intermediate_value(full, step, value)
+    storage.set_trial_state_values(full, TrialState.COMPLETE, [1.25, float("-inf")])
+    bare = storage.create_new_trial(sid)
+
+    def fields(t: optuna.trial.FrozenTrial) -> str:
+        """Every field; parameters in their order (Optuna's, by id), attributes and steps
+        sorted (Optuna leaves their order to the database); NaN equal to NaN."""
+        return repr(
+            (
+                t.number,
+                t.state,
+                t.values,
+                t.datetime_start,
+                t.datetime_complete,
+                list(t.params.items()),
+                list(t.distributions.items()),
+                sorted(t.user_attrs.items()),
+                sorted(t.system_attrs.items()),
+                sorted(t.intermediate_values.items()),
+                t._trial_id,
+            )
+        )
+
+    for trial_id in (full, bare):
+        assert fields(storage.get_trial(trial_id)) == fields(
+            RDBStorage.get_trial(storage, trial_id)
+        )
+    assert storage.get_trial(full).params == {"lr": 0.01, "units": 7, "act": "relu"}
+    with pytest.raises(KeyError):
+        storage.get_trial(bare + 100)

@@ -1,12 +1,13 @@
-"""The per-trial path at scale: revision 0004's index on Optuna's trials and the finished
-counter, the claim that reads no trial of the study, and the queued-trial pop that asks the
-database; on SQLite and PostgreSQL. Structural checks (query plans, statements issued), no
+"""The per-trial path at scale: revisions 0004 and 0005's indexes on Optuna's trials and the
+finished counter, the claim that reads no trial of the study, a new trial numbered without
+counting the study, and the queued-trial pop that asks the database; on SQLite and
+PostgreSQL. Structural checks (query plans, statements issued, rows they read), no
 timings."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,6 +23,7 @@ from studyctl.storage.rdb import upgrade_storage
 from studyctl.storage.waiting import pop_waiting_trial_id, use_indexed_waiting_pop
 
 INDEX = "ix_studyctl_trials_study_state"
+NUMBERING_INDEX = "ix_studyctl_trials_study_trial"
 
 
 def _n_finished(engine: sa.Engine, name: str) -> int:
@@ -72,10 +74,13 @@ def test_upgrade_from_0003_adds_index_and_counts_existing_trials(storage_url: st
 
     schema.upgrade_studyctl(engine)
     with engine.connect() as conn:
-        assert schema.current_revision(conn) == schema.head_revision() == "0004"
-    assert INDEX in _trial_indexes(engine)
+        assert schema.current_revision(conn) == schema.head_revision() == "0005"
+    assert {INDEX, NUMBERING_INDEX} <= _trial_indexes(engine)
     assert _n_finished(engine, "old") == 5 == _finished_by_count(engine, "old")
 
+    schema.downgrade_studyctl(engine, "0004")
+    assert NUMBERING_INDEX not in _trial_indexes(engine)
+    assert INDEX in _trial_indexes(engine)
     schema.downgrade_studyctl(engine, "0003")
     assert INDEX not in _trial_indexes(engine)
     columns = {c["name"] for c in sa.inspect(engine).get_columns("studyctl_studies")}
@@ -86,16 +91,17 @@ def test_upgrade_from_0003_adds_index_and_counts_existing_trials(storage_url: st
     engine.dispose()
 
 
-def test_a_new_database_has_the_index_and_db_upgrade_restores_it(storage_url: str) -> None:
+def test_a_new_database_has_the_indexes_and_db_upgrade_restores_them(storage_url: str) -> None:
     storage = open_storage(storage_url)
-    assert INDEX in _trial_indexes(storage.engine)
-    # As if an Optuna migration had rebuilt `trials` without it: `db upgrade` adds it back.
+    assert {INDEX, NUMBERING_INDEX} <= _trial_indexes(storage.engine)
+    # As if an Optuna migration had rebuilt `trials` without them: `db upgrade` adds them back.
     with storage.engine.begin() as conn:
         conn.execute(sa.text(f"DROP INDEX {INDEX}"))
+        conn.execute(sa.text(f"DROP INDEX {NUMBERING_INDEX}"))
     close_storage(storage_url)
     upgrade_storage(storage_url)
     engine = sa.create_engine(storage_url)
-    assert INDEX in _trial_indexes(engine)
+    assert {INDEX, NUMBERING_INDEX} <= _trial_indexes(engine)
     engine.dispose()
 
 
@@ -129,51 +135,61 @@ def test_counter_follows_every_way_a_trial_finishes(storage_url: str) -> None:
         assert db.count_finished_trials(conn, study._study_id) == 8
 
 
+def _as_four_workers(storage_url: str, work: Callable[[int, StudyctlStorage], None]) -> None:
+    """`work(index, storage)` in four threads at once, each with its own storage (its own
+    engine, as each worker process has); an error in any fails the test."""
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        storage = StudyctlStorage(storage_url)
+        try:
+            work(index, storage)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+        finally:
+            storage.engine.dispose()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+
+
 def test_budget_is_exact_under_concurrent_claims(storage_url: str) -> None:
     """Four storages (four engines, as four workers have) claim, run and finish trials
     at once; exactly n_trials finish and the counter equals the trials' own count."""
     n_trials = 24
     first = open_storage(storage_url)
     _budget_study(first, "race", n_trials)
-    errors: list[BaseException] = []
 
-    def worker(index: int) -> None:
-        storage = StudyctlStorage(storage_url)
-        try:
-            with db.transaction(storage.engine) as conn:
-                db.insert_worker(
-                    conn, worker_id=f"w{index}", study_name="race", host="h", pid=index, gpus=""
-                )
-            study = optuna.load_study(study_name="race", storage=storage)
-            while True:
-                claim = storage.control.try_claim(
-                    study_name="race",
-                    study_id=study._study_id,
-                    worker_id=f"w{index}",
-                    n_trials=n_trials,
-                    stale_after=60.0,
-                )
-                if claim is None:
-                    return
-                trial = study.ask()
-                storage.control.attach_claim(claim, trial._trial_id)
-                # Every fifth trial fails and frees its slot for another.
-                if trial.number % 5 == 4:
-                    study.tell(trial, state=TrialState.FAIL)
-                else:
-                    study.tell(trial, float(trial.number))
-                storage.control.release_claim(claim)
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-        finally:
-            storage.engine.dispose()
+    def worker(index: int, storage: StudyctlStorage) -> None:
+        with db.transaction(storage.engine) as conn:
+            db.insert_worker(
+                conn, worker_id=f"w{index}", study_name="race", host="h", pid=index, gpus=""
+            )
+        study = optuna.load_study(study_name="race", storage=storage)
+        while True:
+            claim = storage.control.try_claim(
+                study_name="race",
+                study_id=study._study_id,
+                worker_id=f"w{index}",
+                n_trials=n_trials,
+                stale_after=60.0,
+            )
+            if claim is None:
+                return
+            trial = study.ask()
+            storage.control.attach_claim(claim, trial._trial_id)
+            # Every fifth trial fails and frees its slot for another.
+            if trial.number % 5 == 4:
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                study.tell(trial, float(trial.number))
+            storage.control.release_claim(claim)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors, errors
+    _as_four_workers(storage_url, worker)
     assert _finished_by_count(first.engine, "race") == n_trials
     assert _n_finished(first.engine, "race") == n_trials
 
@@ -276,3 +292,98 @@ def test_the_loop_takes_queued_trials_without_filtering_every_cached_trial(
     other.engine.dispose()
     assert pop_waiting_trial_id(study) is None
     assert study.ask().number == 5
+
+
+def _insert_finished_trials(engine: sa.Engine, study_id: int, n: int) -> None:
+    """`n` more COMPLETE trials in the study, numbered on from its last, in one insert."""
+    with engine.begin() as conn:
+        first = conn.execute(
+            sa.text("SELECT count(*) FROM trials WHERE study_id = :sid"), {"sid": study_id}
+        ).scalar_one()
+        now = db.utcnow()
+        conn.execute(
+            sa.text(
+                "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
+                "VALUES (:number, :sid, 'COMPLETE', :now, :now)"
+            ),
+            [{"number": first + i, "sid": study_id, "now": now} for i in range(n)],
+        )
+
+
+def _plan_rows(node: dict[str, Any]) -> int:
+    """Rows a PostgreSQL plan node and those under it produced or filtered out."""
+    rows = int(node.get("Actual Rows", 0)) * int(node.get("Actual Loops", 1))
+    rows += int(node.get("Rows Removed by Filter", 0)) + int(
+        node.get("Rows Removed by Index Recheck", 0)
+    )
+    return rows + sum(_plan_rows(child) for child in node.get("Plans", ()))
+
+
+def _work_of_reads(engine: sa.Engine, statements: list[tuple[str, Any]]) -> int:
+    """The work of replaying the SELECTs on `trials` among `statements`: SQLite's virtual
+    machine steps, PostgreSQL's rows (EXPLAIN ANALYZE). Both grow with the rows read."""
+    reads = [(sql, params) for sql, params in statements if "FROM trials" in sql]
+    assert reads, statements
+    work = 0
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()
+        try:
+            steps = [0]
+
+            def step() -> int:
+                steps[0] += 1
+                return 0
+
+            raw.driver_connection.set_progress_handler(step, 1)  # type: ignore[union-attr]
+            cursor = raw.cursor()
+            for sql, params in reads:
+                cursor.execute(sql, params).fetchall()
+            raw.driver_connection.set_progress_handler(None, 1)  # type: ignore[union-attr]
+            return steps[0]
+        finally:
+            raw.close()
+    with engine.connect() as conn:
+        for sql, params in reads:
+            plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params)
+            work += _plan_rows(plan.scalar_one()[0]["Plan"])
+        conn.rollback()
+    return work
+
+
+def _work_of_a_new_trial(storage: StudyctlStorage, study_id: int) -> int:
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        seen.append((statement, parameters))
+
+    sa.event.listen(storage.engine, "before_cursor_execute", record)
+    try:
+        storage.create_new_trial(study_id)
+    finally:
+        sa.event.remove(storage.engine, "before_cursor_execute", record)
+    return _work_of_reads(storage.engine, seen)
+
+
+def test_a_new_trial_is_numbered_without_reading_the_study(storage_url: str) -> None:
+    """Creating a trial reads as many rows at 2,000 trials as at 20 (Optuna counts the
+    study's trials to number it), and concurrent creators still number 0..n-1."""
+    storage = open_storage(storage_url)
+    study = optuna.create_study(study_name="numbered", storage=storage)
+    sid = study._study_id
+    _insert_finished_trials(storage.engine, sid, 20)
+    small = _work_of_a_new_trial(storage, sid)
+    _insert_finished_trials(storage.engine, sid, 2000)
+    large = _work_of_a_new_trial(storage, sid)
+    assert large <= small + 10, (small, large)
+
+    # Four workers at once; one adds trials from a template (Optuna's path).
+    def create(index: int, other: StudyctlStorage) -> None:
+        for value in range(8):
+            if index == 0:
+                other.create_new_trial(sid, create_trial(value=float(value)))
+            else:
+                other.create_new_trial(sid)
+
+    _as_four_workers(storage_url, create)
+    numbers = [t.number for t in storage.get_all_trials(sid, deepcopy=False)]
+    assert sorted(numbers) == list(range(2022 + 32))

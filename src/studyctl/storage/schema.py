@@ -30,11 +30,14 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
 VERSION_TABLE = "studyctl_alembic_version"
-# studyctl's indexes on Optuna's tables (revision 0004), by name: additive, and created again
-# by every `upgrade_studyctl` should an Optuna migration have rebuilt the table without them.
+# studyctl's indexes on Optuna's tables (revisions 0004 and 0005), by name: additive, and
+# created again by every `upgrade_studyctl` should an Optuna migration have rebuilt the table
+# without them.
 OPTUNA_TABLE_INDEXES = {
     "ix_studyctl_trials_study_state": "CREATE INDEX IF NOT EXISTS ix_studyctl_trials_study_state "
     "ON trials (study_id, state)",
+    "ix_studyctl_trials_study_trial": "CREATE INDEX IF NOT EXISTS ix_studyctl_trials_study_trial "
+    "ON trials (study_id, trial_id)",
 }
 FIRST_REVISION = "0001"
 _REVISION_LINE = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*["']?(\w+)["']?""", re.M)
