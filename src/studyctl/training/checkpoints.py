@@ -198,7 +198,11 @@ def complete_epochs(folder: Path) -> list[int]:
 
 
 def _variables(model: Any) -> list[Any]:
-    """The model's variables and then its optimizer's, in a fixed order."""
+    """The model's variables and then its optimizer's, in a fixed order. The optimizer is
+    built first (the fit builds it at its first step), so a checkpoint taken before any
+    step holds the variables a restore finds."""
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
     variables = list(model.weights)
     if model.optimizer is not None:
         variables += list(model.optimizer.variables)
@@ -325,8 +329,6 @@ def restore(model: Any, folder: Path) -> Restored:
         candidates.append((-1, legacy))
     if not candidates:
         return result
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
     initial = [(v, v.numpy()) for v in _variables(model)]
     for epoch, path in candidates:
         history: dict[str, list[float]] = {}
