@@ -21,6 +21,10 @@ Figures (ratios within one run: these machines are shared and noisy):
 8. recycle gap: one worker replacing its trial process after every trial, from one
    trial's end to the next one's start, with the warm spare (`[worker] prewarm`) and
    without.
+9. whole process: 20 trials x 5 epochs of the digits MLP, each run a process timed from
+   outside, rounds alternating the order: plain Optuna TPE on SQLite, studyctl without
+   checkpoints, studyctl defaults (checkpoint every epoch, keep the best model) and
+   KerasTuner's RandomSearch.
 
     python scripts/bench.py --only search   # one figure; merged into the existing results
 """
@@ -172,6 +176,29 @@ trials = sorted(tuner.oracle.trials.values(), key=lambda t: t.trial_id)
 print(json.dumps([[{epochs}, t.score] for t in trials if t.score is not None]))
 """
 
+PLAIN_TPE = """
+import sys, optuna
+sys.path.insert(0, {folder!r})
+from bench_objectives import build, load_data
+import keras
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+data = load_data()
+
+
+def objective(trial):
+    keras.backend.clear_session()
+    # The same model and space as the studyctl objective bench_mlp.
+    model = build(trial.suggest_int("units", 8, 128, log=True),
+                  trial.suggest_float("lr", 1e-4, 3e-2, log=True))
+    h = model.fit(data.x, data.y, validation_data=(data.x_val, data.y_val), batch_size=64,
+                  epochs={epochs}, verbose=0)
+    return min(h.history["val_loss"])
+
+
+study = optuna.create_study(storage={url!r}, sampler=optuna.samplers.TPESampler(seed={seed}))
+study.optimize(objective, n_trials={trials})
+"""
+
 
 def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
@@ -224,6 +251,16 @@ class Bench:
             text=True,
         )
         return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def keras_tuner_code(self, directory: Path, trials: int, seed: int, epochs: int) -> str:
+        """KerasTuner's RandomSearch over bench_mlp's model and space, as a script."""
+        return KERAS_TUNER.format(
+            folder=str(self.objectives),
+            trials=trials,
+            seed=seed,
+            directory=str(directory),
+            epochs=epochs,
+        )
 
     # 1 ---------------------------------------------------------------------------------
     def overhead(self) -> dict[str, Any]:
@@ -590,6 +627,74 @@ class Bench:
             "recycle_handover_s": [round(g, 2) for g in handover],
         }
 
+    # 9 ---------------------------------------------------------------------------------
+    def whole(self) -> dict[str, Any]:
+        """The same search, whole processes from start to exit: plain Optuna, studyctl
+        without checkpoints, studyctl's defaults and KerasTuner; each round runs the four
+        in a rotated order, and each figure is the median over rounds."""
+        rounds, trials, epochs = (1, 3, 1) if self.quick else (3, 20, 5)
+        times: dict[str, list[float]] = {
+            "plain_optuna": [],
+            "studyctl_no_checkpoints": [],
+            "studyctl_defaults": [],
+            "keras_tuner": [],
+        }
+
+        def timed(cmd: list[str]) -> float:
+            start = time.perf_counter()
+            subprocess.run(cmd, env=env(), cwd=self.work, check=True, capture_output=True)
+            return time.perf_counter() - start
+
+        def studyctl(checkpoints: str, seed: int) -> float:
+            spec, _, url = self.spec(f"""
+                objective = "bench_mlp"
+                n_trials = {trials}
+                [sampler]
+                type = "tpe"
+                seed = {seed}
+                [training]
+                epochs = {epochs}
+                batch_size = 64
+                objective_value = "best"
+                [artifacts]
+                path = "{self.work / "artifacts"}"
+                {checkpoints}
+            """)
+            args = ["run", str(spec), "-q", "-s", url, "--objectives-dir", str(self.objectives)]
+            return timed([*STUDYCTL, *args])
+
+        def plain(seed: int) -> float:
+            url = f"sqlite:///{self.work}/plain-{seed}.db"
+            code = PLAIN_TPE.format(
+                folder=str(self.objectives), url=url, seed=seed, trials=trials, epochs=epochs
+            )
+            return timed([sys.executable, "-c", code])
+
+        def keras_tuner(seed: int) -> float:
+            code = self.keras_tuner_code(self.work / f"kt-whole-{seed}", trials, seed, epochs)
+            return timed([sys.executable, "-c", code])
+
+        runs: dict[str, Any] = {
+            "plain_optuna": plain,
+            "studyctl_no_checkpoints": lambda seed: studyctl(
+                "checkpoints = false\nkeep_best_model = false", seed
+            ),
+            "studyctl_defaults": lambda seed: studyctl("", seed),
+            "keras_tuner": keras_tuner,
+        }
+        order = list(runs)
+        for seed in range(rounds):
+            for label in order[seed % len(order) :] + order[: seed % len(order)]:
+                times[label].append(runs[label](seed))
+        out: dict[str, Any] = {"rounds": rounds, "trials": trials, "epochs": epochs}
+        plain_s = statistics.median(times["plain_optuna"])
+        for label, values in times.items():
+            out[f"{label}_s"] = round(statistics.median(values), 1)
+            out[f"{label}_runs_s"] = [round(v, 1) for v in values]
+            out[f"{label}_ratio"] = round(statistics.median(values) / plain_s, 3)
+        out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        return out
+
     # 6 ---------------------------------------------------------------------------------
     def storage_load(self) -> dict[str, Any]:
         trials = 20 if self.quick else 120
@@ -686,15 +791,7 @@ class Bench:
         curves: dict[str, list[list[tuple[int, float]]]] = {"keras-tuner RandomSearch": []}
         for seed in seeds:
             folder = self.work / f"kt-{seed}"
-            rs = self.python(
-                KERAS_TUNER.format(
-                    folder=str(self.objectives),
-                    trials=trials,
-                    seed=seed,
-                    directory=str(folder),
-                    epochs=epochs,
-                )
-            )
+            rs = self.python(self.keras_tuner_code(folder, trials, seed, epochs))
             curves["keras-tuner RandomSearch"].append(_curve(rs))
         for label, (sampler, pruner, workers, n_trials) in configs.items():
             curves[label] = []
@@ -981,6 +1078,18 @@ def markdown(r: dict[str, Any]) -> str:
             f"{g['recycle_spare_warm_after_trial_end_s']} s, hand-over once it is warm "
             f"{g['recycle_handover_s']} s | <= 0.5 s |"
         )
+    if "whole" in r:
+        w = r["whole"]
+        lines.append(
+            f"| 9 | whole process, {w['trials']} trials x {w['epochs']} epochs of the digits "
+            f"MLP, median of {w['rounds']} rounds: plain Optuna TPE on SQLite / studyctl "
+            "without checkpoints / studyctl defaults (checkpoint every epoch, keep the best "
+            f"model) / KerasTuner RandomSearch | {w['plain_optuna_s']} s / "
+            f"{w['studyctl_no_checkpoints_s']} s / **{w['studyctl_defaults_s']} s** / "
+            f"{w['keras_tuner_s']} s = 1x / {w['studyctl_no_checkpoints_ratio']}x / "
+            f"**{w['studyctl_defaults_ratio']}x** / {w['keras_tuner_ratio']}x (load average "
+            f"after the runs {w['load_average']}) | defaults <= 1.05x plain Optuna |"
+        )
     lines += [
         "",
         "![best value against epochs](benchmarks/pruning.png)",
@@ -1004,6 +1113,7 @@ FIGURES = {
     "storage": "storage_load",
     "search": "search",
     "recycle": "recycle_gap",
+    "whole": "whole",
 }
 
 

@@ -68,6 +68,8 @@ def test_full_spec_round_trips_through_its_snapshot(tmp_path: Path) -> None:
         [space.act]
         type = "categorical"
         choices = ["relu", "tanh"]
+        [artifacts]
+        checkpoint_interval_s = 30
         [options]
         anything = {nested = [1, 2]}
         [[enqueue]]
@@ -76,6 +78,7 @@ def test_full_spec_round_trips_through_its_snapshot(tmp_path: Path) -> None:
     )
     spec = load_spec(path)
     assert spec.directions == ("minimize", "maximize")
+    assert spec.artifacts.checkpoint_interval_s == 30.0
     assert spec.params == {"units": 32}
     assert spec.space["lr"].log and spec.space["act"].choices == ("relu", "tanh")
     assert spec.enqueue == ({"lr": 0.01},)
@@ -182,6 +185,18 @@ BAD = [
         "at most the grid's 2",
     ),
     ("bad study name", 'name = "a b"\nobjective = "q"\nn_trials = 1', "name", "letters"),
+    (
+        "negative checkpoint interval",
+        GOOD + "[artifacts]\ncheckpoint_interval_s = -1",
+        "artifacts.checkpoint_interval_s",
+        "expected a number >= 0, got -1.0",
+    ),
+    (
+        "checkpoint interval not a number",
+        GOOD + '[artifacts]\ncheckpoint_interval_s = "1m"',
+        "artifacts.checkpoint_interval_s",
+        "expected a number, got '1m'",
+    ),
 ]
 
 

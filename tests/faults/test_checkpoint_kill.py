@@ -224,7 +224,7 @@ def test_unreadable_checkpoints_fall_back_and_say_why(tmp_path: Path, sqlite_url
         stop_tree(run)
     assert run.returncode == 130, out
     assert study is not None
-    damaged = [p for p in (tmp_path / "artifacts" / "bad").rglob("*.h5")]
+    damaged = [p for p in (tmp_path / "artifacts" / "bad").rglob("*.weights.npz")]
     assert damaged, "no checkpoint was written"
     for path in damaged:
         path.write_bytes(path.read_bytes()[:1000])
@@ -266,7 +266,7 @@ def test_restore_falls_back_to_the_previous_checkpoint(tmp_path: Path) -> None:
         checkpoints.save(model, tmp_path, epoch, history)
         saved[epoch] = [w.copy() for w in model.get_weights()]
     assert checkpoints.complete_epochs(tmp_path) == [3, 2]
-    (tmp_path / ".tmp-1-000004.weights.h5").write_bytes(b"half a write")
+    (tmp_path / ".tmp-1-000004.weights.npz").write_bytes(b"half a write")
     newest = checkpoints.weights_path(tmp_path, 3)
     newest.write_bytes(newest.read_bytes()[:500])
 
@@ -276,7 +276,7 @@ def test_restore_falls_back_to_the_previous_checkpoint(tmp_path: Path) -> None:
     assert restored.history == {"loss": [1.0, 2.0]}
     assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), saved[2], strict=True))
     reason = restored.fallback_reason()
-    assert reason is not None and "epoch-000003.weights.h5" in reason
+    assert reason is not None and "epoch-000003.weights.npz" in reason
     assert reason.endswith("resumed from epoch 2")
     assert not list(tmp_path.glob(".tmp-*"))
 
@@ -332,4 +332,5 @@ def test_a_retry_reports_its_own_values_and_a_finished_epoch_survives_a_stop(
     stored = study.trials[1]
     assert stored.intermediate_values == {0: 0.4, 1: 0.2}
     assert cb.history["val_loss"] == [0.4, 0.2] and cb.epochs_run == 2
+    cb.settle()  # the writer thread's last write is committed
     assert checkpoints.complete_epochs(folder) == [2, 1]

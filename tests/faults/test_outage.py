@@ -271,6 +271,7 @@ def test_epochs_train_on_while_the_database_is_away(
             assert not cb.model.stop_training
             from studyctl.training import checkpoints
 
+            cb.writer.wait()  # written off the training thread
             assert checkpoints.complete_epochs(tmp_path / "ckpt")[0] == 4
         finally:
             throwaway_postgres.start()

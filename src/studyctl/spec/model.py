@@ -78,6 +78,9 @@ class ArtifactsSpec:
 
     path: str = "artifacts"
     checkpoints: bool = True
+    # At most one checkpoint write per this many seconds of a fit (0: every epoch); the
+    # fit's last epoch, and an epoch ending with a stop requested, are always written.
+    checkpoint_interval_s: float = 0.0
     # Save the best trial's trained model as <path>/<study>/models/trial-<n>.keras
     # (single-objective studies).
     keep_best_model: bool = True

@@ -256,9 +256,13 @@ def _parse_artifacts(art: Table) -> ArtifactsSpec:
     artifacts = ArtifactsSpec(
         path=art.take("path", str, ArtifactsSpec.path),
         checkpoints=art.take("checkpoints", bool, ArtifactsSpec.checkpoints),
+        checkpoint_interval_s=art.take(
+            "checkpoint_interval_s", float, ArtifactsSpec.checkpoint_interval_s
+        ),
         keep_best_model=art.take("keep_best_model", bool, ArtifactsSpec.keep_best_model),
         store=art.take("store", str),
     )
+    positive(art, "checkpoint_interval_s", artifacts.checkpoint_interval_s, allow_zero=True)
     if artifacts.store is not None and (
         not artifacts.store.startswith("s3://") or len(artifacts.store.rstrip("/")) <= len("s3://")
     ):

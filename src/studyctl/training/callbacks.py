@@ -1,21 +1,20 @@
-"""The Keras callbacks studyctl adds to every fit: epoch reports (pruning, NaN, missing
-metric) with the per-epoch crash-atomic checkpoint, and its mirror in an object store."""
+"""The Keras callback studyctl adds to every fit: epoch reports (pruning, NaN, missing
+metric) with the per-epoch crash-atomic checkpoint, written off the training thread and
+mirrored to an object store by its writer."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 
-from studyctl.artifacts import best_effort
 from studyctl.signals import stop_requested
 from studyctl.training import checkpoints
+from studyctl.training.checkpoint_writer import CheckpointWriter
 from studyctl.training.reports import EpochReports
-
-if TYPE_CHECKING:
-    from studyctl.artifacts.objectstore import ObjectStore
 
 
 def _finite(value: Any) -> bool:
@@ -30,20 +29,24 @@ def make_epoch_callback(
     metrics: tuple[str, ...],
     prune: bool,
     checkpoint: Path | None = None,
+    checkpoint_interval_s: float = 0.0,
+    after_commit: Callable[[Path], None] | None = None,
 ) -> Any:
     """The callback that records each finished epoch: its metrics in `history`, the
     objective metric reported to Optuna (`EpochReports`: in order, put off while the
-    database is away; pruning, NaN loss, missing metric), and then, with `checkpoint`, the
-    crash-atomic checkpoint (`checkpoints.save`) it restores from at the start of the fit.
+    database is away; pruning, NaN loss, missing metric), and then, with `checkpoint`, hands
+    the epoch's crash-atomic checkpoint to its writer thread (`CheckpointWriter`: at most
+    one per `checkpoint_interval_s`, then `after_commit`); it restores from the newest one
+    at the start of the fit.
 
     The curve has no hole and no duplicate whatever stops the process: the checkpoint of
     epoch N holds the history of epochs 0..N-1, reported or not. A retry resumes from it,
     first re-reports the epochs of that history its inherited curve lacks (reports that
     were pending when the process died), then reports each epoch it trains, overwriting an
-    inherited value
-    (`report_epoch`). The caller delivers what is pending before the trial's state is told
-    (`settle`). An epoch is finished when all its batches ran; a stop request that cut it
-    short leaves it out (its metrics describe no full epoch)."""
+    inherited value (`report_epoch`). The caller finishes the checkpoint writes and delivers
+    what is pending before the trial's state is told (`settle`). An epoch is finished when
+    all its batches ran; a stop request that cut it short leaves it out (its metrics
+    describe no full epoch)."""
     import keras
 
     class EpochRecorder(keras.callbacks.Callback):
@@ -57,12 +60,14 @@ def make_epoch_callback(
             self.pruned_epoch: int | None = None
             self.initial_epoch = 0
             self.reports = EpochReports(trial, prune and len(metrics) == 1)
+            self.writer: CheckpointWriter | None = None
             self._batches = 0
 
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
             if checkpoint is None:
                 return
             restored = checkpoints.restore(self.model, checkpoint)
+            self.writer = CheckpointWriter(checkpoint, checkpoint_interval_s, after_commit)
             self.initial_epoch = self.epochs_run = restored.epoch
             self.history = {k: v[: restored.epoch] for k, v in restored.history.items()}
             self.model._initial_epoch = restored.epoch or None  # where Keras's fit starts
@@ -119,14 +124,26 @@ def make_epoch_callback(
                     self.pruned_epoch = epoch
                     self.model.stop_training = True
                     return
-            if checkpoint is not None:
-                checkpoints.save(self.model, checkpoint, epoch + 1, self.history)
+            if self.writer is not None:
+                # The fit's last epoch and an epoch ending with a stop requested are
+                # written whatever the interval.
+                epochs = (self.params or {}).get("epochs")
+                last = epochs is None or epoch + 1 >= int(epochs)
+                force = last or stop_requested() is not None
+                self.writer.submit(self.model, epoch + 1, self.history, force=force)
 
         def settle(self) -> None:
-            """Deliver every pending report (waiting for the database, up to the
-            tolerance); then, when the fit ran to its end with a pruning decision owed,
-            take it: the trial is pruned at its last epoch as it would have been had the
-            database stayed up."""
+            """Finish the checkpoint writes (the last one is durable before the trial's
+            outcome is stored) and deliver every pending report (waiting for the database,
+            up to the tolerance); then, when the fit ran to its end with a pruning decision
+            owed, take it: the trial is pruned at its last epoch as it would have been had
+            the database stayed up. A failed write is raised last, after the reports."""
+            write_error: BaseException | None = None
+            if self.writer is not None:
+                try:
+                    self.writer.close()
+                except BaseException as exc:
+                    write_error = exc
             self.reports.settle()
             if self.reports.late:
                 trial.set_user_attr("epochs_reported_late", len(self.reports.late))
@@ -140,20 +157,7 @@ def make_epoch_callback(
             )
             if owed and self.reports.should_prune(wait=True):
                 self.pruned_epoch = self.epochs_run - 1
+            if write_error is not None:
+                raise write_error
 
     return EpochRecorder()
-
-
-def make_mirror_callback(store: ObjectStore, local: Path, study: str, name: str) -> Any:
-    """Uploads the checkpoint the epoch recorder has just written (it runs first) at every
-    epoch end, so a retry on another machine can resume from it. The weights file is
-    uploaded after its metadata (sorted names), and a checkpoint counts only with both and
-    a matching digest, so a partial upload is never restored."""
-    import keras
-
-    class CheckpointMirror(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            if checkpoints.complete_epochs(local)[:1] == [epoch + 1]:
-                best_effort(f"upload of checkpoint {name}", store.push_dir, local, study, name)
-
-    return CheckpointMirror()

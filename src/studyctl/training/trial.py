@@ -3,6 +3,7 @@ studyctl's callbacks, report each epoch, and return the value(s)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -10,8 +11,8 @@ import optuna
 from studyctl.artifacts import object_store
 from studyctl.errors import SpecError, StudyctlError, TrialFailed, WorkerInterrupted
 from studyctl.signals import safe_points, stop_requested
-from studyctl.training.callbacks import make_epoch_callback, make_mirror_callback
-from studyctl.training.checkpoints import checkpoint_dir, pull_checkpoint
+from studyctl.training.callbacks import make_epoch_callback
+from studyctl.training.checkpoints import checkpoint_dir, mirror_checkpoint, pull_checkpoint
 from studyctl.training.devices import current_backend, device_names, get_strategy
 from studyctl.training.logs import save_trial_note, tensorboard_logs, write_hparams
 from studyctl.training.models import keep_if_best
@@ -84,26 +85,30 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
     trial.set_user_attr("backend", current_backend())
     trial.set_user_attr("devices", device_names())
     backup_dir = checkpoint_dir(ctx) if spec.artifacts.checkpoints else None
-    # Restores the checkpoint at the start of the fit and saves one after each epoch.
-    reporter = make_epoch_callback(
-        trial,
-        spec.metrics,
-        prune=not spec.is_multi_objective and spec.pruner.type != "none",
-        checkpoint=backup_dir,
-    )
-    # A trial parameter named batch_size or epochs (studyctl's own suggestion of a search
-    # axis, or the objective's) overrides the spec's [training] value.
-    batch_size = int(trial.params.get("batch_size", training.batch_size))
-    epochs = int(trial.params.get("epochs", training.epochs))
-    callbacks = [reporter]
     store = object_store(spec)
+    after_commit = None
     if backup_dir is not None:
         trial.set_user_attr("checkpoint_dir", str(backup_dir))
         # Removed by the trial loop once the trial's outcome is stored
         # (`checkpoints.discard_checkpoint`); kept when a retry resumes from it.
         if store is not None:
             pull_checkpoint(store, backup_dir, spec.name)
-            callbacks.append(make_mirror_callback(store, backup_dir, spec.name, backup_dir.name))
+            after_commit = partial(mirror_checkpoint, store, spec.name)
+    # Restores the checkpoint at the start of the fit and hands one to its writer thread
+    # after each epoch (the upload to the store follows each local commit there).
+    reporter = make_epoch_callback(
+        trial,
+        spec.metrics,
+        prune=not spec.is_multi_objective and spec.pruner.type != "none",
+        checkpoint=backup_dir,
+        checkpoint_interval_s=spec.artifacts.checkpoint_interval_s,
+        after_commit=after_commit,
+    )
+    # A trial parameter named batch_size or epochs (studyctl's own suggestion of a search
+    # axis, or the objective's) overrides the spec's [training] value.
+    batch_size = int(trial.params.get("batch_size", training.batch_size))
+    epochs = int(trial.params.get("epochs", training.epochs))
+    callbacks = [reporter]
     log_dir = tensorboard_logs(spec, trial.number)
     if log_dir is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
@@ -118,7 +123,8 @@ def run_keras_trial(ctx: TrialContext, objective: KerasObjective) -> float | lis
                 callbacks=callbacks,
             )
     finally:
-        # Before anything else is stored: the reports held back by a database outage.
+        # Before anything else is stored: the last checkpoint write, then the reports held
+        # back by a database outage.
         reporter.settle()
         trial.set_user_attr("epochs_run", reporter.epochs_run)
         trial.set_user_attr("history", reporter.history)
