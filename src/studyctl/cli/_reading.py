@@ -106,10 +106,9 @@ def _workers_to_show(workers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
     preemptions and array jobs collects hundreds of worker rows; `--format json` has all."""
     from studyctl.storage.plain import WORKER_STOPPED
 
-    stopped = [w for w in workers if w["state"] == WORKER_STOPPED]
-    kept = {id(w) for w in stopped[-STOPPED_WORKERS_SHOWN:]}
-    shown = [w for w in workers if w["state"] != WORKER_STOPPED or id(w) in kept]
-    return shown, len(workers) - len(shown)
+    stopped = [i for i, w in enumerate(workers) if w["state"] == WORKER_STOPPED]
+    hidden = set(stopped[:-STOPPED_WORKERS_SHOWN])
+    return [w for i, w in enumerate(workers) if i not in hidden], len(hidden)
 
 
 def show_trials(study: str, storage: str | None, states: list[str] | None, output: str) -> None:

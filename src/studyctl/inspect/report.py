@@ -121,10 +121,10 @@ def _finished_study(
     configure_optuna_logging()  # no "[W ...] You need to set up the pruning feature"
     if not study_exists(storage, name):
         raise unknown_study(storage, name)
-    states = study_status(storage, name)["states"]
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = storage.control.state_counts(study._study_id)  # one GROUP BY, not the trials
     if not states.get("COMPLETE"):
         raise StudyctlError(f"study {name!r} has no completed trial yet")
-    study = optuna.load_study(study_name=name, storage=storage)
     if not max_trials:
         return study, None
     view = WindowedStorage(storage, max_trials)
@@ -200,8 +200,11 @@ def write_html(
         parts.append(figure.to_html(full_html=False, include_plotlyjs="inline" if first else False))
         first = False
     # Windowed: the trials the plots drew; otherwise read without loading FrozenTrials.
-    rows = [trial_dict(t) for t in study.get_trials(deepcopy=False)] if note else None
-    rows = rows if rows is not None else list_trials(storage, name)
+    rows = (
+        [trial_dict(t) for t in study.get_trials(deepcopy=False)]
+        if note
+        else list_trials(storage, name)
+    )
     head = "<tr><th>#</th><th>state</th><th>value</th><th>params</th><th>duration (s)</th></tr>"
     body = "".join(
         ("<tr class='best'>" if r["number"] in best else "<tr>")
