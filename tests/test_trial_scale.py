@@ -387,3 +387,92 @@ def test_a_new_trial_is_numbered_without_reading_the_study(storage_url: str) -> 
     _as_four_workers(storage_url, create)
     numbers = [t.number for t in storage.get_all_trials(sid, deepcopy=False)]
     assert sorted(numbers) == list(range(2022 + 32))
+
+
+def test_a_claim_reads_the_stored_budget_in_its_own_transaction(storage_url: str) -> None:
+    """With `stored_budget` the claim counts against the study's stored budget, read from
+    the row it locks (no transaction of its own): a budget raised while workers run counts
+    from the next claim, and a lowered one stops the claims."""
+    storage = open_storage(storage_url)
+    study = _budget_study(storage, "stored", 2)
+    with db.transaction(storage.engine) as conn:
+        db.insert_worker(conn, worker_id="w1", study_name="stored", host="h", pid=1, gpus="")
+
+    def claim() -> int | None:
+        return storage.control.try_claim(
+            study_name="stored",
+            study_id=study._study_id,
+            worker_id="w1",
+            n_trials=None,
+            stale_after=60.0,
+            stored_budget=True,
+        )
+
+    def set_budget(n: int) -> None:
+        with db.transaction(storage.engine) as conn:
+            db.upsert_study_record(conn, "stored", n, "{}")
+
+    with _statements(storage.engine) as seen:
+        assert claim() is not None
+    # The budget comes back from the UPDATE that locks the row (RETURNING), not a SELECT.
+    assert not any("n_trials" in q and q.lstrip().upper().startswith("SELECT") for q in seen)
+    assert claim() is not None
+    assert claim() is None  # 2 live claims take the budget of 2
+    set_budget(3)
+    assert claim() is not None
+    set_budget(1)
+    assert claim() is None
+
+
+def test_worker_and_duration_attrs_ride_on_the_claim_and_the_end(storage_url: str) -> None:
+    """The trial's `worker` attribute is written in the claim's attach, and a deferred
+    `duration_s` in the transaction that ends the trial: no commit of their own; a retry's
+    inherited values are replaced; a trial another process ended keeps its attributes."""
+    storage = open_storage(storage_url)
+    study = _budget_study(storage, "attrs", 10)
+    with db.transaction(storage.engine) as conn:
+        db.insert_worker(conn, worker_id="w1", study_name="attrs", host="h", pid=1, gpus="")
+    commits = 0
+
+    def count(conn: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    claim = storage.control.try_claim(
+        study_name="attrs",
+        study_id=study._study_id,
+        worker_id="w1",
+        n_trials=None,
+        stale_after=60.0,
+    )
+    assert claim is not None
+    trial = study.ask()
+    storage.set_trial_user_attr(trial._trial_id, "duration_s", 99.0)  # as a retry inherits
+    sa.event.listen(storage.engine, "commit", count)
+    try:
+        storage.control.attach_claim(
+            claim,
+            trial._trial_id,
+            worker_id="w1",
+            current_trial=trial.number,
+            worker_attr={"host": "h", "pid": 1, "worker_id": "w1"},
+        )
+        storage.defer_trial_user_attr(trial._trial_id, "duration_s", 1.5)
+        assert storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5])
+    finally:
+        sa.event.remove(storage.engine, "commit", count)
+    assert commits == 2  # the attach, the end
+    done = storage.get_trial(trial._trial_id)
+    assert done.user_attrs == {
+        "worker": {"host": "h", "pid": 1, "worker_id": "w1"},
+        "duration_s": 1.5,
+    }
+    # A trial already ended elsewhere (failed as lost): its attributes stay as they were.
+    other = study.ask()
+    storage.set_trial_state_values(other._trial_id, TrialState.FAIL)
+    with db.transaction(storage.engine) as conn:
+        db.write_trial_user_attrs(conn, other._trial_id, {"worker": "late"})
+    storage.defer_trial_user_attr(other._trial_id, "duration_s", 2.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(other._trial_id, TrialState.COMPLETE, [0.1])
+    assert storage.get_trial(other._trial_id).user_attrs == {}

@@ -43,6 +43,7 @@ from studyctl.signals import (
 )
 from studyctl.spec import StudySpec
 from studyctl.storage.connect import WorkerStorage
+from studyctl.storage.rdb import StudyctlStorage
 from studyctl.storage.urls import mask_secrets
 from studyctl.storage.waiting import use_indexed_waiting_pop
 from studyctl.training.checkpoints import discard_checkpoint
@@ -105,21 +106,24 @@ class _TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.last_error = None
-        if self.claim_id is not None:  # the worker's current trial in the same commit
+        info = self.registration.info
+        worker_attr = {**info, "worker_id": self.registration.worker_id}
+        if self.claim_id is not None:
+            # The worker's current trial and the trial's `worker` attribute in one commit.
             self.storage.control.attach_claim(
                 self.claim_id,
                 trial._trial_id,
                 worker_id=self.registration.worker_id,
                 current_trial=trial.number,
+                worker_attr=worker_attr,
             )
         else:
             self.registration.update(current_trial=trial.number)
+            trial.set_user_attr("worker", worker_attr)
         for inherited in INHERITED_ATTRS:
             # A retry carries its original's attributes; these describe the original only.
             if trial.user_attrs.get(inherited) is not None:
                 trial.set_user_attr(inherited, None)
-        info = self.registration.info
-        trial.set_user_attr("worker", {**info, "worker_id": self.registration.worker_id})
         ctx = TrialContext(
             trial=trial,
             spec=self.spec,
@@ -163,7 +167,11 @@ class _TrialRunner:
             trial.set_user_attr("traceback", mask_secrets(traceback.format_exc())[-8000:])
             raise
         finally:
-            trial.set_user_attr("duration_s", round(time.monotonic() - start, 3))
+            duration = round(time.monotonic() - start, 3)
+            if isinstance(self.storage, StudyctlStorage):  # stored with the trial's end
+                self.storage.defer_trial_user_attr(trial._trial_id, "duration_s", duration)
+            else:
+                trial.set_user_attr("duration_s", duration)
 
     def _forget_attrs(self, trial_id: int, user_keys: list[str], system_keys: list[str]) -> None:
         self.storage.control.forget_trial_attrs(
@@ -312,6 +320,13 @@ def run_trial_loop(
     started = time.monotonic()
     consecutive_failures = 0
     stale_after = float(spec.worker.grace_period)
+    # Both heartbeat sweeps (studyctl's lost trials, Optuna's stale ones) run at most once
+    # per heartbeat interval: a trial is lost only after `grace_period` without a beat, so
+    # sweeping at every trial start finds nothing sooner and costs two commits a trial.
+    sweep_every = float(spec.worker.heartbeat_interval)
+    next_sweep = 0.0
+    if isinstance(storage, StudyctlStorage):
+        storage.stale_sweep_every_s = sweep_every
     warmed = False
     reset_stop()
     quiet = _QuietFatal(runner)
@@ -329,17 +344,20 @@ def run_trial_loop(
                 if spec.timeout is not None and time.monotonic() - started >= spec.timeout:
                     result.reason = "timeout"
                     break
-                n_trials = current_budget(storage, spec.name)
-                sweep_lost_trials(storage, spec)
+                if time.monotonic() >= next_sweep:
+                    sweep_lost_trials(storage, spec)
+                    next_sweep = time.monotonic() + sweep_every
+                # The budget as `studyctl run` last set it, read in the claim's transaction.
                 claim = storage.control.try_claim(
                     study_name=spec.name,
                     study_id=study._study_id,
                     worker_id=registration.worker_id,
-                    n_trials=n_trials,
+                    n_trials=None,
                     stale_after=stale_after,
+                    stored_budget=True,
                 )
                 if claim is None:
-                    if _budget_met(storage, study, n_trials):
+                    if _budget_met(storage, study, current_budget(storage, spec.name)):
                         break
                     # Other workers hold the rest of the budget; a trial of theirs may still
                     # fail (and free its slot) or go stale (and be retried here).

@@ -63,8 +63,10 @@ class Control(Protocol):
         worker_id: str,
         n_trials: int | None,
         stale_after: float,
+        stored_budget: bool = False,
     ) -> int | None:
-        """Reserve one trial of the budget; None when the budget is taken."""
+        """Reserve one trial of the budget (`n_trials`, or with `stored_budget` the
+        study's stored one, read in the claim's transaction); None when it is taken."""
         ...
 
     def attach_claim(
@@ -74,9 +76,11 @@ class Control(Protocol):
         *,
         worker_id: str | None = None,
         current_trial: int | None = None,
+        worker_attr: dict[str, Any] | None = None,
     ) -> None:
         """Link the claim to its trial; with `worker_id`, set that worker's current trial
-        in the same transaction."""
+        in the same transaction, and with `worker_attr` the trial's ``worker`` user
+        attribute (who runs it, for `status` and the dashboard)."""
         ...
 
     def release_claim(
@@ -191,6 +195,7 @@ class SqlControl(Control):
         worker_id: str,
         n_trials: int | None,
         stale_after: float,
+        stored_budget: bool = False,
     ) -> int | None:
         return self.in_transaction(
             lambda conn: db.try_claim(
@@ -200,6 +205,7 @@ class SqlControl(Control):
                 worker_id=worker_id,
                 n_trials=n_trials,
                 stale_after=stale_after,
+                stored_budget=stored_budget,
             )
         )
 
@@ -210,11 +216,14 @@ class SqlControl(Control):
         *,
         worker_id: str | None = None,
         current_trial: int | None = None,
+        worker_attr: dict[str, Any] | None = None,
     ) -> None:
         def attach(conn: Connection) -> None:
             db.attach_claim(conn, claim_id, trial_id)
             if worker_id is not None:
                 db.update_worker(conn, worker_id, current_trial=current_trial)
+            if worker_attr is not None:
+                db.write_trial_user_attrs(conn, trial_id, {"worker": worker_attr})
 
         self.in_transaction(attach)
 

@@ -257,7 +257,9 @@ class RemoteControl(Control):
         worker_id: str,
         n_trials: int | None,
         stale_after: float,
+        stored_budget: bool = False,
     ) -> int | None:
+        extra = {"stored_budget": True} if stored_budget else {}
         claim = self.rpc(
             "try_claim",
             study_name=study_name,
@@ -265,6 +267,7 @@ class RemoteControl(Control):
             worker_id=worker_id,
             n_trials=n_trials,
             stale_after=stale_after,
+            **extra,
         )
         return None if claim is None else int(claim)
 
@@ -275,10 +278,13 @@ class RemoteControl(Control):
         *,
         worker_id: str | None = None,
         current_trial: int | None = None,
+        worker_attr: dict[str, Any] | None = None,
     ) -> None:
         extra: dict[str, object] = {}
         if worker_id is not None:
             extra = {"worker_id": worker_id, "current_trial": current_trial}
+        if worker_attr is not None:
+            extra["worker_attr"] = worker_attr
         self.rpc("attach_claim", claim_id=claim_id, trial_id=trial_id, **extra)
 
     def release_claim(

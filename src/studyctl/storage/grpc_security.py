@@ -20,6 +20,7 @@ CmaEsSampler loads in every worker of a CMA-ES study. Here:
 from __future__ import annotations
 
 import hmac
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,12 +199,14 @@ _ARGS: dict[str, dict[str, Arg]] = {
         "worker_id": _NAME,
         "n_trials": Arg(int, nullable=True, low=0),
         "stale_after": Arg((int, float), low=0, high=MAX_GRACE_S),
+        "stored_budget": Arg(bool, required=False),
     },
     "attach_claim": {
         "claim_id": _INT,
         "trial_id": _INT,
         "worker_id": Arg(str, required=False, nullable=True),
         "current_trial": Arg(int, required=False, nullable=True, low=0),
+        "worker_attr": Arg(dict, required=False, nullable=True),
     },
     "release_claim": {
         "claim_id": _INT,
@@ -266,6 +269,9 @@ def check_control_call(op: str, kwargs: Any) -> dict[str, Any]:
                 raise ValueError(f"{op}: {name} must be at least {arg.low}, got {value}")
             if arg.high is not None and value > arg.high:
                 raise ValueError(f"{op}: {name} must be at most {arg.high}, got {value}")
+    attr = kwargs.get("worker_attr") if op == "attach_claim" else None
+    if attr is not None and len(json.dumps(attr)) > MAX_TEXT:
+        raise ValueError(f"attach_claim: worker_attr is longer than {MAX_TEXT} characters")
     if op == "forget_trial_attrs":
         _check_forgettable(kwargs["user_keys"], kwargs["system_keys"])
     if op == "fail_lost_trials" and kwargs.get("worker_id") is None:

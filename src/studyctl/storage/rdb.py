@@ -11,9 +11,11 @@ between processes (`setup_lock`), so any number of commands may open a new datab
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 import sqlite3
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -76,7 +78,22 @@ class StudyctlStorage(RDBStorage):
     def __init__(self, url: str, *, outage: OutageGuard | None = None, **kwargs: Any) -> None:
         self.outage = outage or OutageGuard(mask_url(url), 0)
         self._has_counter = False
+        # User attributes of a running trial to store in the transaction that ends it.
+        self._deferred_attrs: dict[int, dict[str, Any]] = {}
+        # The trial this process just created, for the read that follows at once.
+        self._created: FrozenTrial | None = None
+        # Optuna's stale-trial sweep runs at most once per this many seconds (0: at every
+        # call): a trial is stale only after `grace_period` without a heartbeat, so
+        # sweeping at each trial start finds nothing sooner than once per heartbeat.
+        self.stale_sweep_every_s = 0.0
+        self._next_stale_sweep = 0.0
         super().__init__(url, **kwargs)
+
+    def defer_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """Store user attribute `key` of this process's running trial in the transaction
+        that ends the trial (`set_trial_state_values`) instead of one of its own. The
+        attribute is lost with the trial if the process dies first."""
+        self._deferred_attrs.setdefault(trial_id, {})[key] = value
 
     @functools.cached_property
     def control(self) -> SqlControl:
@@ -101,7 +118,10 @@ class StudyctlStorage(RDBStorage):
             changes["datetime_complete"] = now
         trial_model = optuna_models.TrialModel
         value_model = optuna_models.TrialValueModel
+        deferred = self._deferred_attrs.get(trial_id) if state.is_finished() else None
         with self.engine.begin() as conn:
+            if deferred:  # while the trial is RUNNING (no-op once another process ended it)
+                tables.write_trial_user_attrs(conn, trial_id, deferred)
             result = conn.execute(
                 sa.update(trial_model)
                 .where(trial_model.trial_id == trial_id, trial_model.state == expected)
@@ -121,6 +141,8 @@ class StudyctlStorage(RDBStorage):
                             value_type=value_type,
                         )
                     )
+        if deferred is not None:
+            self._deferred_attrs.pop(trial_id, None)
         if not won:
             if state == TrialState.RUNNING:
                 return False
@@ -157,6 +179,9 @@ class StudyctlStorage(RDBStorage):
         )
         if trial.state.name in tables.FINISHED_STATES:
             self.outage.call(lambda: self._count_finished_now(trial._trial_id))
+        # `study.ask` reads the new trial back at once (`Trial.__init__`); nothing can have
+        # changed it in between, so that read is served from here.
+        self._created = copy.deepcopy(trial) if template_trial is None else None
         return trial
 
     def _get_prepared_new_trial(
@@ -192,6 +217,10 @@ class StudyctlStorage(RDBStorage):
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         """Optuna's trial, read in two queries instead of six (`frozen_trial`)."""
+
+        created, self._created = self._created, None
+        if created is not None and created._trial_id == trial_id:
+            return created
 
         def read() -> FrozenTrial:
             with self.engine.connect() as conn:
@@ -233,6 +262,10 @@ class StudyctlStorage(RDBStorage):
         Optuna #5470). Optuna's sweep (`optuna.storages.fail_stale_trials`) fails these
         trials next and sets no reason: each gets one here first, while it is RUNNING."""
         grace = float(self.grace_period or 2 * (self.heartbeat_interval or 1))
+        now = time.monotonic()
+        if now < self._next_stale_sweep:
+            return []
+        self._next_stale_sweep = now + self.stale_sweep_every_s
 
         def stale() -> list[int]:
             if self.outage.recently_recovered(grace):

@@ -19,6 +19,7 @@ refuses to change a finished trial).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -217,6 +218,45 @@ def delete_trial_attrs(
             )
 
 
+_RUNNING_TRIAL = "EXISTS (SELECT 1 FROM trials WHERE trial_id = :tid AND state = 'RUNNING')"
+
+
+def write_trial_user_attrs(conn: Connection, trial_id: int, attrs: dict[str, Any]) -> None:
+    """Set user attributes of a RUNNING trial inside the caller's transaction, as Optuna's
+    `set_trial_user_attr` stores them (one JSON row per key; the trial_id, key and
+    value_json columns have not changed since Optuna's schema v3.2.0.a). A trial that is
+    no longer RUNNING is left as it is, as Optuna leaves a finished trial. The attributes
+    ride on a transaction the worker makes anyway (a claim's attach, the trial's end)
+    instead of costing a commit each."""
+    upsert = conn.dialect.name in ("postgresql", "sqlite")  # Optuna's unique (trial_id, key)
+    for key, value in attrs.items():
+        params = {"tid": trial_id, "key": key, "value": json.dumps(value)}
+        if upsert:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
+                    f"SELECT :tid, :key, :value WHERE {_RUNNING_TRIAL} "
+                    "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json"
+                ),
+                params,
+            )
+            continue
+        conn.execute(
+            sa.text(
+                "DELETE FROM trial_user_attributes WHERE trial_id = :tid AND key = :key "
+                f"AND {_RUNNING_TRIAL}"
+            ),
+            params,
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
+                f"SELECT :tid, :key, :value WHERE {_RUNNING_TRIAL}"
+            ),
+            params,
+        )
+
+
 def count_finished_trials(conn: Connection, study_id: int) -> int:
     """The study's COMPLETE and PRUNED trials: studyctl's counter (one row), or a count of
     its trials for a study studyctl does not manage."""
@@ -281,26 +321,41 @@ def try_claim(
     worker_id: str,
     n_trials: int | None,
     stale_after: float,
+    stored_budget: bool = False,
 ) -> int | None:
     """Reserve one trial of the budget for `worker_id`; None when the budget is taken.
+
+    The budget is `n_trials` (None: no budget), or with `stored_budget` the study's own
+    (``studyctl_studies.n_trials``, as `studyctl run` last set it), read from the row this
+    transaction locks: a budget extended while workers run counts from their next claim,
+    at no extra round trip.
 
     The first statement updates the study's row, which serialises claims of one study on
     both SQLite (write lock) and PostgreSQL (row lock), so the count and the insert that
     follow cannot interleave with another worker's.
     """
-    conn.execute(
+    bump = (
         sa.update(studies_table)
         .where(studies_table.c.study_name == study_name)
         .values(claim_seq=studies_table.c.claim_seq + 1)
     )
+    if stored_budget:
+        if conn.dialect.update_returning:
+            n_trials = conn.execute(bump.returning(studies_table.c.n_trials)).scalar_one_or_none()
+        else:
+            conn.execute(bump)
+            n_trials = conn.execute(
+                sa.select(studies_table.c.n_trials).where(studies_table.c.study_name == study_name)
+            ).scalar_one_or_none()
+    else:
+        conn.execute(bump)
+    now = db_utcnow(conn)
     if n_trials is not None:
-        stale_before = db_utcnow(conn) - timedelta(seconds=stale_after)
+        stale_before = now - timedelta(seconds=stale_after)
         if count_taken(conn, study_id, study_name, stale_before) >= n_trials:
             return None
     result = conn.execute(
-        sa.insert(claims_table).values(
-            study_name=study_name, worker_id=worker_id, created_at=db_utcnow(conn)
-        )
+        sa.insert(claims_table).values(study_name=study_name, worker_id=worker_id, created_at=now)
     )
     key = result.inserted_primary_key
     assert key is not None
