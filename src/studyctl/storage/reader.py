@@ -231,12 +231,20 @@ class StudyReader:
         return self.read(query)
 
     def trial_rows(
-        self, study_id: int, states: tuple[str, ...] | None = None, batch_size: int = 2000
+        self,
+        study_id: int,
+        states: tuple[str, ...] | None = None,
+        batch_size: int = 2000,
+        *,
+        system_attrs: bool = True,
     ) -> Iterator[trial_rows.TrialRow]:
-        """The study's trials in number order, one batch in memory at a time. A database
-        error is one `StorageError` (not retried: the rows already given stay given)."""
+        """The study's trials in number order, one batch in memory at a time (without
+        their system attributes when `system_attrs` is false). A database error is one
+        `StorageError` (not retried: the rows already given stay given)."""
         if self._connection is not None:
-            yield from trial_rows.iter_trial_rows(self.read, study_id, states, batch_size)
+            yield from trial_rows.iter_trial_rows(
+                self.read, study_id, states, batch_size, system_attrs=system_attrs
+            )
             return
         from sqlalchemy import exc as sa_exc
 
@@ -247,7 +255,9 @@ class StudyReader:
                 return query(conn)
 
         try:
-            yield from trial_rows.iter_trial_rows(read, study_id, states, batch_size)
+            yield from trial_rows.iter_trial_rows(
+                read, study_id, states, batch_size, system_attrs=system_attrs
+            )
         except sa_exc.SQLAlchemyError as exc:
             raise storage_error(exc, mask_url(self.url)) from None
 

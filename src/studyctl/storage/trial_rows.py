@@ -127,8 +127,15 @@ def _batch_children(
     )
 
 
-def _fill_children(conn: ReadConnection, study_id: int, trials: dict[int, TrialRow]) -> None:
-    """Read the values, params and attributes of `trials` (trial_id -> row) into them."""
+def _fill_children(
+    conn: ReadConnection,
+    study_id: int,
+    trials: dict[int, TrialRow],
+    *,
+    system_attrs: bool = True,
+) -> None:
+    """Read the values, params and attributes of `trials` (trial_id -> row) into them
+    (the system attributes only with `system_attrs`)."""
     bounds = {"sid": study_id, "lo": min(trials), "hi": max(trials)}
     children = functools.partial(_batch_children, conn, bounds)
     for tid, objective, value, vtype in children(
@@ -147,6 +154,8 @@ def _fill_children(conn: ReadConnection, study_id: int, trials: dict[int, TrialR
     ):
         if (row := trials.get(int(tid))) is not None:
             row.user_attrs[str(key)] = str(value)
+    if not system_attrs:
+        return
     for tid, key, value in children(
         "SELECT c.trial_id, c.key, c.value_json FROM trial_system_attributes c"
     ):
@@ -169,6 +178,8 @@ def iter_trial_rows(
     study_id: int,
     states: tuple[str, ...] | None = None,
     batch_size: int = 2000,
+    *,
+    system_attrs: bool = True,
 ) -> Iterator[TrialRow]:
     """The study's trials in number order, `batch_size` at a time (keyset on trial_id), each
     batch read in its own short transaction (`read` runs a function in one): memory stays
@@ -186,7 +197,7 @@ def iter_trial_rows(
             )
         )
         if trials:
-            _fill_children(conn, study_id, trials)
+            _fill_children(conn, study_id, trials, system_attrs=system_attrs)
         return trials
 
     while True:
