@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -218,3 +219,27 @@ def test_report_of_a_big_study_draws_its_recent_trials(storage_url: str, tmp_pat
     )
     assert pngs.returncode == 0, pngs.stderr
     assert (tmp_path / "plots" / "optimization_history.png").stat().st_size > 0
+
+
+def test_report_draws_one_line_per_trial_for_the_most_recent_only(
+    storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parallel coordinates and learning curves draw a line per trial: past
+    `LINE_PLOT_TRIALS` they draw the most recent ones and say so in their titles; the
+    other plots and the table keep every trial shown."""
+    study = _mixed_study(storage_url, tmp_path)
+    trials = study.get_trials(deepcopy=False)
+    monkeypatch.setattr(report, "LINE_PLOT_TRIALS", 5)
+    storage = open_storage(storage_url)
+    path, note = report.write_html(storage, "mixed", tmp_path / "r.html")
+    assert note is None
+    page = path.read_text()
+    assert "<h2>Parallel coordinates (the most recent 5 trials)</h2>" in page
+    assert "<h2>Intermediate values (learning curves; the most recent 5 trials)</h2>" in page
+    table = page.split("<table id='trials'>")[1]
+    assert table.count("<tr") == len(trials) + 1
+    lines = report._line_study(storage, study, len(trials))
+    assert lines is not None
+    drawn = lines.get_trials(deepcopy=False)
+    assert [t.number for t in drawn] == [t.number for t in trials][-5:]
+    assert report._line_study(storage, study, 5) is None

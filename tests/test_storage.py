@@ -20,6 +20,7 @@ from studyctl.storage import (
     resolve_storage_url,
 )
 from studyctl.storage import tables as db
+from studyctl.storage.frozen_trial import read_frozen_trials
 
 
 def test_storage_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,3 +251,17 @@ def test_get_trial_reads_what_optunas_reads(storage_url: str) -> None:
     assert storage.get_trial(full).params == {"lr": 0.01, "units": 7, "act": "relu"}
     with pytest.raises(KeyError):
         storage.get_trial(bare + 100)
+    # A trial just created is read back from what its creation returned (`study.ask` reads
+    # it at once): the same as Optuna's read of it.
+    fresh = storage.create_new_trial(sid)
+    assert fields(storage.get_trial(fresh)) == fields(RDBStorage.get_trial(storage, fresh))
+    # Many trials in two queries (a report's or a dashboard's window) as Optuna reads them.
+    other = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "other")
+    storage.create_new_trial(other)  # another study's trial inside the id range: left out
+    last = storage.create_new_trial(sid)
+    with storage.engine.connect() as conn:
+        for after in (-1, full, bare):
+            ours = read_frozen_trials(conn, sid, after)
+            optunas = RDBStorage._get_trials(storage, sid, None, set(), after)
+            assert [fields(t) for t in ours] == [fields(t) for t in optunas]
+            assert [t._trial_id for t in ours][-1] == last

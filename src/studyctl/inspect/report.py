@@ -3,6 +3,7 @@ table), or PNGs of the main plots (Optuna's matplotlib plots)."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import html
 import itertools
@@ -23,19 +24,35 @@ PlotFactory = Callable[[optuna.Study], Any]
 HistoryFactory = Callable[[int, "str | None"], PlotFactory]
 
 
+# Plots that draw one line per trial (Optuna's parallel coordinates and learning curves)
+# draw at most this many, the most recent: 10,000 lines took 5 s of plotly objects and
+# cannot be read apart anyway.
+LINE_PLOT_TRIALS = 1_000
+
+
 def _plots(
-    study: optuna.Study, module: Any, history: HistoryFactory | None = None
+    study: optuna.Study,
+    module: Any,
+    history: HistoryFactory | None = None,
+    lines: optuna.Study | None = None,
 ) -> dict[str, PlotFactory]:
     """The main plots, by title, from optuna.visualization or its matplotlib twin; the
-    optimization histories from `history` when given (a study cut to a window)."""
+    optimization histories from `history` when given (a study cut to a window); the plots
+    of one line per trial from `lines` when given (the study cut to `LINE_PLOT_TRIALS`)."""
     names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
     history = history or functools.partial(_history_of, module)
     if len(study.directions) == 1:
+        cut = "" if lines is None else f"; the most recent {LINE_PLOT_TRIALS:,} trials"
+        drawn = lines or study
         return {
             "Optimization history": history(0, None),
             "Parameter importances": module.plot_param_importances,
-            "Parallel coordinates": module.plot_parallel_coordinate,
-            "Intermediate values (learning curves)": module.plot_intermediate_values,
+            f"Parallel coordinates{f' ({cut[2:]})' if cut else ''}": lambda _: (
+                module.plot_parallel_coordinate(drawn)
+            ),
+            f"Intermediate values (learning curves{cut})": lambda _: (
+                module.plot_intermediate_values(drawn)
+            ),
         }
     plots: dict[str, PlotFactory] = {"Pareto front": module.plot_pareto_front}
     for i, name in enumerate(names):
@@ -94,12 +111,15 @@ def _whole_history(storage: StudyctlStorage, matplotlib: bool) -> HistoryFactory
                 ax.set_ylabel(label)
                 ax.legend()
                 return ax
+            import numpy as np
             import plotly.graph_objects as go
 
+            # Arrays, not lists: plotly checks a list element by element (100,000 of them).
+            x = np.array(numbers)
             figure = go.Figure(
                 [
-                    go.Scattergl(x=numbers, y=values, mode="markers", name=label),
-                    go.Scattergl(x=numbers, y=best, mode="lines", name="Best Value"),
+                    go.Scattergl(x=x, y=np.array(values), mode="markers", name=label),
+                    go.Scattergl(x=x, y=np.array(best), mode="lines", name="Best Value"),
                 ]
             )
             figure.update_layout(
@@ -112,12 +132,23 @@ def _whole_history(storage: StudyctlStorage, matplotlib: bool) -> HistoryFactory
     return factory
 
 
+def _line_study(storage: StudyctlStorage, study: optuna.Study, total: int) -> optuna.Study | None:
+    """The study as its most recent `LINE_PLOT_TRIALS` trials, for the plots of one line
+    per trial; None when it has no more (`total`: the trials the other plots show)."""
+    if total <= LINE_PLOT_TRIALS:
+        return None
+    lines = copy.copy(study)
+    lines._storage = WindowedStorage(storage, LINE_PLOT_TRIALS, snapshot=True)
+    return lines
+
+
 def _finished_study(
     storage: StudyctlStorage, name: str, max_trials: int = DEFAULT_MAX_TRIALS
-) -> tuple[optuna.Study, str | None]:
-    """The study to plot, and a note when it is cut to its most recent `max_trials` trials
-    (0: never). A 100,000-trial report read every trial and drew them all: 103 s, 1.5 GB and
-    a 53 MB page (BENCHMARKS.md, "report at 100,000 trials")."""
+) -> tuple[optuna.Study, str | None, int]:
+    """The study to plot, a note when it is cut to its most recent `max_trials` trials (0:
+    never), and the number of trials it shows. A 100,000-trial report read every trial and
+    drew them all: 103 s, 1.5 GB and a 53 MB page (BENCHMARKS.md, "report at 100,000
+    trials")."""
     configure_optuna_logging()  # no "[W ...] You need to set up the pruning feature"
     if not study_exists(storage, name):
         raise unknown_study(storage, name)
@@ -125,18 +156,22 @@ def _finished_study(
     states = storage.control.state_counts(study._study_id)  # one GROUP BY, not the trials
     if not states.get("COMPLETE"):
         raise StudyctlError(f"study {name!r} has no completed trial yet")
+    total = sum(states.values())
     if not max_trials:
-        return study, None
-    view = WindowedStorage(storage, max_trials)
+        return study, None, total
+    view = WindowedStorage(storage, max_trials, snapshot=True)
     if view.window_after(study._study_id) is None:
-        return study, None
+        return study, None, total
     # Optuna wraps any RDBStorage given to a Study in its cache, which reads every trial of
     # the study; the plots read the window through the view itself.
     study._storage = view
-    total = sum(states.values())
-    return study, (
-        f"plots and trials show the most recent {max_trials:,} of {total:,} trials (the best "
-        "trial is the study's own); --max-trials N shows more, 0 all"
+    return (
+        study,
+        (
+            f"plots and trials show the most recent {max_trials:,} of {total:,} trials (the "
+            "best trial is the study's own); --max-trials N shows more, 0 all"
+        ),
+        max_trials,
     )
 
 
@@ -183,14 +218,15 @@ def write_html(
 ) -> tuple[Path, str | None]:
     import optuna.visualization as vis
 
-    study, note = _finished_study(storage, name, max_trials)
+    study, note, shown = _finished_study(storage, name, max_trials)
     summary, best = _summary(storage, name)
     parts = [f"<h1>Study {html.escape(name)}</h1>", summary]
     if note:
         parts.append(f"<p id='window'>{html.escape(note)}</p>")
     first = True
     history = _whole_history(storage, matplotlib=False) if note else None
-    for title, plot in _plots(study, vis, history).items():
+    lines = _line_study(storage, study, shown)
+    for title, plot in _plots(study, vis, history, lines).items():
         parts.append(f"<h2>{html.escape(title)}</h2>")
         try:
             figure = plot(study)
@@ -241,8 +277,9 @@ def write_pngs(
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis_mpl
 
-    study, note = _finished_study(storage, name, max_trials)
-    plots = _plots(study, vis_mpl, _whole_history(storage, matplotlib=True) if note else None)
+    study, note, shown = _finished_study(storage, name, max_trials)
+    history = _whole_history(storage, matplotlib=True) if note else None
+    plots = _plots(study, vis_mpl, history, _line_study(storage, study, shown))
     if output.suffix == ".png":
         plots = dict(list(plots.items())[:1])
         targets = {next(iter(plots)): output}

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from studyctl.storage import tables
+from studyctl.storage.frozen_trial import read_frozen_trials
 from studyctl.storage.rdb import StudyctlStorage
 
 if TYPE_CHECKING:
@@ -50,12 +51,16 @@ class WindowedStorage(StudyctlStorage):
     """A view of an open `StudyctlStorage` (the same engine, sessions and outage guard)
     whose `get_all_trials` returns a big study's most recent `max_trials` trials."""
 
-    def __init__(self, base: StudyctlStorage, max_trials: int) -> None:
+    def __init__(self, base: StudyctlStorage, max_trials: int, *, snapshot: bool = False) -> None:
         # A view, not a second storage: no new engine, no second schema check.
         self.__dict__.update(base.__dict__)
         self.max_trials = max_trials
         self._window_lock = threading.Lock()
         self._window_after: dict[int, int | None] = {}  # study_id -> last trial_id before
+        # With `snapshot` (a one-shot reader such as `report`, whose plots each ask for the
+        # trials again: seven reads of 10,000 trials) a window is read once and kept.
+        self.snapshot = snapshot
+        self._snapshots: dict[int, list[FrozenTrial]] = {}
 
     def window_after(self, study_id: int) -> int | None:
         """The trial_id just before the study's window (fixed on first use), or None when
@@ -83,8 +88,22 @@ class WindowedStorage(StudyctlStorage):
         after = self.window_after(study_id)
         if after is None:
             return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
-        trials = self.outage.call(lambda: self._get_trials(study_id, states, set(), after))
-        return copy.deepcopy(trials) if deepcopy else trials
+        if not self.snapshot:
+            trials = self.outage.call(lambda: self._read_window(study_id, after))
+        elif study_id in self._snapshots:
+            trials = self._snapshots[study_id]
+        else:
+            trials = self._snapshots[study_id] = self.outage.call(
+                lambda: self._read_window(study_id, after)
+            )
+        trials = [t for t in trials if states is None or t.state in states]
+        # A snapshot's reader only draws (no plot changes a trial): Optuna's `study.trials`
+        # deep copy of 10,000 trials would cost more than reading them.
+        return copy.deepcopy(trials) if deepcopy and not self.snapshot else trials
+
+    def _read_window(self, study_id: int, after: int) -> list[FrozenTrial]:
+        with self.engine.connect() as conn:
+            return read_frozen_trials(conn, study_id, after)
 
 
 def big_studies(storage: StudyctlStorage, max_trials: int) -> dict[str, int]:

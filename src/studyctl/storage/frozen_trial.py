@@ -7,7 +7,9 @@ not changed since Optuna's schema v3.2.0.a; the conversions are Optuna's own.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,8 +20,9 @@ from optuna.trial import FrozenTrial
 VALUE, PARAM, USER_ATTR, SYSTEM_ATTR, INTERMEDIATE = range(5)
 
 
-def _children(trial_id: int) -> sa.CompoundSelect:
-    """(kind, id, ord, name, x, kind_of_x, json) of each child row, by kind and id."""
+def _children(where: Callable[[sa.Table], Any]) -> sa.CompoundSelect:
+    """(kind, trial_id, id, ord, name, x, kind_of_x, json) of each child row whose trial
+    `where(table)` selects, by kind and id."""
     v = models.TrialValueModel.__table__
     p = models.TrialParamModel.__table__
     u = models.TrialUserAttributeModel.__table__
@@ -30,9 +33,9 @@ def _children(trial_id: int) -> sa.CompoundSelect:
         return sa.cast(sa.null(), type_)
 
     def select(kind: int, table: sa.Table, pk: Any, *columns: Any) -> sa.Select[Any]:
-        return sa.select(sa.literal(kind).label("kind"), pk.label("id"), *columns).where(
-            table.c.trial_id == trial_id
-        )
+        return sa.select(
+            sa.literal(kind).label("kind"), table.c.trial_id.label("tid"), pk.label("id"), *columns
+        ).where(where(table))
 
     return sa.union_all(
         select(
@@ -84,6 +87,55 @@ def _children(trial_id: int) -> sa.CompoundSelect:
     ).order_by(sa.literal_column("kind"), sa.literal_column("id"))
 
 
+class _Parts:
+    """A trial's child rows, gathered in id order as the UNION ALL returns them."""
+
+    def __init__(self) -> None:
+        self.values: dict[int, float] = {}
+        self.params: dict[str, Any] = {}
+        self.dists: dict[str, distributions.BaseDistribution] = {}
+        self.attrs: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+        self.intermediate: dict[int, float] = {}
+
+    def add(self, kind: int, ord_: Any, name: Any, x: Any, x_type: Any, js: Any) -> None:
+        if kind == VALUE:
+            value_type = models.TrialValueModel.TrialValueType[x_type]
+            self.values[ord_] = models.TrialValueModel.stored_repr_to_value(x, value_type)
+        elif kind == PARAM:
+            self.dists[name] = _distribution(js)
+            self.params[name] = self.dists[name].to_external_repr(x)
+        elif kind in (USER_ATTR, SYSTEM_ATTR):
+            self.attrs[kind - USER_ATTR][name] = json.loads(js)
+        else:
+            step_type = models.TrialIntermediateValueModel.TrialIntermediateValueType[x_type]
+            self.intermediate[ord_] = (
+                models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(x, step_type)
+            )
+
+    def frozen(self, trial_id: int, row: Any) -> FrozenTrial:
+        values = self.values
+        return FrozenTrial(
+            number=row.number,
+            state=row.state,
+            value=None,
+            values=[values[k] for k in range(len(values))] if values else None,
+            datetime_start=row.datetime_start,
+            datetime_complete=row.datetime_complete,
+            params=self.params,
+            distributions=self.dists,
+            user_attrs=self.attrs[0],
+            system_attrs=self.attrs[1],
+            intermediate_values=self.intermediate,
+            trial_id=trial_id,
+        )
+
+
+@functools.lru_cache(maxsize=1024)
+def _distribution(distribution_json: str) -> distributions.BaseDistribution:
+    """Distributions are immutable, and a study's trials share a few: parsed once each."""
+    return distributions.json_to_distribution(distribution_json)
+
+
 def read_frozen_trial(conn: sa.Connection, trial_id: int) -> FrozenTrial:
     """The trial as `RDBStorage.get_trial` returns it; KeyError (Optuna's) if there is none."""
     t = models.TrialModel.__table__
@@ -94,36 +146,30 @@ def read_frozen_trial(conn: sa.Connection, trial_id: int) -> FrozenTrial:
     ).one_or_none()
     if row is None:
         raise KeyError(models.NOT_FOUND_MSG)
-    values: dict[int, float] = {}
-    params: dict[str, Any] = {}
-    dists: dict[str, distributions.BaseDistribution] = {}
-    attrs: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
-    intermediate: dict[int, float] = {}
-    for kind, _, ord_, name, x, x_type, js in conn.execute(_children(trial_id)):
-        if kind == VALUE:
-            value_type = models.TrialValueModel.TrialValueType[x_type]
-            values[ord_] = models.TrialValueModel.stored_repr_to_value(x, value_type)
-        elif kind == PARAM:
-            dists[name] = distributions.json_to_distribution(js)
-            params[name] = dists[name].to_external_repr(x)
-        elif kind in (USER_ATTR, SYSTEM_ATTR):
-            attrs[kind - USER_ATTR][name] = json.loads(js)
-        else:
-            step_type = models.TrialIntermediateValueModel.TrialIntermediateValueType[x_type]
-            intermediate[ord_] = (
-                models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(x, step_type)
-            )
-    return FrozenTrial(
-        number=row.number,
-        state=row.state,
-        value=None,
-        values=[values[k] for k in range(len(values))] if values else None,
-        datetime_start=row.datetime_start,
-        datetime_complete=row.datetime_complete,
-        params=params,
-        distributions=dists,
-        user_attrs=attrs[0],
-        system_attrs=attrs[1],
-        intermediate_values=intermediate,
-        trial_id=trial_id,
-    )
+    parts = _Parts()
+    for kind, _, _, ord_, name, x, x_type, js in conn.execute(
+        _children(lambda table: table.c.trial_id == trial_id)
+    ):
+        parts.add(kind, ord_, name, x, x_type, js)
+    return parts.frozen(trial_id, row)
+
+
+def read_frozen_trials(conn: sa.Connection, study_id: int, after: int) -> list[FrozenTrial]:
+    """The study's trials with a trial_id above `after`, in number order, as Optuna's
+    `RDBStorage._get_trials` returns them: in two queries, where Optuna's ORM loads five
+    relationships (2.3 s of a 10,000-trial report, under a profiler)."""
+    t = models.TrialModel.__table__
+    trial_rows = conn.execute(
+        sa.select(t.c.trial_id, t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete)
+        .where(t.c.study_id == study_id, t.c.trial_id > after)
+        .order_by(t.c.trial_id)
+    ).all()
+    if not trial_rows:
+        return []
+    ids = sa.select(t.c.trial_id).where(t.c.study_id == study_id, t.c.trial_id > after)
+    parts: dict[int, _Parts] = {int(r.trial_id): _Parts() for r in trial_rows}
+    for kind, tid, _, ord_, name, x, x_type, js in conn.execute(
+        _children(lambda table: table.c.trial_id.in_(ids))
+    ):
+        parts[int(tid)].add(kind, ord_, name, x, x_type, js)
+    return [parts[int(r.trial_id)].frozen(int(r.trial_id), r) for r in trial_rows]
