@@ -216,10 +216,10 @@ def test_the_interval_skips_epochs_but_not_the_last_or_a_stopped_one(tmp_path: P
     """With `checkpoint_interval_s`, an epoch is written only once the interval has passed
     since the last write (or the fit's start); the fit's last epoch, and an epoch ending
     with a stop requested, are written whatever the interval."""
-    writer = CheckpointWriter(tmp_path / "w", interval_s=0.3)
-    model = _trained()
+    model = _trained()  # before the writer: its interval counts from its start
+    writer = CheckpointWriter(tmp_path / "w", interval_s=1.0)
     assert not writer.submit(model, 1, {})
-    time.sleep(0.35)
+    time.sleep(1.05)
     assert writer.submit(model, 2, {})
     assert not writer.submit(model, 3, {})
     assert writer.submit(model, 4, {}, force=True)
