@@ -14,12 +14,10 @@ import contextlib
 import copy
 import functools
 import os
-import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -36,9 +34,10 @@ from studyctl.storage import tables
 from studyctl.storage.control import SqlControl
 from studyctl.storage.engine import (
     POSTGRES_POOL_SIZE,
-    SQLITE_BUSY_TIMEOUT_S,
     engine_kwargs,
+    prepare_sqlite,
     require_existing_database,
+    tune_sqlite_connections,
 )
 from studyctl.storage.frozen_trial import read_frozen_trial
 from studyctl.storage.locks import setup_lock
@@ -331,39 +330,6 @@ for _name in _GUARDED_METHODS:
     setattr(StudyctlStorage, _name, _guarded(_name))
 
 
-def _prepare_sqlite(url: sa.engine.URL, shown: str) -> None:
-    """Check the file's folder exists and switch the database to WAL (persistent)."""
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return
-    folder = Path(database).expanduser().resolve().parent
-    if not folder.is_dir():
-        raise StorageError(
-            f"cannot open SQLite storage {shown}: folder {folder} does not exist",
-            hint="create it or use another path",
-        )
-    try:
-        conn = sqlite3.connect(database, timeout=SQLITE_BUSY_TIMEOUT_S)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise StorageError(f"cannot open SQLite storage {shown}: {exc}") from None
-
-
-def _tune_sqlite_connections(engine: sa.Engine) -> None:
-    """synchronous=NORMAL on every connection: in WAL mode the database stays consistent
-    after a crash, and a commit no longer waits for an fsync (studyctl commits a dozen times
-    per trial); only the last commits before a power loss can be lost."""
-
-    def on_connect(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-    sa.event.listen(engine, "connect", on_connect)
-    engine.dispose()  # connections made before the listener reconnect with it
-
-
 _STORAGES: dict[str, StudyctlStorage] = {}
 
 
@@ -412,7 +378,7 @@ def open_storage(
     def build() -> StudyctlStorage:
         with setup_lock(parsed):
             if backend == "sqlite":
-                _prepare_sqlite(parsed, shown)
+                prepare_sqlite(parsed, shown)
             storage = StudyctlStorage(
                 url,
                 outage=guard,
@@ -421,7 +387,7 @@ def open_storage(
             )
             try:
                 if backend == "sqlite":
-                    _tune_sqlite_connections(storage.engine)
+                    tune_sqlite_connections(storage.engine)
                 if not for_upgrade:
                     ensure_schema(storage.engine, shown)
             except BaseException:
