@@ -108,17 +108,20 @@ class _TrialRunner:
         self.last_error = None
         info = self.registration.info
         worker_attr = {**info, "worker_id": self.registration.worker_id}
-        if self.claim_id is not None:
-            # The worker's current trial and the trial's `worker` attribute in one commit.
+        # On the database itself the trial's `worker` attribute rides on the attach; behind
+        # a `studyctl proxy` (which may be older than this worker) it is written on its own.
+        direct = isinstance(self.storage, StudyctlStorage)
+        if self.claim_id is not None:  # the worker's current trial in the same commit
             self.storage.control.attach_claim(
                 self.claim_id,
                 trial._trial_id,
                 worker_id=self.registration.worker_id,
                 current_trial=trial.number,
-                worker_attr=worker_attr,
+                worker_attr=worker_attr if direct else None,
             )
         else:
             self.registration.update(current_trial=trial.number)
+        if self.claim_id is None or not direct:
             trial.set_user_attr("worker", worker_attr)
         for inherited in INHERITED_ATTRS:
             # A retry carries its original's attributes; these describe the original only.
@@ -347,14 +350,16 @@ def run_trial_loop(
                 if time.monotonic() >= next_sweep:
                     sweep_lost_trials(storage, spec)
                     next_sweep = time.monotonic() + sweep_every
-                # The budget as `studyctl run` last set it, read in the claim's transaction.
+                # The budget as `studyctl run` last set it: on the database read in the
+                # claim's transaction; behind a proxy (maybe an older one) read first.
+                direct = isinstance(storage, StudyctlStorage)
                 claim = storage.control.try_claim(
                     study_name=spec.name,
                     study_id=study._study_id,
                     worker_id=registration.worker_id,
-                    n_trials=None,
+                    n_trials=None if direct else current_budget(storage, spec.name),
                     stale_after=stale_after,
-                    stored_budget=True,
+                    stored_budget=direct,
                 )
                 if claim is None:
                     if _budget_met(storage, study, current_budget(storage, spec.name)):
