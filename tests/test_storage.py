@@ -4,6 +4,7 @@ and the budget claims that keep n_trials a study-wide total."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -255,6 +256,10 @@ def test_get_trial_reads_what_optunas_reads(storage_url: str) -> None:
     # it at once): the same as Optuna's read of it.
     fresh = storage.create_new_trial(sid)
     assert fields(storage.get_trial(fresh)) == fields(RDBStorage.get_trial(storage, fresh))
+    # ... but not once it was written to: then it is read.
+    written = storage.create_new_trial(sid)
+    storage.set_trial_param(written, "lr", 0.5, space["lr"][0])
+    assert storage.get_trial(written).params == {"lr": 0.5}
     # Many trials in two queries (a report's or a dashboard's window) as Optuna reads them.
     other = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "other")
     storage.create_new_trial(other)  # another study's trial inside the id range: left out
@@ -265,3 +270,58 @@ def test_get_trial_reads_what_optunas_reads(storage_url: str) -> None:
             optunas = RDBStorage._get_trials(storage, sid, None, set(), after)
             assert [fields(t) for t in ours] == [fields(t) for t in optunas]
             assert [t._trial_id for t in ours][-1] == last
+
+
+def test_a_window_read_skips_a_trial_committed_between_its_two_queries(storage_url: str) -> None:
+    """`read_frozen_trials` reads the trials, then their child rows; another process's trial
+    committed in between (READ COMMITTED: each statement sees the latest commits) is left
+    for the next read instead of failing this one."""
+    from optuna.distributions import FloatDistribution
+    from sqlalchemy import event
+
+    storage = open_storage(storage_url)
+    sid = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "window")
+    first = storage.create_new_trial(sid)
+    storage.set_trial_param(first, "x", 0.5, FloatDistribution(0, 1))
+    other = optuna.storages.RDBStorage(storage_url)  # another process's engine
+    added: list[int] = []
+
+    def before(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "UNION ALL" in statement and not added:
+            added.append(other.create_new_trial(sid))
+            other.set_trial_param(added[0], "x", 0.25, FloatDistribution(0, 1))
+
+    try:
+        with storage.engine.connect() as conn:
+            event.listen(conn, "before_cursor_execute", before)
+            trials = read_frozen_trials(conn, sid, -1)
+    finally:
+        other.engine.dispose()
+    assert added, "the other trial was not added"
+    assert [(t._trial_id, t.params) for t in trials] == [(first, {"x": 0.5})]
+    with storage.engine.connect() as conn:
+        assert [t._trial_id for t in read_frozen_trials(conn, sid, -1)] == [first, added[0]]
+
+
+def test_the_stale_sweep_limit_is_per_study_and_off_by_default(storage_url: str) -> None:
+    """With `stale_sweep_every_s` a study's stale trials are looked for at most once per
+    that many seconds; another study's sweep does not count; 0 (the default) sweeps at
+    every call."""
+    storage = open_storage(storage_url)
+    enable_heartbeat(storage, interval=1, grace_period=1, max_retries=0)
+    studies = [
+        storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], name)
+        for name in ("a", "b")
+    ]
+    stale = []
+    for sid in studies:
+        stale.append(storage.create_new_trial(sid))
+        storage.record_heartbeat(stale[-1])
+    time.sleep(2.5)  # older than the grace period (SQLite stamps heartbeats to the second)
+    assert storage._get_stale_trial_ids(studies[0]) == [stale[0]]
+    storage.stale_sweep_every_s = 60
+    assert storage._get_stale_trial_ids(studies[0]) == [stale[0]]
+    assert storage._get_stale_trial_ids(studies[1]) == [stale[1]]
+    assert storage._get_stale_trial_ids(studies[0]) == []  # within the 60 s
+    storage.stale_sweep_every_s = 0
+    assert storage._get_stale_trial_ids(studies[0]) == [stale[0]]

@@ -17,13 +17,11 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from studyctl.artifacts import best_effort
 from studyctl.errors import (
     StudyctlError,
     TrialFailed,
@@ -32,6 +30,11 @@ from studyctl.errors import (
     one_line,
 )
 from studyctl.execution.registration import WorkerRegistration
+from studyctl.execution.trial_end import (
+    fail_unfinished,
+    forget_removed_checkpoint,
+    retry_if_interrupted,
+)
 from studyctl.objectives import KerasObjective, Objective, TrialContext
 from studyctl.signals import (
     interruptible,
@@ -123,6 +126,8 @@ class _TrialRunner:
             self.registration.update(current_trial=trial.number)
         if self.claim_id is None or not direct:
             trial.set_user_attr("worker", worker_attr)
+        else:  # stored by the attach: the objective's `trial.user_attrs` shows it too
+            trial._cached_frozen_trial.user_attrs["worker"] = worker_attr
         for inherited in INHERITED_ATTRS:
             # A retry carries its original's attributes; these describe the original only.
             if trial.user_attrs.get(inherited) is not None:
@@ -328,14 +333,16 @@ def run_trial_loop(
     # sweeping at every trial start finds nothing sooner and costs two commits a trial.
     sweep_every = float(spec.worker.heartbeat_interval)
     next_sweep = 0.0
-    if isinstance(storage, StudyctlStorage):
-        storage.stale_sweep_every_s = sweep_every
     warmed = False
     reset_stop()
     quiet = _QuietFatal(runner)
     optuna_logger = logging.getLogger(OPTUNA_OPTIMIZE_LOGGER)
     optuna_logger.addFilter(quiet)
-    with on_stop_signals(stop_at_safe_point), _removing_filter(optuna_logger, quiet):
+    with (
+        on_stop_signals(stop_at_safe_point),
+        _removing_filter(optuna_logger, quiet),
+        _stale_sweeps_every(storage, sweep_every),
+    ):
         try:
             while True:
                 signum = stop_requested()
@@ -392,11 +399,11 @@ def run_trial_loop(
                     runner.claim_id = None
                     frozen = None if trial_id is None else storage.get_trial(trial_id)
                     if frozen is not None and frozen.state == TrialState.RUNNING:
-                        frozen = _fail_unfinished(storage, study, frozen)
+                        frozen = fail_unfinished(storage, study, frozen)
                     if frozen is not None:
-                        _retry_if_interrupted(storage, study, frozen)
+                        retry_if_interrupted(storage, study, frozen)
                         discard_checkpoint(spec, frozen)
-                        _forget_removed_checkpoint(storage, study, frozen)
+                        forget_removed_checkpoint(storage, study, frozen)
                 if frozen is None:
                     continue
                 outcome = _trial_outcome(frozen)
@@ -422,24 +429,19 @@ def run_trial_loop(
     return result
 
 
-def _fail_unfinished(
-    storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial
-) -> FrozenTrial:
-    """A trial `study.optimize` left RUNNING (an exception escaped Optuna's own bookkeeping,
-    which `signals.interruptible` exists to prevent): FAIL it with the reason, so no trial
-    outlives its loop RUNNING; `_retry_if_interrupted` then queues it."""
-    reason = (
-        stop_reason()
-        if stop_requested() is not None
-        else "lost: its trial loop stopped on an error"
-    )
-    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-            callback = storage.heartbeat_stale_trial_callback
-            if callback is not None:
-                callback(study, storage.get_trial(trial._trial_id))
-    return storage.get_trial(trial._trial_id)
+@contextlib.contextmanager
+def _stale_sweeps_every(storage: WorkerStorage, seconds: float) -> Iterator[None]:
+    """Optuna's stale-trial sweep at most once per `seconds` while the loop runs (other
+    callers of `fail_stale_trials` in the process sweep at every call again after it)."""
+    if not isinstance(storage, StudyctlStorage):
+        yield
+        return
+    before = storage.stale_sweep_every_s
+    storage.stale_sweep_every_s = seconds
+    try:
+        yield
+    finally:
+        storage.stale_sweep_every_s = before
 
 
 @contextlib.contextmanager
@@ -448,42 +450,3 @@ def _removing_filter(logger: logging.Logger, quiet: logging.Filter) -> Iterator[
         yield
     finally:
         logger.removeFilter(quiet)
-
-
-def _forget_removed_checkpoint(
-    storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial
-) -> None:
-    """Once a trial's checkpoint folder is gone (`discard_checkpoint`), no trial names it:
-    the `checkpoint_dir` of this trial and of the originals a retry resumed from is
-    deleted (a finished trial's attribute, hence `forget_trial_attrs`)."""
-    folder = trial.user_attrs.get("checkpoint_dir")
-    if not folder or Path(folder).exists():
-        return
-    target = Path(folder).absolute()
-    for t in study.get_trials(deepcopy=False):
-        named = t.user_attrs.get("checkpoint_dir")
-        if named and Path(named).absolute() == target:
-            best_effort(
-                f"removal of trial {t.number}'s checkpoint_dir",
-                lambda trial_id=t._trial_id: storage.control.forget_trial_attrs(
-                    trial_id=trial_id, user_keys=["checkpoint_dir"], system_keys=[]
-                ),
-            )
-
-
-def _retry_if_interrupted(storage: WorkerStorage, study: optuna.Study, trial: FrozenTrial) -> None:
-    """A trial stopped by a signal (or because its worker or launcher went away) is queued
-    again (same params, its learning curve and checkpoint), like a trial whose worker died;
-    within `max_retries`."""
-    callback = storage.heartbeat_stale_trial_callback
-    if (
-        trial.state == TrialState.FAIL
-        and str(trial.user_attrs.get("fail_reason", "")).startswith("interrupted")
-        and callback is not None
-        # A lost-trial sweep may have failed (and queued) it first, just before our FAIL.
-        and not any(
-            t.system_attrs.get("retry_history", [])[-1:] == [trial.number]
-            for t in study.get_trials(deepcopy=False)
-        )
-    ):
-        callback(study, trial)

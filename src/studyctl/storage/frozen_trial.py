@@ -166,10 +166,16 @@ def read_frozen_trials(conn: sa.Connection, study_id: int, after: int) -> list[F
     ).all()
     if not trial_rows:
         return []
-    ids = sa.select(t.c.trial_id).where(t.c.study_id == study_id, t.c.trial_id > after)
+    # Bounded by the trials just read: under READ COMMITTED the second statement sees
+    # trials committed after the first, whose rows are then skipped.
+    last = max(int(r.trial_id) for r in trial_rows)
+    ids = sa.select(t.c.trial_id).where(
+        t.c.study_id == study_id, t.c.trial_id > after, t.c.trial_id <= last
+    )
     parts: dict[int, _Parts] = {int(r.trial_id): _Parts() for r in trial_rows}
     for kind, tid, _, ord_, name, x, x_type, js in conn.execute(
         _children(lambda table: table.c.trial_id.in_(ids))
     ):
-        parts[int(tid)].add(kind, ord_, name, x, x_type, js)
+        if (found := parts.get(int(tid))) is not None:
+            found.add(kind, ord_, name, x, x_type, js)
     return [parts[int(r.trial_id)].frozen(int(r.trial_id), r) for r in trial_rows]

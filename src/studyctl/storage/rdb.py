@@ -85,7 +85,7 @@ class StudyctlStorage(RDBStorage):
         # call): a trial is stale only after `grace_period` without a heartbeat, so
         # sweeping at each trial start finds nothing sooner than once per heartbeat.
         self.stale_sweep_every_s = 0.0
-        self._next_stale_sweep = 0.0
+        self._next_stale_sweep: dict[int, float] = {}  # study_id -> monotonic time
         super().__init__(url, **kwargs)
 
     def defer_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
@@ -100,6 +100,7 @@ class StudyctlStorage(RDBStorage):
         return SqlControl(self)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        self._created = None
         return self.outage.call(lambda: self._set_trial_state_values(trial_id, state, values))
 
     def _set_trial_state_values(self, trial_id: int, state: TrialState, values: Any) -> bool:
@@ -119,14 +120,14 @@ class StudyctlStorage(RDBStorage):
         value_model = optuna_models.TrialValueModel
         deferred = self._deferred_attrs.get(trial_id) if state.is_finished() else None
         with self.engine.begin() as conn:
-            if deferred:  # while the trial is RUNNING (no-op once another process ended it)
-                tables.write_trial_user_attrs(conn, trial_id, deferred)
             result = conn.execute(
                 sa.update(trial_model)
                 .where(trial_model.trial_id == trial_id, trial_model.state == expected)
                 .values(**changes)
             )
             won = result.rowcount == 1
+            if won and deferred:  # this transaction ended the trial: its row is locked
+                tables.write_trial_user_attrs(conn, trial_id, deferred, only_running=False)
             if won and state.name in tables.FINISHED_STATES:
                 self._count_finished(conn, trial_id)
             if won:
@@ -262,9 +263,9 @@ class StudyctlStorage(RDBStorage):
         trials next and sets no reason: each gets one here first, while it is RUNNING."""
         grace = float(self.grace_period or 2 * (self.heartbeat_interval or 1))
         now = time.monotonic()
-        if now < self._next_stale_sweep:
+        if self.stale_sweep_every_s and now < self._next_stale_sweep.get(study_id, 0.0):
             return []
-        self._next_stale_sweep = now + self.stale_sweep_every_s
+        self._next_stale_sweep[study_id] = now + self.stale_sweep_every_s
 
         def stale() -> list[int]:
             if self.outage.recently_recovered(grace):
@@ -321,6 +322,8 @@ def _guarded(name: str) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def guarded(self: StudyctlStorage, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("set_trial_"):
+            self._created = None  # a write to the trial just created: read it back
         return self.outage.call(lambda: method(self, *args, **kwargs))
 
     return guarded

@@ -221,21 +221,25 @@ def delete_trial_attrs(
 _RUNNING_TRIAL = "EXISTS (SELECT 1 FROM trials WHERE trial_id = :tid AND state = 'RUNNING')"
 
 
-def write_trial_user_attrs(conn: Connection, trial_id: int, attrs: dict[str, Any]) -> None:
+def write_trial_user_attrs(
+    conn: Connection, trial_id: int, attrs: dict[str, Any], *, only_running: bool = True
+) -> None:
     """Set user attributes of a RUNNING trial inside the caller's transaction, as Optuna's
     `set_trial_user_attr` stores them (one JSON row per key; the trial_id, key and
     value_json columns have not changed since Optuna's schema v3.2.0.a). A trial that is
-    no longer RUNNING is left as it is, as Optuna leaves a finished trial. The attributes
-    ride on a transaction the worker makes anyway (a claim's attach, the trial's end)
-    instead of costing a commit each."""
+    no longer RUNNING is left as it is, as Optuna leaves a finished trial, unless
+    `only_running` is false (the caller's transaction has just ended the trial itself).
+    The attributes ride on a transaction the worker makes anyway (a claim's attach, the
+    trial's end) instead of costing a commit each."""
     upsert = conn.dialect.name in ("postgresql", "sqlite")  # Optuna's unique (trial_id, key)
+    running = _RUNNING_TRIAL if only_running else "1 = 1"
     for key, value in attrs.items():
         params = {"tid": trial_id, "key": key, "value": json.dumps(value)}
         if upsert:
             conn.execute(
                 sa.text(
                     "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
-                    f"SELECT :tid, :key, :value WHERE {_RUNNING_TRIAL} "
+                    f"SELECT :tid, :key, :value WHERE {running} "
                     "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json"
                 ),
                 params,
@@ -244,14 +248,14 @@ def write_trial_user_attrs(conn: Connection, trial_id: int, attrs: dict[str, Any
         conn.execute(
             sa.text(
                 "DELETE FROM trial_user_attributes WHERE trial_id = :tid AND key = :key "
-                f"AND {_RUNNING_TRIAL}"
+                f"AND {running}"
             ),
             params,
         )
         conn.execute(
             sa.text(
                 "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
-                f"SELECT :tid, :key, :value WHERE {_RUNNING_TRIAL}"
+                f"SELECT :tid, :key, :value WHERE {running}"
             ),
             params,
         )
