@@ -231,33 +231,17 @@ def write_trial_user_attrs(
     `only_running` is false (the caller's transaction has just ended the trial itself).
     The attributes ride on a transaction the worker makes anyway (a claim's attach, the
     trial's end) instead of costing a commit each."""
-    upsert = conn.dialect.name in ("postgresql", "sqlite")  # Optuna's unique (trial_id, key)
+    # SQLite and PostgreSQL (the only databases studyctl opens) upsert on Optuna's unique
+    # (trial_id, key).
     running = _RUNNING_TRIAL if only_running else "1 = 1"
     for key, value in attrs.items():
-        params = {"tid": trial_id, "key": key, "value": json.dumps(value)}
-        if upsert:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
-                    f"SELECT :tid, :key, :value WHERE {running} "
-                    "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json"
-                ),
-                params,
-            )
-            continue
-        conn.execute(
-            sa.text(
-                "DELETE FROM trial_user_attributes WHERE trial_id = :tid AND key = :key "
-                f"AND {running}"
-            ),
-            params,
-        )
         conn.execute(
             sa.text(
                 "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
-                f"SELECT :tid, :key, :value WHERE {running}"
+                f"SELECT :tid, :key, :value WHERE {running} "
+                "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json"
             ),
-            params,
+            {"tid": trial_id, "key": key, "value": json.dumps(value)},
         )
 
 
