@@ -496,7 +496,7 @@ def snapshot_worktree(work: Path) -> Path:
 PER_TRIAL_QUERIES = {
     "budget count (studyctl claim, before: count of finished trials)": "SELECT count(*) "
     "FROM trials WHERE study_id = :sid AND state IN ('COMPLETE', 'PRUNED')",
-    "budget count (studyctl claim, now: n_finished + live claims)": "TAKEN",
+    "budget count (studyctl claim, now: n_finished + live claims + queued check)": "TAKEN",
     "running trials (Optuna heartbeat sweep)": "SELECT trial_id FROM trials "
     "WHERE state = 'RUNNING' AND study_id = :sid",
     "waiting trials (studyctl queued-trial pop)": "WAITING",
@@ -519,7 +519,7 @@ def index_effect(url: str, reps: int = 30) -> dict[str, dict[str, float]]:
 
     from studyctl.storage import tables
 
-    sql_of = {"TAKEN": tables._TAKEN_SQL, "WAITING": tables._WAITING_SQL}
+    sql_of = {"TAKEN": tables._TAKEN_AND_QUEUED_SQL, "WAITING": tables._WAITING_SQL}
     engine = sa.create_engine(url)
     out: dict[str, dict[str, float]] = {name: {} for name in PER_TRIAL_QUERIES}
     with engine.connect() as conn:

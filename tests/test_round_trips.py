@@ -24,14 +24,14 @@ def noop(trial, ctx):
     return trial.suggest_float("x", 0, 1)
 """
 
-# A trial's commits: Optuna's inside `study.optimize` (the queued-trial pop, create,
-# heartbeat, a parameter, tell) and studyctl's claim, attach (with the `worker` attribute),
-# release and progress read; `duration_s` rides on tell's transaction, the budget on the
-# claim's, and the two heartbeat sweeps run once per heartbeat interval, not per trial.
-# Before the claim carried the worker's row: 21; before each of a trial's three reads
-# (`get_trial`) stopped committing: 18.35; before the sweeps, budget and attributes were
-# folded in: 15.35.
-MAX_COMMITS_PER_TRIAL = 11
+# A trial's commits: Optuna's inside `study.optimize` (create, heartbeat, a parameter,
+# tell) and studyctl's claim, attach (with the `worker` attribute), release and progress
+# read; `duration_s` rides on tell's transaction, the budget on the claim's, the claim says
+# whether a queued trial needs popping, and the two heartbeat sweeps run once per heartbeat
+# interval, not per trial. Before the claim carried the worker's row: 21; before each of a
+# trial's three reads (`get_trial`) stopped committing: 18.35; before the sweeps, budget
+# and attributes were folded in: 15.35; before the claim answered for the queue: 10.4.
+MAX_COMMITS_PER_TRIAL = 10
 
 
 def test_commits_per_trial_of_a_sequential_run(tmp_path: Path) -> None:

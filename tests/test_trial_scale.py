@@ -14,12 +14,15 @@ from typing import Any
 import optuna
 import pytest
 import sqlalchemy as sa
+from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage
+from optuna.study._tell import _tell_with_warning
 from optuna.trial import TrialState, create_trial
 
 from studyctl.storage import StudyctlStorage, close_storage, open_storage, schema
 from studyctl.storage import tables as db
-from studyctl.storage.rdb import upgrade_storage
+from studyctl.storage.frozen_trial import read_frozen_trial
+from studyctl.storage.upgrade import upgrade_storage
 from studyctl.storage.waiting import pop_waiting_trial_id, use_indexed_waiting_pop
 
 INDEX = "ix_studyctl_trials_study_state"
@@ -389,6 +392,24 @@ def test_a_new_trial_is_numbered_without_reading_the_study(storage_url: str) -> 
     assert sorted(numbers) == list(range(2022 + 32))
 
 
+def _stored_budget_claims(
+    storage: StudyctlStorage, study: optuna.Study, name: str
+) -> Callable[[], int | None]:
+    """Claims of worker "w1" against the study's stored budget."""
+
+    def claim() -> int | None:
+        return storage.control.try_claim(
+            study_name=name,
+            study_id=study._study_id,
+            worker_id="w1",
+            n_trials=None,
+            stale_after=60.0,
+            stored_budget=True,
+        )
+
+    return claim
+
+
 def test_a_claim_reads_the_stored_budget_in_its_own_transaction(storage_url: str) -> None:
     """With `stored_budget` the claim counts against the study's stored budget, read from
     the row it locks (no transaction of its own): a budget raised while workers run counts
@@ -398,15 +419,7 @@ def test_a_claim_reads_the_stored_budget_in_its_own_transaction(storage_url: str
     with db.transaction(storage.engine) as conn:
         db.insert_worker(conn, worker_id="w1", study_name="stored", host="h", pid=1, gpus="")
 
-    def claim() -> int | None:
-        return storage.control.try_claim(
-            study_name="stored",
-            study_id=study._study_id,
-            worker_id="w1",
-            n_trials=None,
-            stale_after=60.0,
-            stored_budget=True,
-        )
+    claim = _stored_budget_claims(storage, study, "stored")
 
     def set_budget(n: int) -> None:
         with db.transaction(storage.engine) as conn:
@@ -416,6 +429,8 @@ def test_a_claim_reads_the_stored_budget_in_its_own_transaction(storage_url: str
         assert claim() is not None
     # The budget comes back from the UPDATE that locks the row (RETURNING), not a SELECT.
     assert not any("n_trials" in q and q.lstrip().upper().startswith("SELECT") for q in seen)
+    # So does PostgreSQL's clock (the claim's time): no statement of its own.
+    assert not any("clock_timestamp" in q and q.lstrip().upper().startswith("SELECT") for q in seen)
     assert claim() is not None
     assert claim() is None  # 2 live claims take the budget of 2
     set_budget(3)
@@ -476,3 +491,128 @@ def test_worker_and_duration_attrs_ride_on_the_claim_and_the_end(storage_url: st
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         storage.set_trial_state_values(other._trial_id, TrialState.COMPLETE, [0.1])
     assert storage.get_trial(other._trial_id).user_attrs == {}
+
+
+def _fresh(storage: StudyctlStorage, trial_id: int) -> optuna.trial.FrozenTrial:
+    with storage.engine.connect() as conn:
+        return read_frozen_trial(conn, trial_id)
+
+
+def test_a_trial_this_process_just_ended_is_read_back_as_stored(storage_url: str) -> None:
+    """The read that follows a trial's end in this process (the worker's, after its claim
+    is released) is served from the trial as read before its end plus what the end
+    stored: equal to a fresh read of the database for each way a trial ends, served once,
+    and never after another write to the trial."""
+    storage = open_storage(storage_url)
+    study = _budget_study(storage, "ended", 10)
+    ends: list[tuple[TrialState, float | None]] = [
+        (TrialState.COMPLETE, 0.25),
+        (TrialState.COMPLETE, float("inf")),
+        (TrialState.PRUNED, None),
+        (TrialState.FAIL, None),
+    ]
+    for state, value in ends:
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        trial.suggest_categorical("act", ["relu", "tanh"])
+        trial.report(0.75, step=1)
+        trial.set_user_attr("note", {"a": [1, 2]})
+        storage.defer_trial_user_attr(trial._trial_id, "duration_s", 1.25)
+        # The tell of Optuna's `study.optimize`: it reads the RUNNING trial, then ends it.
+        _tell_with_warning(
+            study=study, trial=trial, value_or_values=value, state=state, suppress_warning=True
+        )
+        with _statements(storage.engine) as seen:
+            served = storage.get_trial(trial._trial_id)
+        assert seen == [], state
+        assert served == _fresh(storage, trial._trial_id), state
+        assert served.state == state and served.user_attrs["duration_s"] == 1.25
+        with _statements(storage.engine) as seen:  # served once: the next read asks
+            assert storage.get_trial(trial._trial_id) == served
+        assert seen
+    # A write between the read and the end: the end's read goes to the database.
+    trial = study.ask()
+    running = storage.get_trial(trial._trial_id)
+    assert running.state == TrialState.RUNNING
+    storage.set_trial_user_attr(trial._trial_id, "late", 1)
+    assert storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5])
+    with _statements(storage.engine) as seen:
+        assert storage.get_trial(trial._trial_id).user_attrs == {"late": 1}
+    assert seen
+    # A trial another process ended first: this process's end loses, nothing is kept.
+    other = study.ask()
+    assert storage.get_trial(other._trial_id).state == TrialState.RUNNING
+    open_storage(storage_url).control.in_transaction(
+        lambda conn: conn.execute(
+            sa.text("UPDATE trials SET state = 'FAIL' WHERE trial_id = :t"),
+            {"t": other._trial_id},
+        )
+    )
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(other._trial_id, TrialState.COMPLETE, [0.1])
+    assert storage.get_trial(other._trial_id).state == TrialState.FAIL
+
+
+def test_a_claim_that_sees_no_queued_trial_spares_the_next_pop(storage_url: str) -> None:
+    """The claim's budget count also says whether the study has a queued trial; when it
+    has none, the trial that follows takes no queued-trial query. A trial queued since is
+    taken by the next claim's trial."""
+    storage = open_storage(storage_url)
+    study = _budget_study(storage, "queue", 10)
+    use_indexed_waiting_pop(study)
+    with db.transaction(storage.engine) as conn:
+        db.insert_worker(conn, worker_id="w1", study_name="queue", host="h", pid=1, gpus="")
+
+    claim = _stored_budget_claims(storage, study, "queue")
+
+    assert claim() is not None
+    with _statements(storage.engine) as seen:
+        assert pop_waiting_trial_id(study) is None
+    assert seen == []
+    with _statements(storage.engine) as seen:  # no claim since: the database is asked
+        assert pop_waiting_trial_id(study) is None
+    assert any("WAITING" in q for q in seen)
+    study.enqueue_trial({"x": 0.5})
+    queued = study.get_trials(states=(TrialState.WAITING,))[0]
+    assert claim() is not None
+    assert pop_waiting_trial_id(study) == queued._trial_id
+    # A budget taken: no claim, and no answer kept for a pop.
+    storage.control.in_transaction(lambda conn: db.upsert_study_record(conn, "queue", 0, "{}"))
+    assert claim() is None
+    study.enqueue_trial({"x": 0.25})
+    assert pop_waiting_trial_id(study) is not None
+
+
+def test_a_trial_heartbeat_is_one_statement(storage_url: str) -> None:
+    """studyctl's trial heartbeat is one upsert (Optuna's takes two to four statements),
+    one row per trial, on the clock Optuna's stale sweep compares with."""
+    storage = open_storage(storage_url)
+    study = _budget_study(storage, "beats", 10)
+    trial = study.ask()
+    storage.heartbeat_interval, storage.grace_period = 60, 120  # as `study.optimize` runs
+    for _ in range(3):
+        with _statements(storage.engine) as seen:
+            storage.record_heartbeat(trial._trial_id)
+        assert len(seen) == 1
+    with storage.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT count(*) FROM trial_heartbeats WHERE trial_id = :t"),
+            {"t": trial._trial_id},
+        ).scalar_one()
+    assert rows == 1
+    assert RDBStorage._get_stale_trial_ids(storage, study._study_id) == []
+    # Beaten 10 minutes ago: Optuna's sweep finds it stale.
+    older = (
+        "heartbeat - INTERVAL '600 seconds'"
+        if storage.engine.dialect.name == "postgresql"
+        else "datetime(heartbeat, '-600 seconds')"
+    )
+    storage.control.in_transaction(
+        lambda conn: conn.execute(
+            sa.text(f"UPDATE trial_heartbeats SET heartbeat = {older} WHERE trial_id = :t"),
+            {"t": trial._trial_id},
+        )
+    )
+    assert RDBStorage._get_stale_trial_ids(storage, study._study_id) == [trial._trial_id]
+    storage.record_heartbeat(trial._trial_id)  # beats again: live
+    assert RDBStorage._get_stale_trial_ids(storage, study._study_id) == []

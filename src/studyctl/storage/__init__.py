@@ -9,7 +9,8 @@ above it.
   `SqlControl` runs them on the database.
 * `grpc`: `studyctl proxy` (server) and `ProxyStorage`/`RemoteControl` (its client).
 * `connect`: a worker's storage (database or proxy) and its heartbeat settings.
-* `schema`: Alembic glue for studyctl's tables and the schema checks.
+* `schema`: Alembic glue for studyctl's tables and the schema checks; `upgrade`: the
+  schema versions of a database and `db upgrade`.
 * `outage`: riding out a database that goes away and comes back (`OutageGuard`), and the
   rule that keeps heartbeat sweeps from mistaking an outage for dead workers.
 * `locks`: the set-up lock that serialises a new database's set-up and study creation.
@@ -35,10 +36,9 @@ if TYPE_CHECKING:
         StudyctlStorage,
         close_storage,
         open_storage,
-        schema_versions,
         study_exists,
-        upgrade_storage,
     )
+    from studyctl.storage.upgrade import schema_versions, upgrade_storage
     from studyctl.storage.urls import DEFAULT_STORAGE, STORAGE_ENV, mask_url, resolve_storage_url
 
 _EXPORTS = {
@@ -50,9 +50,9 @@ _EXPORTS = {
     "StudyctlStorage": "rdb",
     "close_storage": "rdb",
     "open_storage": "rdb",
-    "schema_versions": "rdb",
+    "schema_versions": "upgrade",
     "study_exists": "rdb",
-    "upgrade_storage": "rdb",
+    "upgrade_storage": "upgrade",
     "DEFAULT_STORAGE": "urls",
     "STORAGE_ENV": "urls",
     "mask_url": "urls",

@@ -136,6 +136,8 @@ class SqlControl(Control):
     def __init__(self, storage: RDBStorage) -> None:
         self.storage = storage
         self.engine = storage.engine
+        # Studies whose last claim here saw no queued trial (`nothing_queued`).
+        self._nothing_queued: set[int] = set()
         guard = getattr(storage, "outage", None)
         self.outage: OutageGuard = (
             guard if isinstance(guard, OutageGuard) else OutageGuard(mask_url(storage.url), 0)
@@ -197,8 +199,8 @@ class SqlControl(Control):
         stale_after: float,
         stored_budget: bool = False,
     ) -> int | None:
-        return self.in_transaction(
-            lambda conn: db.try_claim(
+        claim = self.in_transaction(
+            lambda conn: db.claim_trial(
                 conn,
                 study_name=study_name,
                 study_id=study_id,
@@ -208,6 +210,23 @@ class SqlControl(Control):
                 stored_budget=stored_budget,
             )
         )
+        if claim.claim_id is not None and claim.queued is False:
+            self._nothing_queued.add(study_id)
+        else:
+            self._nothing_queued.discard(study_id)
+        return claim.claim_id
+
+    def nothing_queued(self, study_id: int) -> bool:
+        """Whether this process's last claim of the study found no queued (WAITING) trial;
+        answered once, so a later call asks the database again (`waiting.py`)."""
+        if study_id in self._nothing_queued:
+            self._nothing_queued.discard(study_id)
+            return True
+        return False
+
+    def queue_changed(self, study_id: int) -> None:
+        """This process queued a trial of the study (a stale trial's retry): ask again."""
+        self._nothing_queued.discard(study_id)
 
     def attach_claim(
         self,

@@ -11,7 +11,6 @@ between processes (`setup_lock`), so any number of commands may open a new datab
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import os
 import time
@@ -47,12 +46,9 @@ from studyctl.storage.outage import (
     install_connect_guard,
     server_started_within,
 )
+from studyctl.storage.recent_trials import RecentTrials
 from studyctl.storage.schema import (
-    SchemaVersions,
-    current_revision,
     ensure_schema,
-    head_revision,
-    upgrade_studyctl,
 )
 from studyctl.storage.urls import mask_url
 
@@ -79,8 +75,11 @@ class StudyctlStorage(RDBStorage):
         self._has_counter = False
         # User attributes of a running trial to store in the transaction that ends it.
         self._deferred_attrs: dict[int, dict[str, Any]] = {}
-        # The trial this process just created, for the read that follows at once.
-        self._created: FrozenTrial | None = None
+        # The trials this process just created or ended, for the read that follows.
+        self.recent = RecentTrials()
+        # What the last transition to a finished state that this process won stored
+        # besides state and values: the end time and the deferred attributes.
+        self._ended: tuple[datetime, dict[str, Any]] | None = None
         # Optuna's stale-trial sweep runs at most once per this many seconds (0: at every
         # call): a trial is stale only after `grace_period` without a heartbeat, so
         # sweeping at each trial start finds nothing sooner than once per heartbeat.
@@ -100,8 +99,15 @@ class StudyctlStorage(RDBStorage):
         return SqlControl(self)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        self._created = None
-        return self.outage.call(lambda: self._set_trial_state_values(trial_id, state, values))
+        running = self.recent.take_running()
+        self.recent.forget()
+        changed: bool = self.outage.call(
+            lambda: self._set_trial_state_values(trial_id, state, values)
+        )
+        ended, self._ended = self._ended, None
+        if ended is not None and running is not None and running._trial_id == trial_id:
+            self.recent.ended(running, state, values, *ended)
+        return changed
 
     def _set_trial_state_values(self, trial_id: int, state: TrialState, values: Any) -> bool:
         if state == TrialState.RUNNING:
@@ -119,6 +125,7 @@ class StudyctlStorage(RDBStorage):
         trial_model = optuna_models.TrialModel
         value_model = optuna_models.TrialValueModel
         deferred = self._deferred_attrs.get(trial_id) if state.is_finished() else None
+        self._ended = None
         with self.engine.begin() as conn:
             result = conn.execute(
                 sa.update(trial_model)
@@ -126,6 +133,8 @@ class StudyctlStorage(RDBStorage):
                 .values(**changes)
             )
             won = result.rowcount == 1
+            if won and state.is_finished():
+                self._ended = (now, dict(deferred or {}))
             if won and deferred:  # this transaction ended the trial: its row is locked
                 tables.write_trial_user_attrs(conn, trial_id, deferred, only_running=False)
             if won and state.name in tables.FINISHED_STATES:
@@ -179,9 +188,11 @@ class StudyctlStorage(RDBStorage):
         )
         if trial.state.name in tables.FINISHED_STATES:
             self.outage.call(lambda: self._count_finished_now(trial._trial_id))
-        # `study.ask` reads the new trial back at once (`Trial.__init__`); nothing can have
-        # changed it in between, so that read is served from here.
-        self._created = copy.deepcopy(trial) if template_trial is None else None
+        # `study.ask` reads the new trial back at once (`Trial.__init__`): served from here.
+        if template_trial is None:
+            self.recent.created(trial)
+        else:
+            self.recent.forget()
         return trial
 
     def _get_prepared_new_trial(
@@ -218,15 +229,17 @@ class StudyctlStorage(RDBStorage):
     def get_trial(self, trial_id: int) -> FrozenTrial:
         """Optuna's trial, read in two queries instead of six (`frozen_trial`)."""
 
-        created, self._created = self._created, None
-        if created is not None and created._trial_id == trial_id:
-            return created
+        kept = self.recent.serve(trial_id)
+        if kept is not None:
+            return kept
 
         def read() -> FrozenTrial:
             with self.engine.connect() as conn:
                 return read_frozen_trial(conn, trial_id)
 
-        return self.outage.call(read)
+        trial: FrozenTrial = self.outage.call(read)
+        self.recent.read(trial)
+        return trial
 
     def _count_finished_now(self, trial_id: int) -> None:
         with self.engine.begin() as conn:
@@ -250,10 +263,19 @@ class StudyctlStorage(RDBStorage):
         self.outage.call(delete)
 
     def record_heartbeat(self, trial_id: int) -> None:
+        """Optuna's trial heartbeat, as one upsert (Optuna reads the row, then inserts it or
+        reads it again for update, reads the clock and updates it: two to four statements).
+        The same clock as Optuna's (`CURRENT_TIMESTAMP`, which its stale sweep compares
+        with), through the unique constraint on `trial_heartbeats.trial_id`."""
+
+        def beat() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(_HEARTBEAT_SQL), {"tid": trial_id})
+
         # Optuna's heartbeat thread: past the tolerance the trial's own thread reports the
         # outage; a traceback from this thread would only repeat it.
         with contextlib.suppress(StorageError):
-            self.outage.call(lambda: RDBStorage.record_heartbeat(self, trial_id))
+            self.outage.call(beat)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         """Optuna's stale trials, except while heartbeats cannot be judged: within
@@ -276,6 +298,8 @@ class StudyctlStorage(RDBStorage):
             return RDBStorage._get_stale_trial_ids(self, study_id)
 
         ids = self.outage.call(stale)
+        if ids:  # their retries may be queued before this process's next trial
+            self.control.queue_changed(study_id)
         for trial_id in ids:
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 self.set_trial_user_attr(
@@ -290,6 +314,12 @@ class StudyctlStorage(RDBStorage):
         """Serialise a study's creation with other processes' (see `setup_lock`)."""
         with setup_lock(self.engine.url):
             yield
+
+
+_HEARTBEAT_SQL = (
+    "INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:tid, CURRENT_TIMESTAMP) "
+    "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = CURRENT_TIMESTAMP"
+)
 
 
 # Optuna's storage methods, each one transaction or read: retried across an outage by the
@@ -323,7 +353,7 @@ def _guarded(name: str) -> Callable[..., Any]:
     @functools.wraps(method)
     def guarded(self: StudyctlStorage, *args: Any, **kwargs: Any) -> Any:
         if name.startswith("set_trial_"):
-            self._created = None  # a write to the trial just created: read it back
+            self.recent.forget()  # a write to a trial kept for the next read: read it back
         return self.outage.call(lambda: method(self, *args, **kwargs))
 
     return guarded
@@ -447,35 +477,6 @@ def close_all_storages() -> None:
     """`close_storage` for every storage this process opened."""
     for url in list(_STORAGES):
         close_storage(url)
-
-
-def schema_versions(url: str) -> SchemaVersions:
-    require_existing_database(url)
-    storage = open_storage(url, for_upgrade=True)
-    try:
-        with storage.engine.connect() as conn:
-            ours = current_revision(conn)
-        return SchemaVersions(
-            optuna_current=storage.get_current_version(),
-            optuna_head=storage.get_head_version(),
-            studyctl_current=ours,
-            studyctl_head=head_revision(),
-        )
-    finally:
-        storage.engine.dispose()
-
-
-def upgrade_storage(url: str) -> SchemaVersions:
-    """Bring Optuna's schema (through Optuna) and studyctl's (through our Alembic) to head."""
-    storage = open_storage(url, for_upgrade=True)
-    try:
-        if storage.get_current_version() != storage.get_head_version():
-            storage.upgrade()
-        upgrade_studyctl(storage.engine)
-    finally:
-        storage.engine.dispose()
-    close_storage(url)
-    return schema_versions(url)
 
 
 def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -277,31 +278,26 @@ def count_trial_finished(conn: Connection, trial_id: int) -> None:
     conn.execute(sa.text(_COUNT_FINISHED_SQL), {"tid": trial_id})
 
 
-_TAKEN_SQL = (
+# A claim's count: the trials that take the budget (finished, the study's `n_finished`,
+# plus live claims), and whether the study has a queued (WAITING) trial, in one statement.
+_TAKEN_AND_QUEUED_SQL = (
     "SELECT coalesce((SELECT n_finished FROM studyctl_studies WHERE study_name = :name), 0) + "
-    f"({_LIVE_CLAIMS_SQL})"
+    f"({_LIVE_CLAIMS_SQL}), "
+    "(SELECT count(*) FROM (SELECT 1 FROM trials WHERE study_id = :sid AND state = 'WAITING' "
+    "LIMIT 1) q)"
 )
 
 
-def count_taken(conn: Connection, study_id: int, study_name: str, stale_before: datetime) -> int:
-    """Finished trials (the study's `n_finished`, one row) plus live claims, read in ONE
-    statement; the cost does not grow with the study's trials.
+@dataclass
+class Claim:
+    """A claim's id (None: the budget is taken) and whether the study had a queued trial
+    when it was made (None: not looked at)."""
 
-    Under PostgreSQL's READ COMMITTED each statement has its own snapshot: counting finished
-    trials and live claims in two statements misses a trial that finished (and released its
-    claim) between them, and lets one trial too many start (seen: 41 of 40 with 8 workers).
-    Within `try_claim` the study's row is locked by this transaction, so no trial end (which
-    updates the same row) commits until the claim does.
-    """
-    return int(
-        conn.execute(
-            sa.text(_TAKEN_SQL),
-            {"sid": study_id, "name": study_name, "stale_before": stale_before},
-        ).scalar_one()
-    )
+    claim_id: int | None
+    queued: bool | None = None
 
 
-def try_claim(
+def claim_trial(
     conn: Connection,
     *,
     study_name: str,
@@ -310,44 +306,66 @@ def try_claim(
     n_trials: int | None,
     stale_after: float,
     stored_budget: bool = False,
-) -> int | None:
-    """Reserve one trial of the budget for `worker_id`; None when the budget is taken.
+) -> Claim:
+    """Reserve one trial of the budget for `worker_id`.
 
     The budget is `n_trials` (None: no budget), or with `stored_budget` the study's own
     (``studyctl_studies.n_trials``, as `studyctl run` last set it), read from the row this
     transaction locks: a budget extended while workers run counts from their next claim,
-    at no extra round trip.
+    at no extra round trip. On PostgreSQL the same statement reads the server's clock.
+    The budget's count also says whether the study has a queued trial (`Claim.queued`),
+    so a worker need not ask again before its trial when none is.
 
     The first statement updates the study's row, which serialises claims of one study on
     both SQLite (write lock) and PostgreSQL (row lock), so the count and the insert that
-    follow cannot interleave with another worker's.
+    follow cannot interleave with another worker's. The count is finished trials (the
+    study's `n_finished`, one row) plus live claims in ONE statement, whose cost does not
+    grow with the study's trials: under PostgreSQL's READ COMMITTED each statement has its
+    own snapshot, and counting the two in two statements misses a trial that finished (and
+    released its claim) between them, letting one trial too many start (seen: 41 of 40
+    with 8 workers). No trial end (which updates the study's row too) commits until the
+    claim does.
     """
     bump = (
         sa.update(studies_table)
         .where(studies_table.c.study_name == study_name)
         .values(claim_seq=studies_table.c.claim_seq + 1)
     )
-    if stored_budget:
-        if conn.dialect.update_returning:
-            n_trials = conn.execute(bump.returning(studies_table.c.n_trials)).scalar_one_or_none()
-        else:
-            conn.execute(bump)
-            n_trials = conn.execute(
-                sa.select(studies_table.c.n_trials).where(studies_table.c.study_name == study_name)
-            ).scalar_one_or_none()
+    postgres = conn.dialect.name == "postgresql"
+    now: datetime | None = None
+    if stored_budget and conn.dialect.update_returning:
+        read: list[Any] = [studies_table.c.n_trials]
+        if postgres:  # the server's clock, as `db_utcnow` reads it
+            read.append(sa.func.timezone("UTC", sa.func.clock_timestamp()))
+        row = conn.execute(bump.returning(*read)).one_or_none()
+        n_trials = None if row is None else row[0]
+        if row is not None and postgres and isinstance(row[1], datetime):
+            now = row[1].replace(tzinfo=None)
+    elif stored_budget:
+        conn.execute(bump)
+        n_trials = conn.execute(
+            sa.select(studies_table.c.n_trials).where(studies_table.c.study_name == study_name)
+        ).scalar_one_or_none()
     else:
         conn.execute(bump)
-    now = db_utcnow(conn)
+    if now is None:
+        now = db_utcnow(conn)
+    queued: bool | None = None
     if n_trials is not None:
         stale_before = now - timedelta(seconds=stale_after)
-        if count_taken(conn, study_id, study_name, stale_before) >= n_trials:
-            return None
+        taken, waiting = conn.execute(
+            sa.text(_TAKEN_AND_QUEUED_SQL),
+            {"sid": study_id, "name": study_name, "stale_before": stale_before},
+        ).one()
+        if int(taken) >= n_trials:
+            return Claim(None)
+        queued = bool(waiting)
     result = conn.execute(
         sa.insert(claims_table).values(study_name=study_name, worker_id=worker_id, created_at=now)
     )
     key = result.inserted_primary_key
     assert key is not None
-    return int(key[0])
+    return Claim(int(key[0]), queued)
 
 
 def attach_claim(conn: Connection, claim_id: int, trial_id: int) -> None:
@@ -358,10 +376,15 @@ def attach_claim(conn: Connection, claim_id: int, trial_id: int) -> None:
 
 def release_claim(conn: Connection, claim_id: int) -> int | None:
     """Drop the claim; return the id of the trial it was attached to (if any)."""
-    trial_id = conn.execute(
-        sa.select(claims_table.c.trial_id).where(claims_table.c.claim_id == claim_id)
-    ).scalar_one_or_none()
-    conn.execute(sa.delete(claims_table).where(claims_table.c.claim_id == claim_id))
+    where = claims_table.c.claim_id == claim_id
+    if conn.dialect.delete_returning:  # one statement (PostgreSQL; SQLite 3.35+)
+        trial_id = conn.execute(
+            sa.delete(claims_table).where(where).returning(claims_table.c.trial_id)
+        ).scalar_one_or_none()
+    else:
+        found = conn.execute(sa.select(claims_table.c.trial_id).where(where))
+        trial_id = found.scalar_one_or_none()
+        conn.execute(sa.delete(claims_table).where(where))
     return None if trial_id is None else int(trial_id)
 
 

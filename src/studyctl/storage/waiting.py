@@ -40,6 +40,8 @@ def pop_waiting_trial_id(study: optuna.Study) -> int | None:
         return optuna.Study._pop_waiting_trial_id(study)
     cached, database = found
     study_id = study._study_id
+    if database.control.nothing_queued(study_id):  # this trial's claim just looked
+        return None
     waiting = database.control.in_transaction(lambda conn: tables.waiting_trial_ids(conn, study_id))
     if not waiting:
         return None
