@@ -10,7 +10,17 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from studyctl.cli._output import echo, echo_json, fail, fmt, fmt_params, print_best, table
+from studyctl.cli._output import (
+    echo,
+    echo_json,
+    echo_json_items,
+    fail,
+    fmt,
+    fmt_params,
+    print_best,
+    table,
+    table_rows,
+)
 
 if TYPE_CHECKING:
     from studyctl.storage.reader import StudyReader
@@ -112,7 +122,7 @@ def _workers_to_show(workers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
 
 
 def show_trials(study: str, storage: str | None, states: list[str] | None, output: str) -> None:
-    from studyctl.inspect.summary import list_trials, write_trials_csv
+    from studyctl.inspect.summary import iter_trials, write_trials_csv
     from studyctl.storage.plain import STATES
 
     for s in states or []:
@@ -121,13 +131,14 @@ def show_trials(study: str, storage: str | None, states: list[str] | None, outpu
     if output == "csv":
         write_trials_csv(open_reader_of(storage), study, sys.stdout, states)
         return
-    rows = list_trials(open_reader_of(storage), study, states)
+    # Streamed, one batch of trials in memory at a time: a study may have 100,000.
+    rows = iter_trials(open_reader_of(storage), study, states)
     if output == "json":
-        echo_json(rows)
+        echo_json_items(rows)
         return
-    table(
+    table_rows(
         ["#", "state", "value", "duration", "params", "note"],
-        [
+        (
             [
                 r["number"],
                 r["state"],
@@ -142,7 +153,7 @@ def show_trials(study: str, storage: str | None, states: list[str] | None, outpu
                 ),
             ]
             for r in rows
-        ],
+        ),
     )
 
 

@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
@@ -149,10 +150,18 @@ def study_status(source: Source, name: str, *, stale_after: float | None = None)
 
 
 def list_trials(source: Source, name: str, states: list[str] | None = None) -> list[dict[str, Any]]:
+    return list(iter_trials(source, name, states))
+
+
+def iter_trials(
+    source: Source, name: str, states: list[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """`list_trials` one batch of trials in memory at a time. The study is looked up at
+    the call (an unknown study raises here, before any row)."""
     reader = as_reader(source)
     study_id = _study_id(reader, name)
     wanted = tuple(s.upper() for s in states) if states else None
-    return [_row_dict(row) for row in reader.trial_rows(study_id, wanted)]
+    return (_row_dict(row) for row in reader.trial_rows(study_id, wanted))
 
 
 def best_summary(source: Source, name: str) -> list[dict[str, Any]]:
