@@ -7,9 +7,11 @@ import sqlite3
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from studyctl.errors import StorageError
@@ -193,6 +195,68 @@ def test_trials_of_lost_workers_are_failed_and_retried_once(storage_url: str) ->
     # The worker_id form: w2's trial process died while w2 itself still beats.
     assert sweep(worker_id="w2") == [trials["w2"].number]
     assert study.trials[trials["w2"].number].state == TrialState.FAIL
+
+
+def test_a_sweep_that_loses_to_the_trials_end_leaves_no_reason(storage_url: str) -> None:
+    """A lost-trial sweep writes its `fail_reason` in the transaction that fails the
+    trial: a worker that ends its trial between the sweep's query and that transaction
+    keeps a COMPLETE trial with no "lost" reason (the reason used to be written first)."""
+    storage = open_storage(storage_url)
+    study = _new_budget_study(storage, "late", 4)
+    claim = storage.control.try_claim(
+        study_name="late", study_id=study._study_id, worker_id="w1", n_trials=4, stale_after=60.0
+    )
+    assert claim is not None
+    late, lost = study.ask(), study.ask()
+    storage.control.attach_claim(claim, late._trial_id)
+    claim = storage.control.try_claim(
+        study_name="late", study_id=study._study_id, worker_id="w1", n_trials=4, stale_after=60.0
+    )
+    assert claim is not None
+    storage.control.attach_claim(claim, lost._trial_id)
+    with db.transaction(storage.engine) as conn:  # w1 stopped beating a minute ago
+        db.update_worker(conn, "w1", heartbeat_at=db.utcnow() - timedelta(seconds=60))
+    transition = storage.set_trial_state_values
+
+    def ended_first(trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if trial_id == late._trial_id:  # the worker's own end commits first
+            with db.transaction(storage.engine) as conn:
+                conn.execute(
+                    sa.text("UPDATE trials SET state = 'COMPLETE' WHERE trial_id = :t"),
+                    {"t": trial_id},
+                )
+        return transition(trial_id, state, values)
+
+    storage.set_trial_state_values = ended_first  # type: ignore[method-assign]
+    try:
+        failed = storage.control.fail_lost_trials(study_name="late", grace_s=30.0, max_retries=1)
+    finally:
+        del storage.set_trial_state_values
+    assert failed == [lost.number]
+    assert "fail_reason" not in storage.get_trial(late._trial_id).user_attrs
+    assert storage.get_trial(late._trial_id).state == TrialState.COMPLETE
+    reason = storage.get_trial(lost._trial_id).user_attrs["fail_reason"]
+    assert reason.startswith("lost: its worker's heartbeat stopped")
+    # Optuna's stale-trial sweep: the reason is kept for the transition that fails it.
+    stale = storage.get_trial(storage.create_new_trial(study._study_id))  # not the retry
+    storage.heartbeat_interval, storage.grace_period = 1, 2
+    older = (
+        "heartbeat - INTERVAL '60 seconds'"
+        if storage.engine.dialect.name == "postgresql"
+        else "datetime(heartbeat, '-60 seconds')"
+    )
+    storage.record_heartbeat(stale._trial_id)
+    with db.transaction(storage.engine) as conn:
+        conn.execute(
+            sa.text(f"UPDATE trial_heartbeats SET heartbeat = {older} WHERE trial_id = :t"),
+            {"t": stale._trial_id},
+        )
+    assert storage._get_stale_trial_ids(study._study_id) == [stale._trial_id]
+    assert "fail_reason" not in storage.get_trial(stale._trial_id).user_attrs
+    optuna.storages.fail_stale_trials(study)
+    failed_stale = storage.get_trial(stale._trial_id)
+    assert failed_stale.state == TrialState.FAIL
+    assert failed_stale.user_attrs["fail_reason"].startswith("lost: no trial heartbeat")
 
 
 def test_get_trial_reads_what_optunas_reads(storage_url: str) -> None:

@@ -539,6 +539,20 @@ def test_a_trial_this_process_just_ended_is_read_back_as_stored(storage_url: str
     with _statements(storage.engine) as seen:
         assert storage.get_trial(trial._trial_id).user_attrs == {"late": 1}
     assert seen
+    # Kept per thread (the proxy serves many workers from one storage): a trial ended
+    # in another thread is read from the database here.
+    other_thread = study.ask()
+
+    def end_elsewhere() -> None:
+        assert storage.get_trial(other_thread._trial_id).state == TrialState.RUNNING
+        storage.set_trial_state_values(other_thread._trial_id, TrialState.COMPLETE, [0.75])
+
+    worker = threading.Thread(target=end_elsewhere)
+    worker.start()
+    worker.join()
+    with _statements(storage.engine) as seen:
+        assert storage.get_trial(other_thread._trial_id).values == [0.75]
+    assert seen
     # A trial another process ended first: this process's end loses, nothing is kept.
     other = study.ask()
     assert storage.get_trial(other._trial_id).state == TrialState.RUNNING
@@ -590,10 +604,18 @@ def test_a_trial_heartbeat_is_one_statement(storage_url: str) -> None:
     study = _budget_study(storage, "beats", 10)
     trial = study.ask()
     storage.heartbeat_interval, storage.grace_period = 60, 120  # as `study.optimize` runs
-    for _ in range(3):
+    sequence = "SELECT last_value FROM trial_heartbeats_trial_heartbeat_id_seq"
+    ids_taken = []
+    for beat in range(3):
         with _statements(storage.engine) as seen:
             storage.record_heartbeat(trial._trial_id)
         assert len(seen) == 1
+        # The first beat inserts (an upsert); the next ones update, taking no id.
+        assert seen[0].lstrip().upper().startswith("INSERT" if beat == 0 else "UPDATE")
+        if storage.engine.dialect.name == "postgresql":
+            with storage.engine.connect() as conn:
+                ids_taken.append(conn.execute(sa.text(sequence)).scalar_one())
+    assert len(set(ids_taken)) <= 1
     with storage.engine.connect() as conn:
         rows = conn.execute(
             sa.text("SELECT count(*) FROM trial_heartbeats WHERE trial_id = :t"),

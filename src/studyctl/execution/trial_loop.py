@@ -383,6 +383,8 @@ def run_trial_loop(
                     if not warmed:
                         warmed = True
                         warm_up(objective, spec)
+                        if isinstance(storage, StudyctlStorage):  # seconds since the claim:
+                            storage.control.queue_changed(study._study_id)  # ask again
                         signum = stop_requested()
                         if signum is not None:
                             raise WorkerInterrupted(signum)

@@ -322,10 +322,16 @@ class SqlControl(Control):
                 if worker_id is not None
                 else f"lost: its worker's heartbeat stopped (none for {grace_s:g} s)"
             )
+        # The reason rides on the transaction that fails the trial, if that wins (a
+        # worker that ends its trial first leaves it without one); on another storage it
+        # is written first, while the trial is RUNNING.
+        defer = getattr(self.storage, "defer_trial_user_attr", None)
         for trial_id in ids:
             try:
-                # While it is RUNNING (a finished trial's attributes cannot change).
-                self.storage.set_trial_user_attr(trial_id, "fail_reason", reason[:1000])
+                if defer is not None:
+                    defer(trial_id, "fail_reason", reason[:1000])
+                else:
+                    self.storage.set_trial_user_attr(trial_id, "fail_reason", reason[:1000])
                 won = self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 won = False  # finished or failed by another process meanwhile

@@ -75,11 +75,9 @@ class StudyctlStorage(RDBStorage):
         self._has_counter = False
         # User attributes of a running trial to store in the transaction that ends it.
         self._deferred_attrs: dict[int, dict[str, Any]] = {}
-        # The trials this process just created or ended, for the read that follows.
+        # The trials this thread just created or ended, for the read that follows.
         self.recent = RecentTrials()
-        # What the last transition to a finished state that this process won stored
-        # besides state and values: the end time and the deferred attributes.
-        self._ended: tuple[datetime, dict[str, Any]] | None = None
+        self._last_beaten: int | None = None  # the trial of the last heartbeat
         # Optuna's stale-trial sweep runs at most once per this many seconds (0: at every
         # call): a trial is stale only after `grace_period` without a heartbeat, so
         # sweeping at each trial start finds nothing sooner than once per heartbeat.
@@ -99,14 +97,18 @@ class StudyctlStorage(RDBStorage):
         return SqlControl(self)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        running = self.recent.take_running()
-        self.recent.forget()
-        changed: bool = self.outage.call(
-            lambda: self._set_trial_state_values(trial_id, state, values)
-        )
-        ended, self._ended = self._ended, None
+        recent = self.recent
+        running = recent.take_running()
+        recent.forget()
+        try:
+            changed: bool = self.outage.call(
+                lambda: self._set_trial_state_values(trial_id, state, values)
+            )
+            ended = recent.ended
+        finally:
+            recent.ended = None
         if ended is not None and running is not None and running._trial_id == trial_id:
-            self.recent.ended(running, state, values, *ended)
+            recent.keep_finished(running, state, values, *ended)
         return changed
 
     def _set_trial_state_values(self, trial_id: int, state: TrialState, values: Any) -> bool:
@@ -125,7 +127,7 @@ class StudyctlStorage(RDBStorage):
         trial_model = optuna_models.TrialModel
         value_model = optuna_models.TrialValueModel
         deferred = self._deferred_attrs.get(trial_id) if state.is_finished() else None
-        self._ended = None
+        self.recent.ended = None
         with self.engine.begin() as conn:
             result = conn.execute(
                 sa.update(trial_model)
@@ -134,7 +136,7 @@ class StudyctlStorage(RDBStorage):
             )
             won = result.rowcount == 1
             if won and state.is_finished():
-                self._ended = (now, dict(deferred or {}))
+                self.recent.ended = (now, dict(deferred or {}))
             if won and deferred:  # this transaction ended the trial: its row is locked
                 tables.write_trial_user_attrs(conn, trial_id, deferred, only_running=False)
             if won and state.name in tables.FINISHED_STATES:
@@ -263,14 +265,20 @@ class StudyctlStorage(RDBStorage):
         self.outage.call(delete)
 
     def record_heartbeat(self, trial_id: int) -> None:
-        """Optuna's trial heartbeat, as one upsert (Optuna reads the row, then inserts it or
-        reads it again for update, reads the clock and updates it: two to four statements).
-        The same clock as Optuna's (`CURRENT_TIMESTAMP`, which its stale sweep compares
-        with), through the unique constraint on `trial_heartbeats.trial_id`."""
+        """Optuna's trial heartbeat in one statement (Optuna's reads the row, then inserts
+        it, or reads it again for update, reads the clock and updates it): the trial's
+        first beat here is an upsert, the next ones an UPDATE (an upsert takes a value of
+        PostgreSQL's id sequence at every beat). The same clock as Optuna's
+        (`CURRENT_TIMESTAMP`, which its stale sweep compares with)."""
 
         def beat() -> None:
             with self.engine.begin() as conn:
-                conn.execute(sa.text(_HEARTBEAT_SQL), {"tid": trial_id})
+                if self._last_beaten == trial_id:
+                    params = {"tid": trial_id}
+                    if conn.execute(sa.text(_BEAT_AGAIN_SQL), params).rowcount == 1:
+                        return
+                conn.execute(sa.text(_FIRST_BEAT_SQL), {"tid": trial_id})
+            self._last_beaten = trial_id
 
         # Optuna's heartbeat thread: past the tolerance the trial's own thread reports the
         # outage; a traceback from this thread would only repeat it.
@@ -282,7 +290,8 @@ class StudyctlStorage(RDBStorage):
         `grace_period` of this process reconnecting or of the database server starting,
         a live trial may not have beaten yet (a false "stale" would discard its result,
         Optuna #5470). Optuna's sweep (`optuna.storages.fail_stale_trials`) fails these
-        trials next and sets no reason: each gets one here first, while it is RUNNING."""
+        trials next and sets no reason: each gets one in the transaction that fails it
+        (`defer_trial_user_attr`), so a trial that ends first is left without one."""
         grace = float(self.grace_period or 2 * (self.heartbeat_interval or 1))
         now = time.monotonic()
         if self.stale_sweep_every_s and now < self._next_stale_sweep.get(study_id, 0.0):
@@ -300,13 +309,12 @@ class StudyctlStorage(RDBStorage):
         ids = self.outage.call(stale)
         if ids:  # their retries may be queued before this process's next trial
             self.control.queue_changed(study_id)
-        for trial_id in ids:
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                self.set_trial_user_attr(
-                    trial_id,
-                    "fail_reason",
-                    f"lost: no trial heartbeat for {grace:g} s (its process died or hung)",
-                )
+        for trial_id in ids:  # written by the transaction that fails it, if that wins
+            self.defer_trial_user_attr(
+                trial_id,
+                "fail_reason",
+                f"lost: no trial heartbeat for {grace:g} s (its process died or hung)",
+            )
         return ids
 
     @contextlib.contextmanager
@@ -316,10 +324,12 @@ class StudyctlStorage(RDBStorage):
             yield
 
 
-_HEARTBEAT_SQL = (
+# Through the unique constraint on `trial_heartbeats.trial_id`.
+_FIRST_BEAT_SQL = (
     "INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (:tid, CURRENT_TIMESTAMP) "
     "ON CONFLICT (trial_id) DO UPDATE SET heartbeat = CURRENT_TIMESTAMP"
 )
+_BEAT_AGAIN_SQL = "UPDATE trial_heartbeats SET heartbeat = CURRENT_TIMESTAMP WHERE trial_id = :tid"
 
 
 # Optuna's storage methods, each one transaction or read: retried across an outage by the

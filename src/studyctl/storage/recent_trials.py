@@ -11,23 +11,35 @@ have changed the trial in between:
   trial without ending it, which makes this process's end lose (nothing is kept then).
 
 Each is served once; any write to a trial through the storage drops both (`forget`).
+What is kept is the calling thread's own (a `threading.local`): `studyctl proxy` serves
+many workers from one storage, one request per thread.
+
+A sweep of another process that fails this trial as lost writes its reason in the
+transaction that fails it (`StudyctlStorage.defer_trial_user_attr`), so a sweep that loses
+to this process's end leaves nothing on the trial. Another worker may still delete a
+finished trial's artifact attributes (`forget_trial_attrs`, when a superseded best model is
+removed) after the end: the kept copy then shows them, as a read just before would have.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import threading
 from datetime import datetime
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
 
-class RecentTrials:
+class RecentTrials(threading.local):
     def __init__(self) -> None:
         self._created: FrozenTrial | None = None
         self._running: FrozenTrial | None = None  # the last RUNNING trial read
         self._finished: FrozenTrial | None = None
+        # What this thread's last won transition to a finished state stored besides
+        # state and values: the end time and the deferred attributes.
+        self.ended: tuple[datetime, dict[str, Any]] | None = None
 
     def forget(self) -> None:
         self._created = self._running = self._finished = None
@@ -45,7 +57,7 @@ class RecentTrials:
         running, self._running = self._running, None
         return running
 
-    def ended(
+    def keep_finished(
         self,
         running: FrozenTrial,
         state: TrialState,
