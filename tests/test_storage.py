@@ -389,3 +389,35 @@ def test_the_stale_sweep_limit_is_per_study_and_off_by_default(storage_url: str)
     assert storage._get_stale_trial_ids(studies[0]) == []  # within the 60 s
     storage.stale_sweep_every_s = 0
     assert storage._get_stale_trial_ids(studies[0]) == [stale[0]]
+
+
+def test_a_read_left_open_by_an_interrupt_does_not_fail_the_next_write(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A stop signal raised inside the objective can land while Optuna reads through a
+    pooled SQLite connection, leaving that read's statement open after the connection went
+    back to the pool (Python 3.11's rollback no longer resets statements). The connection
+    then holds an old snapshot, and its next write fails at once with "database is locked"
+    (SQLITE_BUSY_SNAPSHOT) if anything was written since, e.g. the interrupted trial's
+    own FAIL. Seen as a worker that exited 2 instead of 130 after SIGINT. The write is
+    retried on a fresh connection instead."""
+    storage = open_storage(sqlite_url)
+    study = optuna.create_study(storage=storage, study_name="snap")
+    trial_id = study.ask()._trial_id
+    storage.engine.dispose()
+    with storage.engine.connect() as conn:  # the pool's only connection
+        left_open = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        left_open.execute("SELECT trial_id FROM trials UNION ALL SELECT 0")
+        assert left_open.fetchone() is not None  # a row still to come: the read stays open
+    other = sqlite3.connect(tmp_path / "studies.db")
+    other.execute("UPDATE studies SET study_name = study_name")  # written since that read
+    other.commit()
+    other.close()
+
+    storage.set_trial_user_attr(trial_id, "after", 1)  # through the poisoned connection
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+    trial = storage.get_trial(trial_id)
+    assert (trial.user_attrs, trial.state) == ({"after": 1}, TrialState.FAIL)
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        left_open.fetchone()  # the connection holding the old read was dropped

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from studyctl.errors import StorageError
+from studyctl.storage.outage import is_stale_snapshot
 
 # Shared with the reads made through the driver itself (`plain`).
 from studyctl.storage.plain import (
@@ -85,4 +86,15 @@ def tune_sqlite_connections(engine: sa.Engine) -> None:
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
     sa.event.listen(engine, "connect", on_connect)
+    sa.event.listen(engine, "handle_error", _drop_stale_snapshot)
     engine.dispose()  # connections made before the listener reconnect with it
+
+
+def _drop_stale_snapshot(context: sa.engine.ExceptionContext) -> None:
+    """A write that fails at once with SQLITE_BUSY_SNAPSHOT came through a connection still
+    holding an old read: a statement left open when an exception (a stop signal raised in
+    the objective) cut a read short, which Python 3.11's rollback no longer resets. The
+    connection is dropped like a broken one, so the write's retry (`outage.OutageGuard`)
+    runs on a fresh connection; nothing of the failed transaction was written."""
+    if is_stale_snapshot(context.original_exception):
+        context.is_disconnect = True

@@ -54,6 +54,10 @@ OUTAGE_TOLERANCE_ENV = "STUDYCTL_STORAGE_OUTAGE_TOLERANCE"
 FIRST_DELAY_S = 0.2
 MAX_DELAY_S = 1.0  # a heartbeat lands at most this long after the database returns
 
+# A write that met SQLite's stale-snapshot error is retried at once this many times (each
+# retry on a fresh connection: `is_stale_snapshot`).
+STALE_SNAPSHOT_RETRIES = 3
+
 # A single try (`OutageGuard.attempt`) gives up on a new connection after this long
 # (psycopg's connect_timeout; 2 s is its minimum), instead of the engine's 10 s.
 ATTEMPT_CONNECT_TIMEOUT_S = 2
@@ -85,6 +89,14 @@ def _root(exc: BaseException) -> BaseException:
         exc = exc.__cause__
     orig = getattr(exc, "orig", None) if _sqlalchemy_error(exc, "DBAPIError") else None
     return exc if orig is None else orig
+
+
+def is_stale_snapshot(exc: BaseException) -> bool:
+    """True for SQLite's SQLITE_BUSY_SNAPSHOT ("database is locked" at once, not after the
+    busy timeout): a write through a connection whose read snapshot is older than another
+    connection's commit. Its transaction wrote nothing; on a fresh connection it succeeds
+    (see `engine.tune_sqlite_connections`)."""
+    return getattr(_root(exc), "sqlite_errorname", None) == "SQLITE_BUSY_SNAPSHOT"
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -203,6 +215,7 @@ class OutageGuard:
         (with `convert`; else they are raised as they are)."""
         first_failure: float | None = None
         delay = FIRST_DELAY_S
+        snapshot_retries = 0
         while True:
             try:
                 result = operation()
@@ -211,6 +224,9 @@ class OutageGuard:
             except Exception as exc:
                 if not _sqlalchemy_error(exc) and not _is_optuna_storage_error(exc):
                     raise
+                if is_stale_snapshot(exc) and snapshot_retries < STALE_SNAPSHOT_RETRIES:
+                    snapshot_retries += 1  # its connection was dropped: retry at once
+                    continue
                 if not is_unreachable(exc):
                     if not convert:
                         raise
