@@ -3,8 +3,11 @@ and the budget claims that keep n_trials a study-wide total."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import time
+import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from studyctl.errors import StorageError
+from studyctl import signals
+from studyctl.errors import StorageError, WorkerInterrupted
 from studyctl.storage import (
     StudyctlStorage,
     enable_heartbeat,
@@ -421,3 +425,34 @@ def test_a_read_left_open_by_an_interrupt_does_not_fail_the_next_write(
     assert (trial.user_attrs, trial.state) == ({"after": 1}, TrialState.FAIL)
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         left_open.fetchone()  # the connection holding the old read was dropped
+
+
+def test_a_stop_signal_during_a_storage_call_in_the_objective_raises_after_it(
+    storage_url: str,
+) -> None:
+    """Inside the objective a stop signal raises at once, but not inside a database
+    operation: one arriving while the driver writes an attribute lets the write finish and
+    raises as the call returns. Raised inside the driver, it rolled the write back and
+    could leave a pooled connection holding an open read (see the test above)."""
+    storage = open_storage(storage_url)
+    study = optuna.create_study(storage=storage, study_name="signal")
+    trial_id = study.ask()._trial_id
+
+    def signal_now(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "trial_user_attributes" in statement and not statement.startswith("SELECT"):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    sa.event.listen(storage.engine, "after_cursor_execute", signal_now)
+    signals.reset_stop()
+    try:
+        with (
+            signals.on_stop_signals(signals.stop_at_safe_point),
+            pytest.raises(WorkerInterrupted) as raised,
+            signals.interruptible(),
+        ):
+            storage.set_trial_user_attr(trial_id, "written", 1)
+    finally:
+        sa.event.remove(storage.engine, "after_cursor_execute", signal_now)
+        signals.reset_stop()
+    assert traceback.extract_tb(raised.tb)[-1].name == "deferred"  # raised as the call returned
+    assert storage.get_trial(trial_id).user_attrs == {"written": 1}

@@ -11,7 +11,8 @@ non-daemon heartbeat thread waiting forever, so the process hung at exit. So:
 * in a Keras fit (`safe_points`) the first signal asks the fit to stop after the current
   batch (the trial is then recorded interrupted and keeps its last epoch's checkpoint); a
   second one raises there;
-* in a function objective (`interruptible`) a signal raises at once;
+* in a function objective (`interruptible`) a signal raises at once, or, during a
+  database operation (`deferred`), as soon as that operation returns;
 * anywhere else it is only recorded; the trial loop stops at its next check, and a trial
   about to start raises as it enters the objective.
 
@@ -121,6 +122,26 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         _STOP.raise_ok = False
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """One database operation inside the objective (`outage.OutageGuard.call` runs each
+    try in this): a stop signal arriving during it raises once it has returned, not inside
+    the database driver. Raised there, it could cut a read short and leave its statement
+    open on a pooled connection (SQLite: an old snapshot that cannot write), or end a
+    transaction half-way through the pool's bookkeeping. Outside the objective it does
+    nothing, and so in any thread but the main one (the only one signals raise in)."""
+    if not _STOP.raise_ok or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _STOP.raise_ok = False
+    try:
+        yield
+    finally:
+        _STOP.raise_ok = True
+    if _STOP.signum is not None:
+        raise WorkerInterrupted(_STOP.signum)
 
 
 @contextmanager

@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from studyctl import signals
 from studyctl.errors import StorageError
 
 if TYPE_CHECKING:
@@ -218,7 +219,8 @@ class OutageGuard:
         snapshot_retries = 0
         while True:
             try:
-                result = operation()
+                with signals.deferred():  # a stop signal raises after the try, not inside it
+                    result = operation()
             except (StorageError, DatabaseAway):
                 raise
             except Exception as exc:
