@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy as sa
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -288,3 +289,53 @@ def test_trials_table_and_json_are_streamed_as_the_loaded_rows(
     with pytest.raises(RuntimeError):
         _output.echo_json_items(failing())
     assert capsys.readouterr().out.startswith('[\n  [\n    0,\n    "COMPLETE"\n  ]')
+
+
+def test_trials_last_shows_the_most_recent_only(
+    storage_url: str, tmp_path: Path, capsys: Any
+) -> None:
+    """`trials --last N` prints the N most recent trials (of the states asked for) in every
+    format, read from the study's last trials only; a CSV has the columns those trials
+    have."""
+    from studyctl.cli import _reading
+
+    _mixed_study(storage_url, tmp_path)
+    storage = open_storage(storage_url)
+    every = summary.list_trials(storage, "mixed")
+    complete = summary.list_trials(storage, "mixed", ["complete"])
+    _reading.show_trials("mixed", storage_url, None, "json", 4)
+    assert json.loads(capsys.readouterr().out) == every[-4:]
+    _reading.show_trials("mixed", storage_url, ["complete"], "json", 3)
+    assert json.loads(capsys.readouterr().out) == complete[-3:]
+    _reading.show_trials("mixed", storage_url, None, "json", 1000)
+    assert json.loads(capsys.readouterr().out) == every
+    _reading.show_trials("mixed", storage_url, None, "table", 2)
+    assert [c[0] for c in _cells(capsys.readouterr().out)[-2:]] == [
+        str(r["number"]) for r in every[-2:]
+    ]
+
+    # The window's own columns: "note" is set on every third trial only.
+    last_note = max(r["number"] for r in every if "note" in r["user_attrs"])
+    without = len(every) - 1 - last_note
+    assert without >= 1
+    out = io.StringIO()
+    assert summary.write_trials_csv(storage, "mixed", out, last=without) == without
+    assert out.getvalue() == summary.trials_csv(every[-without:])
+    assert "user_attrs_note" not in out.getvalue().splitlines()[0]
+    assert "user_attrs_note" in summary.trials_csv(every).splitlines()[0]
+
+    # Only the window is read: 2 + 1 trials in batches of 2, then the empty batch.
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    sa.event.listen(storage.engine, "before_cursor_execute", record)
+    try:
+        summary.write_trials_csv(storage, "mixed", io.StringIO(), batch_size=2, last=3)
+    finally:
+        sa.event.remove(storage.engine, "before_cursor_execute", record)
+    assert len([s for s in statements if "ORDER BY t.trial_id LIMIT" in s]) == 3, statements
+
+    result = run_cli(["trials", "mixed", "-s", storage_url, "--last", "0"], tmp_path)
+    assert result.returncode == 2 and "--last" in result.stderr, result.stderr

@@ -231,6 +231,10 @@ def test_reading_commands_print_what_typer_prints_without_typer(
             True,
         ),
         (["status", "nope", "-s", s], True),
+        (["trials", "mixed", "-s", s, "--last", "3", "--state", "complete"], True),
+        (["trials", "mixed", "-s", s, "--last=2", "-f", "json"], True),
+        (["trials", "mixed", "-s", s, "--last", "0"], False),  # Typer's usage error
+        (["trials", "mixed", "-s", s, "--last", "x"], False),
     ]
     if s.startswith("sqlite"):
         cases.append((["status", "mixed", "--stor", s], False))

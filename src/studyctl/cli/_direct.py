@@ -4,10 +4,11 @@ Importing Typer (with Click and pydantic) and every command module, then buildin
 whole app and a pydantic adapter per parameter, took as long as reading the study. These
 four commands take few arguments; `direct_command` reads the plain forms of them (`STUDY`,
 `--storage URL` or `-s URL` or `--storage=URL`, `--format`/`-f` with a valid format,
-`--state S`, in any order) and returns None for anything else (`--help`, a misspelt or
-abbreviated option, a missing value, a value that starts with `-`, `-sURL`, `--`, an extra
-argument, `best --export-model`, shell completion), which Typer then parses, help and
-usage errors included. What runs is `cli/_reading`, which the Typer commands run too, and
+`--state S`, `--last N` with N written in digits and at least 1, in any order) and
+returns None for anything else (`--help`, a misspelt or abbreviated option, a missing
+value, a value that starts with `-`, `-sURL`, `--`, an extra argument, `best
+--export-model`, shell completion), which Typer then parses, help and usage errors
+included. What runs is `cli/_reading`, which the Typer commands run too, and
 the errors end as they do under `commands.run_app`: a `StudyctlError` as one `error:`
 line, exit 2; Ctrl-C exit 130; a closed pipe exit 1.
 """
@@ -30,7 +31,7 @@ from studyctl.cli._output import echo, fail
 class _Grammar:
     study: bool  # takes the STUDY argument
     formats: tuple[str, ...]
-    states: bool = False  # takes --state (repeatable)
+    states: bool = False  # takes --state (repeatable) and --last
 
 
 _GRAMMARS = {
@@ -48,6 +49,7 @@ class _Parsed:
     storage: str | None = None
     output: str = "table"
     states: list[str] = field(default_factory=list)
+    last: int | None = None
 
 
 def _parse(grammar: _Grammar, args: list[str]) -> _Parsed | None:
@@ -58,7 +60,9 @@ def _parse(grammar: _Grammar, args: list[str]) -> _Parsed | None:
             parsed.positional.append(arg)
             continue
         name, eq, value = arg.partition("=")
-        option = "state" if name == "--state" and grammar.states else _OPTIONS.get(name)
+        option = (
+            name[2:] if name in ("--state", "--last") and grammar.states else _OPTIONS.get(name)
+        )
         if option is None or (eq and not name.startswith("--")):
             return None
         if not eq:
@@ -71,6 +75,10 @@ def _parse(grammar: _Grammar, args: list[str]) -> _Parsed | None:
             if value not in grammar.formats:
                 return None
             parsed.output = value
+        elif option == "last":
+            if not value.isdigit() or int(value) < 1:
+                return None  # Typer says what is wrong with it
+            parsed.last = int(value)
         else:
             parsed.states.append(value)
     if len(parsed.positional) != (1 if grammar.study else 0):
@@ -96,7 +104,7 @@ def direct_command(argv: list[str]) -> Callable[[], None] | None:
         "status": lambda: _reading.show_status(p.positional[0], p.storage, p.output),
         "best": lambda: _reading.show_best(p.positional[0], p.storage, p.output, None),
         "trials": lambda: _reading.show_trials(
-            p.positional[0], p.storage, p.states or None, p.output
+            p.positional[0], p.storage, p.states or None, p.output, p.last
         ),
     }
     return commands[argv[0]]

@@ -121,7 +121,13 @@ def _workers_to_show(workers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
     return [w for i, w in enumerate(workers) if i not in hidden], len(hidden)
 
 
-def show_trials(study: str, storage: str | None, states: list[str] | None, output: str) -> None:
+def show_trials(
+    study: str,
+    storage: str | None,
+    states: list[str] | None,
+    output: str,
+    last: int | None = None,
+) -> None:
     from studyctl.inspect.summary import iter_trials, write_trials_csv
     from studyctl.storage.plain import STATES
 
@@ -129,10 +135,10 @@ def show_trials(study: str, storage: str | None, states: list[str] | None, outpu
         if s.upper() not in STATES:
             fail(f"--state {s!r}: expected one of {', '.join(x.lower() for x in STATES)}")
     if output == "csv":
-        write_trials_csv(open_reader_of(storage), study, sys.stdout, states)
+        write_trials_csv(open_reader_of(storage), study, sys.stdout, states, last=last)
         return
     # Streamed, one batch of trials in memory at a time: a study may have 100,000.
-    rows = iter_trials(open_reader_of(storage), study, states)
+    rows = iter_trials(open_reader_of(storage), study, states, last)
     if output == "json":
         echo_json_items(rows)
         return

@@ -55,10 +55,19 @@ def trials(
     output: Annotated[
         TrialsFormat, typer.Option("--format", "-f", help="Output format.")
     ] = TrialsFormat.table,
+    last: Annotated[
+        int | None,
+        typer.Option(
+            "--last",
+            min=1,
+            metavar="N",
+            help="Only the N most recent trials (of those --state selects).",
+        ),
+    ] = None,
 ) -> None:
     """List a study's trials with params, values, state, duration and attributes
-    (--format csv or json exports them all)."""
-    show_trials(study, storage, state, output.value)
+    (--format csv or json exports them all; --last N only the most recent)."""
+    show_trials(study, storage, state, output.value, last)
 
 
 @command

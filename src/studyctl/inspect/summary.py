@@ -153,15 +153,26 @@ def list_trials(source: Source, name: str, states: list[str] | None = None) -> l
     return list(iter_trials(source, name, states))
 
 
+def _after(
+    reader: StudyReader, study_id: int, wanted: tuple[str, ...] | None, last: int | None
+) -> int:
+    """Where the `last` most recent trials in `wanted` begin (-1: from the first)."""
+    if last is None:
+        return -1
+    return reader.read(lambda conn: trial_rows.last_trials_after(conn, study_id, wanted, last))
+
+
 def iter_trials(
-    source: Source, name: str, states: list[str] | None = None
+    source: Source, name: str, states: list[str] | None = None, last: int | None = None
 ) -> Iterator[dict[str, Any]]:
-    """`list_trials` one batch of trials in memory at a time. The study is looked up at
-    the call (an unknown study raises here, before any row)."""
+    """`list_trials` (only the `last` most recent, when given) one batch of trials in
+    memory at a time. The study is looked up at the call (an unknown study raises here,
+    before any row)."""
     reader = as_reader(source)
     study_id = _study_id(reader, name)
     wanted = tuple(s.upper() for s in states) if states else None
-    return (_row_dict(row) for row in reader.trial_rows(study_id, wanted))
+    after = _after(reader, study_id, wanted, last)
+    return (_row_dict(row) for row in reader.trial_rows(study_id, wanted, after=after))
 
 
 def best_summary(source: Source, name: str) -> list[dict[str, Any]]:
@@ -328,21 +339,25 @@ def write_trials_csv(
     states: list[str] | None = None,
     *,
     batch_size: int = 2000,
+    last: int | None = None,
 ) -> int:
-    """Write the study's trials (in `states`, or all) to `out` as `trials_csv` would, one
-    batch of trials at a time: memory stays flat however many trials the study has.
-    Returns the number of trials written."""
+    """Write the study's trials (in `states`, or all; only the `last` most recent when
+    given, with the columns those have) to `out` as `trials_csv` would, one batch of
+    trials at a time: memory stays flat however many trials the study has. Returns the
+    number of trials written."""
     reader = as_reader(source)
     study_id = _study_id(reader, name)
     wanted = tuple(s.upper() for s in states) if states else None
+    after = _after(reader, study_id, wanted, last)
     n_values, params, attrs = reader.read(
-        lambda conn: trial_rows.trial_columns(conn, study_id, wanted)
+        lambda conn: trial_rows.trial_columns(conn, study_id, wanted, after)
     )
     value_cols = _value_cols(n_values)
     writer = csv.writer(out)
     writer.writerow(_csv_header(value_cols, params, attrs))
     n = 0
-    for row in reader.trial_rows(study_id, wanted, batch_size, system_attrs=False):
+    rows = reader.trial_rows(study_id, wanted, batch_size, system_attrs=False, after=after)
+    for row in rows:
         writer.writerow(_csv_row_of(row, len(value_cols), params, attrs))
         n += 1
     return n

@@ -237,13 +237,15 @@ class StudyReader:
         batch_size: int = 2000,
         *,
         system_attrs: bool = True,
+        after: int = -1,
     ) -> Iterator[trial_rows.TrialRow]:
-        """The study's trials in number order, one batch in memory at a time (without
-        their system attributes when `system_attrs` is false). A database error is one
-        `StorageError` (not retried: the rows already given stay given)."""
+        """The study's trials (with a trial_id above `after`) in number order, one batch in
+        memory at a time (without their system attributes when `system_attrs` is false). A
+        database error is one `StorageError` (not retried: the rows already given stay
+        given)."""
         if self._connection is not None:
             yield from trial_rows.iter_trial_rows(
-                self.read, study_id, states, batch_size, system_attrs=system_attrs
+                self.read, study_id, states, batch_size, system_attrs=system_attrs, after=after
             )
             return
         from sqlalchemy import exc as sa_exc
@@ -256,7 +258,7 @@ class StudyReader:
 
         try:
             yield from trial_rows.iter_trial_rows(
-                read, study_id, states, batch_size, system_attrs=system_attrs
+                read, study_id, states, batch_size, system_attrs=system_attrs, after=after
             )
         except sa_exc.SQLAlchemyError as exc:
             raise storage_error(exc, mask_url(self.url)) from None

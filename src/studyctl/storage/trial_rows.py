@@ -56,12 +56,41 @@ def _state_filter(states: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
     return f" AND t.state IN ({', '.join(':' + k for k in names)})", names
 
 
+def last_trials_after(
+    conn: ReadConnection, study_id: int, states: tuple[str, ...] | None, last: int
+) -> int:
+    """The trial_id after which the study's `last` most recent trials in `states` begin
+    (-1 when it has no more than `last`): the `after` of `trial_columns` and
+    `iter_trial_rows` for a window of them. One query that walks back `last` entries of
+    the study's index, not the study."""
+    where, params = _state_filter(states)
+    found = scalar(
+        conn,
+        f"SELECT t.trial_id FROM trials t WHERE t.study_id = :sid{where} "
+        "ORDER BY t.trial_id DESC LIMIT 1 OFFSET :skip",
+        {**params, "sid": study_id, "skip": last},
+    )
+    return -1 if found is None else int(found)
+
+
+def _trial_filter(states: tuple[str, ...] | None, after: int) -> tuple[str, dict[str, Any]]:
+    where, params = _state_filter(states)
+    if after >= 0:
+        where += " AND t.trial_id > :after"
+        params["after"] = after
+    return where, params
+
+
 def trial_columns(
-    conn: ReadConnection, study_id: int, states: tuple[str, ...] | None = None
+    conn: ReadConnection,
+    study_id: int,
+    states: tuple[str, ...] | None = None,
+    after: int = -1,
 ) -> tuple[int, list[str], list[str]]:
     """(objectives, parameter names, user attribute keys) over the study's trials in
-    `states` (all when None): the columns of a trials table, read without the trials."""
-    where, params = _state_filter(states)
+    `states` (all when None) with a trial_id above `after`: the columns of a trials
+    table, read without the trials."""
+    where, params = _trial_filter(states, after)
     params["sid"] = study_id
     objectives = scalar(
         conn,
@@ -180,12 +209,12 @@ def iter_trial_rows(
     batch_size: int = 2000,
     *,
     system_attrs: bool = True,
+    after: int = -1,
 ) -> Iterator[TrialRow]:
-    """The study's trials in number order, `batch_size` at a time (keyset on trial_id), each
-    batch read in its own short transaction (`read` runs a function in one): memory stays
-    bounded by one batch."""
+    """The study's trials (with a trial_id above `after`) in number order, `batch_size` at
+    a time (keyset on trial_id), each batch read in its own short transaction (`read` runs
+    a function in one): memory stays bounded by one batch."""
     where, params = _state_filter(states)
-    after = -1
 
     def batch(conn: ReadConnection) -> dict[int, TrialRow]:
         trials = _trial_rows(
