@@ -135,8 +135,9 @@ def report(
 ) -> None:
     """Write a report: optimization history, parameter importances, parallel coordinates,
     learning curves and a trials table."""
-    from studyctl.inspect.report import write_html, write_pngs
+    from studyctl.inspect.report import import_importance_without_sklearn, write_html, write_pngs
 
+    import_importance_without_sklearn()
     st = open_storage_of(storage)
     if output.suffix == ".html":
         path, note = write_html(st, study, output, max_trials)

@@ -7,6 +7,7 @@ import copy
 import functools
 import html
 import itertools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,26 @@ from studyctl.inspect.trial_window import DEFAULT_MAX_TRIALS, WindowedStorage
 from studyctl.storage import StudyctlStorage, study_exists
 from studyctl.storage.studies import unknown_study
 from studyctl.verbosity import configure_optuna_logging
+
+
+def import_importance_without_sklearn() -> None:
+    """Import `optuna.importance` without scikit-learn, for a process that only writes a
+    report (the `report` command; never a library caller, whose later fANOVA would fail).
+
+    The report's importances are PED-ANOVA's (Optuna's default evaluator, which needs
+    numpy and scipy only), but importing the package imports its fANOVA and MDI evaluators,
+    which import scikit-learn: about 1 s of a report's 3 s on this machine. Those modules
+    import it inside Optuna's `try_import`, which takes an ImportError as "not installed"
+    and raises it only when such an evaluator is built; so scikit-learn is made
+    unimportable for the package's import, then importable again."""
+    if "optuna.importance" in sys.modules or "sklearn" in sys.modules:
+        return
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # `import sklearn` raises
+    try:
+        import optuna.importance  # noqa: F401
+    finally:
+        del sys.modules["sklearn"]
+
 
 PlotFactory = Callable[[optuna.Study], Any]
 HistoryFactory = Callable[[int, "str | None"], PlotFactory]
