@@ -235,6 +235,7 @@ def test_reading_commands_print_what_typer_prints_without_typer(
         (["trials", "mixed", "-s", s, "--last=2", "-f", "json"], True),
         (["trials", "mixed", "-s", s, "--last", "0"], False),  # Typer's usage error
         (["trials", "mixed", "-s", s, "--last", "x"], False),
+        (["trials", "mixed", "-s", s, "--last", "\u00b2"], False),  # a digit int() refuses
     ]
     if s.startswith("sqlite"):
         cases.append((["status", "mixed", "--stor", s], False))

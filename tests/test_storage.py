@@ -456,3 +456,87 @@ def test_a_stop_signal_during_a_storage_call_in_the_objective_raises_after_it(
         signals.reset_stop()
     assert traceback.extract_tb(raised.tb)[-1].name == "deferred"  # raised as the call returned
     assert storage.get_trial(trial_id).user_attrs == {"written": 1}
+
+
+def _signal_then(error: BaseException | None) -> Any:
+    """A guarded operation that receives SIGTERM, then fails with `error` (or succeeds)."""
+    tries: list[int] = []
+
+    def operation() -> str:
+        tries.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        if error is not None:
+            raise error
+        return "done"
+
+    operation.tries = tries  # type: ignore[attr-defined]
+    return operation
+
+
+def test_a_stop_signal_is_not_held_across_a_failing_operation() -> None:
+    """A stop signal in the objective during a database operation that fails raises at
+    once, in place of the error: not after an outage's retries (up to
+    storage_outage_tolerance: a scheduler's SIGTERM ignored until its SIGKILL), nor as the
+    error's own `StorageError`."""
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    from studyctl.storage.outage import OutageGuard
+
+    refused = sa_exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("refused"))
+    guard = OutageGuard("postgresql://db/x", tolerance_s=30)
+    signals.reset_stop()
+    try:
+        for error in (refused, ValueError("bad value")):
+            operation = _signal_then(error)
+            started = time.monotonic()
+            with (
+                signals.on_stop_signals(signals.stop_at_safe_point),
+                pytest.raises(WorkerInterrupted),
+                signals.interruptible(),
+            ):
+                guard.call(operation)
+            assert len(operation.tries) == 1 and time.monotonic() - started < 5
+            signals.reset_stop()
+    finally:
+        signals.reset_stop()
+
+
+def test_a_fits_stop_request_does_not_raise_from_a_storage_call() -> None:
+    """In a Keras fit the first signal only asks the fit to stop; the database operations
+    that follow (the epoch's report, the trial's last attributes) still run."""
+    from studyctl.storage.outage import OutageGuard
+
+    guard = OutageGuard("sqlite:///x.db", tolerance_s=0)
+    requested: list[int] = []
+    signals.reset_stop()
+    try:
+        with signals.on_stop_signals(signals.stop_at_safe_point), signals.interruptible():
+            with signals.safe_points(lambda: requested.append(1)):
+                assert guard.call(_signal_then(None)) == "done"  # the request, during a call
+                assert guard.call(lambda: "after") == "after"
+            assert guard.call(lambda: "after the fit") == "after the fit"
+        assert requested == [1] and signals.stop_requested() == signal.SIGTERM
+    finally:
+        signals.reset_stop()
+
+
+def test_a_stale_snapshot_past_its_retries_is_one_error_not_an_outage() -> None:
+    from sqlalchemy import exc as sa_exc
+
+    from studyctl.storage.outage import STALE_SNAPSHOT_RETRIES, OutageGuard
+
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorname = "SQLITE_BUSY_SNAPSHOT"
+    error = sa_exc.OperationalError("UPDATE t", {}, locked, connection_invalidated=True)
+    tries: list[int] = []
+
+    def operation() -> None:
+        tries.append(1)
+        raise error
+
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="database is locked") as raised:
+        OutageGuard("sqlite:///x.db", tolerance_s=30).call(operation)
+    assert "unreachable" not in str(raised.value)
+    assert len(tries) == STALE_SNAPSHOT_RETRIES + 1 and time.monotonic() - started < 5

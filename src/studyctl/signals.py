@@ -58,6 +58,8 @@ class _StopState:
         self.reason: str | None = None
         self.on_request: Callable[[], None] | None = None  # set while a fit runs
         self.raise_ok = False  # inside the objective: raising is recorded by Optuna
+        self.deferring = False  # in `deferred`: a signal that would raise is held instead
+        self.held: int | None = None  # that signal, raised when the operation ends
 
 
 _STOP = _StopState()
@@ -75,6 +77,8 @@ def reset_stop() -> None:
     _STOP.reason = None
     _STOP.on_request = None
     _STOP.raise_ok = False
+    _STOP.deferring = False
+    _STOP.held = None
 
 
 def stop_requested() -> int | None:
@@ -109,6 +113,8 @@ def stop_at_safe_point(signum: int, frame: FrameType | None) -> None:
             return
     if _STOP.raise_ok:
         raise WorkerInterrupted(_STOP.signum or signum)
+    if _STOP.deferring:
+        _STOP.held = _STOP.signum or signum
 
 
 @contextmanager
@@ -127,21 +133,40 @@ def interruptible() -> Iterator[None]:
 @contextmanager
 def deferred() -> Iterator[None]:
     """One database operation inside the objective (`outage.OutageGuard.call` runs each
-    try in this): a stop signal arriving during it raises once it has returned, not inside
-    the database driver. Raised there, it could cut a read short and leave its statement
-    open on a pooled connection (SQLite: an old snapshot that cannot write), or end a
-    transaction half-way through the pool's bookkeeping. Outside the objective it does
-    nothing, and so in any thread but the main one (the only one signals raise in)."""
+    try in this): a stop signal that would raise during it (not a fit's first signal,
+    which only asks the fit to stop) raises once the operation has ended, not inside the
+    database driver, and in place of the operation's own error if it failed. Raised in the
+    driver, it could cut a read short and leave its statement open on a pooled connection
+    (SQLite: an old snapshot that cannot write), or end a transaction half-way through the
+    pool's bookkeeping. Outside the objective it does nothing, and so in any thread but the
+    main one (the only one signals raise in)."""
     if not _STOP.raise_ok or threading.current_thread() is not threading.main_thread():
         yield
         return
     _STOP.raise_ok = False
+    _STOP.deferring = True
+    _STOP.held = None
     try:
         yield
-    finally:
-        _STOP.raise_ok = True
-    if _STOP.signum is not None:
-        raise WorkerInterrupted(_STOP.signum)
+    except Exception:
+        held = _end_deferral()
+        if held is not None:
+            raise WorkerInterrupted(held) from None
+        raise
+    except BaseException:
+        _end_deferral()
+        raise
+    held = _end_deferral()
+    if held is not None:
+        raise WorkerInterrupted(held)
+
+
+def _end_deferral() -> int | None:
+    """Leave `deferred`: raising allowed again; the signal held meanwhile, if any."""
+    _STOP.raise_ok = True
+    _STOP.deferring = False
+    held, _STOP.held = _STOP.held, None
+    return held
 
 
 @contextmanager

@@ -76,7 +76,7 @@ def _parse(grammar: _Grammar, args: list[str]) -> _Parsed | None:
                 return None
             parsed.output = value
         elif option == "last":
-            if not value.isdigit() or int(value) < 1:
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:
                 return None  # Typer says what is wrong with it
             parsed.last = int(value)
         else:

@@ -103,6 +103,8 @@ def is_stale_snapshot(exc: BaseException) -> bool:
 def is_unreachable(exc: BaseException) -> bool:
     """True when `exc` means the database could not be reached (worth waiting for), not
     that the statement or the database itself is at fault."""
+    if is_stale_snapshot(exc):
+        return False  # its connection was dropped on purpose (`engine`), not lost
     wrapped = exc.__cause__ if _is_optuna_storage_error(exc) else exc
     if (
         wrapped is not None
