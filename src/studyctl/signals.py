@@ -148,13 +148,10 @@ def deferred() -> Iterator[None]:
     _STOP.held = None
     try:
         yield
-    except Exception:
+    except BaseException as exc:
         held = _end_deferral()
-        if held is not None:
+        if held is not None and isinstance(exc, Exception):  # not over a SystemExit
             raise WorkerInterrupted(held) from None
-        raise
-    except BaseException:
-        _end_deferral()
         raise
     held = _end_deferral()
     if held is not None:
