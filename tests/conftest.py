@@ -3,6 +3,8 @@ helpers to run the real `studyctl` entry point in a subprocess."""
 
 from __future__ import annotations
 
+import array
+import base64
 import os
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -205,3 +208,10 @@ def run_cli(
     return subprocess.run(
         [*STUDYCTL, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def typed_values(typed: dict[str, str]) -> list[Any]:
+    """A typed array of a report's figure (`figures.typed_array`) as its values."""
+    found = array.array({"i4": "i", "f8": "d"}[typed["dtype"]])
+    found.frombytes(base64.b64decode(typed["bdata"]))
+    return found.tolist()

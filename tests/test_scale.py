@@ -26,7 +26,7 @@ from studyctl.spec import load_spec
 from studyctl.storage import open_storage, tables, trial_rows
 from studyctl.storage.studies import open_study
 
-from .conftest import run_cli, write_spec
+from .conftest import run_cli, typed_values, write_spec
 
 
 def _mixed_study(storage_url: str, tmp_path: Path) -> optuna.Study:
@@ -208,10 +208,12 @@ def test_report_of_a_big_study_draws_its_recent_trials(storage_url: str, tmp_pat
     finite = [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.values[0])]
     assert finite[0].number < numbers[0]
     figure = report._whole_history(open_storage(storage_url), matplotlib=False)(0, None)(study)
-    assert list(figure.data[0].x) == [t.number for t in finite]
+    markers, best = figure["data"]
+    assert typed_values(markers["x"]) == [t.number for t in finite]
+    assert typed_values(best["x"]) == [t.number for t in finite]
     values = [t.values[0] for t in finite]
-    assert list(figure.data[0].y) == values
-    assert list(figure.data[1].y) == list(itertools.accumulate(values, min))
+    assert typed_values(markers["y"]) == values
+    assert typed_values(best["y"]) == list(itertools.accumulate(values, min))
     whole = run_cli(
         ["report", "mixed", "-s", storage_url, "-o", "all.html", "--max-trials", "0"], tmp_path
     )

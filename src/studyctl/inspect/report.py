@@ -1,5 +1,5 @@
-"""`studyctl report`: one self-contained HTML page (Optuna's plotly plots and a trials
-table), or PNGs of the main plots (Optuna's matplotlib plots)."""
+"""`studyctl report`: one self-contained HTML page (plotly plots drawn by `figures`, and a
+trials table), or PNGs of the main plots (Optuna's matplotlib plots)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,21 @@ import itertools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
 from studyctl.errors import StudyctlError
-from studyctl.inspect.summary import list_trials, study_status, trial_dict
+from studyctl.inspect import figures
+from studyctl.inspect.summary import study_status
 from studyctl.inspect.trial_window import DEFAULT_MAX_TRIALS, WindowedStorage
 from studyctl.storage import StudyctlStorage, study_exists
+from studyctl.storage.frozen_trial import ALL_KINDS, PARAM, VALUE
 from studyctl.storage.studies import unknown_study
 from studyctl.verbosity import configure_optuna_logging
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 
 def import_importance_without_sklearn() -> None:
@@ -100,6 +105,22 @@ _WHOLE_HISTORY_SQL = (
 )
 
 
+def _history_points(
+    storage: StudyctlStorage, study_id: int, index: int
+) -> tuple[list[int], list[float]]:
+    """(trial numbers, values of objective `index`) of every completed trial with a finite
+    value, in one query of the two columns."""
+    import sqlalchemy as sa
+
+    with storage.engine.connect() as conn:
+        found = conn.execute(
+            sa.text(_WHOLE_HISTORY_SQL), {"sid": study_id, "objective": index}
+        ).all()
+    if not found:
+        raise ValueError("no completed trial with a finite value")
+    return [int(n) for n, _ in found], [float(v) for _, v in found]
+
+
 def _whole_history(storage: StudyctlStorage, matplotlib: bool) -> HistoryFactory:
     """Optimization histories over every completed trial of a study whose other plots show
     a window: one query of (number, value), not the trials. Optuna's own history indexes
@@ -107,50 +128,50 @@ def _whole_history(storage: StudyctlStorage, matplotlib: bool) -> HistoryFactory
 
     def factory(index: int, name: str | None) -> PlotFactory:
         def plot(study: optuna.Study) -> Any:
-            import sqlalchemy as sa
+            numbers, values = _history_points(storage, study._study_id, index)
+            maximize = study.directions[index].name == "MAXIMIZE"
+            label = name or (study.metric_names or [figures.OBJECTIVE_LABEL])[0]
+            if not matplotlib:
+                return figures.history(numbers, values, maximize, label)
+            import matplotlib.pyplot as plt
 
-            with storage.engine.connect() as conn:
-                found = conn.execute(
-                    sa.text(_WHOLE_HISTORY_SQL),
-                    {"sid": study._study_id, "objective": index},
-                ).all()
-            if not found:
-                raise ValueError("no completed trial with a finite value")
-            numbers = [int(n) for n, _ in found]
-            values = [float(v) for _, v in found]
-            better = max if study.directions[index].name == "MAXIMIZE" else min
-            best = list(itertools.accumulate(values, better))
-            label = name or (study.metric_names or ["Objective Value"])[0]
-            if matplotlib:
-                import matplotlib.pyplot as plt
-
-                _, ax = plt.subplots()
-                ax.set_title("Optimization History Plot")
-                ax.scatter(numbers, values, s=4, label=label)
-                ax.plot(numbers, best, color="tab:red", label="Best Value")
-                ax.set_xlabel("Trial")
-                ax.set_ylabel(label)
-                ax.legend()
-                return ax
-            import numpy as np
-            import plotly.graph_objects as go
-
-            # Arrays, not lists: plotly checks a list element by element (100,000 of them).
-            x = np.array(numbers)
-            figure = go.Figure(
-                [
-                    go.Scattergl(x=x, y=np.array(values), mode="markers", name=label),
-                    go.Scattergl(x=x, y=np.array(best), mode="lines", name="Best Value"),
-                ]
-            )
-            figure.update_layout(
-                title="Optimization History Plot", xaxis_title="Trial", yaxis_title=label
-            )
-            return figure
+            best = list(itertools.accumulate(values, max if maximize else min))
+            _, ax = plt.subplots()
+            ax.set_title("Optimization History Plot")
+            ax.scatter(numbers, values, s=4, label=label)
+            ax.plot(numbers, best, color="tab:red", label="Best Value")
+            ax.set_xlabel("Trial")
+            ax.set_ylabel(label)
+            ax.legend()
+            return ax
 
         return plot
 
     return factory
+
+
+# Learning curves of the trials from a trial_id on (Optuna draws those of complete, pruned
+# and running trials), bounded on both tables as `trial_rows._batch_children` explains.
+_CURVES_SQL = (
+    "SELECT t.number, i.step, i.intermediate_value FROM trial_intermediate_values i "
+    "JOIN trials t ON t.trial_id = i.trial_id WHERE t.study_id = :sid "
+    "AND t.trial_id BETWEEN :lo AND :hi AND i.trial_id BETWEEN :lo AND :hi "
+    "AND t.state IN ('COMPLETE', 'PRUNED', 'RUNNING') "
+    "AND i.intermediate_value_type = 'FINITE' ORDER BY t.trial_id, i.step"
+)
+
+
+def _curve_points(
+    storage: StudyctlStorage, study_id: int, trials: list[FrozenTrial]
+) -> list[tuple[int, int, float]]:
+    """(trial number, step, value) of the intermediate values of `trials` (a run of the
+    study's trials in trial_id order), in one query."""
+    import sqlalchemy as sa
+
+    bounds = {"sid": study_id, "lo": trials[0]._trial_id, "hi": trials[-1]._trial_id}
+    with storage.engine.connect() as conn:
+        found = conn.execute(sa.text(_CURVES_SQL), bounds).all()
+    return [(int(n), int(step), float(v)) for n, step, v in found]
 
 
 def _line_study(storage: StudyctlStorage, study: optuna.Study, total: int) -> optuna.Study | None:
@@ -164,12 +185,15 @@ def _line_study(storage: StudyctlStorage, study: optuna.Study, total: int) -> op
 
 
 def _finished_study(
-    storage: StudyctlStorage, name: str, max_trials: int = DEFAULT_MAX_TRIALS
+    storage: StudyctlStorage,
+    name: str,
+    max_trials: int = DEFAULT_MAX_TRIALS,
+    kinds: frozenset[int] = ALL_KINDS,
 ) -> tuple[optuna.Study, str | None, int]:
     """The study to plot, a note when it is cut to its most recent `max_trials` trials (0:
     never), and the number of trials it shows. A 100,000-trial report read every trial and
     drew them all: 103 s, 1.5 GB and a 53 MB page (BENCHMARKS.md, "report at 100,000
-    trials")."""
+    trials"). Its trials are read once, with the child rows of `kinds` only."""
     configure_optuna_logging()  # no "[W ...] You need to set up the pruning feature"
     if not study_exists(storage, name):
         raise unknown_study(storage, name)
@@ -178,14 +202,13 @@ def _finished_study(
     if not states.get("COMPLETE"):
         raise StudyctlError(f"study {name!r} has no completed trial yet")
     total = sum(states.values())
-    if not max_trials:
-        return study, None, total
-    view = WindowedStorage(storage, max_trials, snapshot=True)
+    # Optuna wraps any RDBStorage given to a Study in its cache, which reads every trial of
+    # the study through its ORM (five queries a batch); the plots read the trials shown
+    # through the view itself, in two queries, once.
+    view = WindowedStorage(storage, max_trials, snapshot=True, kinds=kinds)
+    study._storage = view
     if view.window_after(study._study_id) is None:
         return study, None, total
-    # Optuna wraps any RDBStorage given to a Study in its cache, which reads every trial of
-    # the study; the plots read the window through the view itself.
-    study._storage = view
     return (
         study,
         (
@@ -208,9 +231,9 @@ def _params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={_number(v)}" for k, v in params.items())
 
 
-def _summary(storage: StudyctlStorage, name: str) -> tuple[str, set[int]]:
+def _summary(storage: StudyctlStorage, name: str) -> tuple[str, list[dict[str, Any]]]:
     """The lines at the top of the page (study, objective, budget, best trial) and the
-    numbers of the best trials, highlighted in the table."""
+    best trials (`trial_dict`s: the study's, highlighted in the table)."""
     status = study_status(storage, name)
     metrics = status["metrics"] or ["value"] * len(status["directions"])
     goal = ", ".join(f"{d} {m}" for d, m in zip(status["directions"], metrics, strict=False))
@@ -231,44 +254,96 @@ def _summary(storage: StudyctlStorage, name: str) -> tuple[str, set[int]]:
         ("Best trial", best_text),
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f"<table id='summary'>{body}</table>", {b["number"] for b in best}
+    return f"<table id='summary'>{body}</table>", best
+
+
+def _html_plots(
+    storage: StudyctlStorage,
+    study: optuna.Study,
+    trials: list[FrozenTrial],
+    best: list[dict[str, Any]],
+) -> dict[str, Callable[[], figures.Figure]]:
+    """The page's plots, by title, each drawn when called: of one objective its history
+    (every completed trial), importances, parallel coordinates and learning curves (the
+    most recent `LINE_PLOT_TRIALS` of `trials`, the trials shown); of several the Pareto
+    front and a history per objective."""
+    sid = study._study_id
+    names = study.metric_names or [figures.OBJECTIVE_LABEL]
+    history = _whole_history(storage, matplotlib=False)
+    if len(study.directions) > 1:
+        front = {b["number"] for b in best}
+        others = [
+            (t.number, t.values)
+            for t in trials
+            if t.state.name == "COMPLETE" and t.values and t.number not in front
+        ]
+        plots = {
+            "Pareto front": lambda: figures.pareto_front(
+                others, [(b["number"], b["values"]) for b in best], names
+            )
+        }
+        for i, name in enumerate(names):
+            plots[f"Optimization history: {name}"] = functools.partial(history(i, name), study)
+        return plots
+    lines = trials[-LINE_PLOT_TRIALS:]
+    cut = f"the most recent {LINE_PLOT_TRIALS:,} trials" if len(trials) > len(lines) else ""
+    maximize = study.directions[0].name == "MAXIMIZE"
+
+    def importances() -> figures.Figure:
+        from optuna.importance import get_param_importances
+
+        return figures.importances(get_param_importances(study))
+
+    return {
+        "Optimization history": functools.partial(history(0, None), study),
+        "Parameter importances": importances,
+        f"Parallel coordinates{f' ({cut})' if cut else ''}": lambda: figures.parallel_coordinates(
+            lines, maximize, names[0]
+        ),
+        f"Intermediate values (learning curves{f'; {cut}' if cut else ''})": lambda: (
+            figures.learning_curves(_curve_points(storage, sid, lines))
+        ),
+    }
 
 
 def write_html(
     storage: StudyctlStorage, name: str, output: Path, max_trials: int = DEFAULT_MAX_TRIALS
 ) -> tuple[Path, str | None]:
-    import optuna.visualization as vis
+    import plotly.io as pio
 
-    study, note, shown = _finished_study(storage, name, max_trials)
+    # Values and parameters only: the page draws no attribute, and reads the learning
+    # curves it draws (the most recent trials') by themselves.
+    study, note, _ = _finished_study(storage, name, max_trials, frozenset({VALUE, PARAM}))
     summary, best = _summary(storage, name)
     parts = [f"<h1>Study {html.escape(name)}</h1>", summary]
     if note:
         parts.append(f"<p id='window'>{html.escape(note)}</p>")
+    trials = study.get_trials(deepcopy=False)
     first = True
-    history = _whole_history(storage, matplotlib=False) if note else None
-    lines = _line_study(storage, study, shown)
-    for title, plot in _plots(study, vis, history, lines).items():
+    for title, draw in _html_plots(storage, study, trials, best).items():
         parts.append(f"<h2>{html.escape(title)}</h2>")
         try:
-            figure = plot(study)
+            figure = draw()
         except (ValueError, RuntimeError) as exc:  # e.g. importances need 2+ trials
             parts.append(f"<p>Not available: {html.escape(str(exc))}</p>")
             continue
-        parts.append(figure.to_html(full_html=False, include_plotlyjs="inline" if first else False))
+        parts.append(
+            pio.to_html(
+                figure,
+                full_html=False,
+                include_plotlyjs="inline" if first else False,
+                validate=False,
+            )
+        )
         first = False
-    # Windowed: the trials the plots drew; otherwise read without loading FrozenTrials.
-    rows = (
-        [trial_dict(t) for t in study.get_trials(deepcopy=False)]
-        if note
-        else list_trials(storage, name)
-    )
+    highlighted = {b["number"] for b in best}
     head = "<tr><th>#</th><th>state</th><th>value</th><th>params</th><th>duration (s)</th></tr>"
     body = "".join(
-        ("<tr class='best'>" if r["number"] in best else "<tr>")
-        + f"<td>{r['number']}</td><td>{r['state']}</td><td>{html.escape(_values(r['values']))}"
-        f"</td><td>{html.escape(_params(r['params']))}</td>"
-        f"<td>{'' if r['duration_s'] is None else round(r['duration_s'], 2)}</td></tr>"
-        for r in rows
+        ("<tr class='best'>" if t.number in highlighted else "<tr>")
+        + f"<td>{t.number}</td><td>{t.state.name}</td>"
+        f"<td>{html.escape(_values(t.values))}</td><td>{html.escape(_params(t.params))}</td>"
+        f"<td>{'' if t.duration is None else round(t.duration.total_seconds(), 2)}</td></tr>"
+        for t in trials
     )
     parts.append(f"<h2>Trials</h2><table id='trials'>{head}{body}</table>")
     style = (

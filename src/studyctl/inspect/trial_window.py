@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from studyctl.storage import tables
-from studyctl.storage.frozen_trial import read_frozen_trials
+from studyctl.storage.frozen_trial import ALL_KINDS, read_frozen_trials
 from studyctl.storage.rdb import StudyctlStorage
 
 if TYPE_CHECKING:
@@ -51,20 +51,32 @@ class WindowedStorage(StudyctlStorage):
     """A view of an open `StudyctlStorage` (the same engine, sessions and outage guard)
     whose `get_all_trials` returns a big study's most recent `max_trials` trials."""
 
-    def __init__(self, base: StudyctlStorage, max_trials: int, *, snapshot: bool = False) -> None:
+    def __init__(
+        self,
+        base: StudyctlStorage,
+        max_trials: int,
+        *,
+        snapshot: bool = False,
+        kinds: frozenset[int] = ALL_KINDS,
+    ) -> None:
         # A view, not a second storage: no new engine, no second schema check.
         self.__dict__.update(base.__dict__)
-        self.max_trials = max_trials
+        self.max_trials = max_trials  # 0: never cut
         self._window_lock = threading.Lock()
         self._window_after: dict[int, int | None] = {}  # study_id -> last trial_id before
         # With `snapshot` (a one-shot reader such as `report`, whose plots each ask for the
-        # trials again: seven reads of 10,000 trials) a window is read once and kept.
+        # trials again: seven reads of 10,000 trials) the trials shown, cut or whole, are
+        # read once and kept, with the child rows of `kinds` only (`frozen_trial`'s VALUE,
+        # PARAM, ...: a report's page draws no attribute).
         self.snapshot = snapshot
+        self.kinds = kinds
         self._snapshots: dict[int, list[FrozenTrial]] = {}
 
     def window_after(self, study_id: int) -> int | None:
         """The trial_id just before the study's window (fixed on first use), or None when
         the study is served whole."""
+        if not self.max_trials:
+            return None
         with self._window_lock:
             if study_id not in self._window_after:
                 self._window_after[study_id] = self.outage.call(
@@ -86,8 +98,9 @@ class WindowedStorage(StudyctlStorage):
         states: Container[TrialState] | None = None,
     ) -> list[FrozenTrial]:
         after = self.window_after(study_id)
-        if after is None:
+        if after is None and not self.snapshot:
             return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        after = -1 if after is None else after
         if not self.snapshot:
             trials = self.outage.call(lambda: self._read_window(study_id, after))
         elif study_id in self._snapshots:
@@ -103,7 +116,7 @@ class WindowedStorage(StudyctlStorage):
 
     def _read_window(self, study_id: int, after: int) -> list[FrozenTrial]:
         with self.engine.connect() as conn:
-            return read_frozen_trials(conn, study_id, after)
+            return read_frozen_trials(conn, study_id, after, self.kinds)
 
 
 def big_studies(storage: StudyctlStorage, max_trials: int) -> dict[str, int]:

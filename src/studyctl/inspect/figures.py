@@ -1,0 +1,225 @@
+"""The HTML report's plots as plotly figure dicts, drawn from what the report reads in a few
+queries and written without plotly's validation.
+
+Optuna's plotly plots (`optuna.visualization`) build every figure through plotly's graph
+objects, which check each property as it is set, and draw parallel coordinates and
+learning curves as one trace per trial; importing them imports their matplotlib twins.
+For a 100,000-trial study that was 1.7 s of a 3.1 s report on this machine (BENCHMARKS.md,
+"report at 100,000 trials"). These figures show the same things: one `parcoords` trace
+for the parallel coordinates, one line trace (trials separated by gaps) for the learning
+curves, and plotly's default template, as Optuna's plots have it.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import itertools
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+Figure = dict[str, Any]
+
+OBJECTIVE_LABEL = "Objective Value"  # Optuna's name for an unnamed objective
+
+
+def _figure(data: list[dict[str, Any]], title: str, **layout: Any) -> Figure:
+    import plotly.io as pio
+
+    template = pio.templates["plotly"].to_plotly_json()
+    return {"data": data, "layout": {"title": {"text": title}, "template": template, **layout}}
+
+
+def typed_array(values: Sequence[float], dtype: str) -> dict[str, str]:
+    """`values` in plotly.js's typed-array form (base64 of little-endian `i4` or `f8`, as
+    plotly writes a numpy array): a 100,000-trial history as JSON numbers was 4.5 MB of the
+    page and a tenth of a second to encode."""
+    found = array.array({"i4": "i", "f8": "d"}[dtype], values)
+    if sys.byteorder == "big":
+        found.byteswap()
+    return {"dtype": dtype, "bdata": base64.b64encode(found.tobytes()).decode("ascii")}
+
+
+def history(numbers: Sequence[int], values: Sequence[float], maximize: bool, label: str) -> Figure:
+    """Each completed trial's value (markers) and the best so far (a line), by trial number."""
+    best = typed_array(list(itertools.accumulate(values, max if maximize else min)), "f8")
+    x = typed_array(numbers, "i4")
+    y = typed_array(values, "f8")
+    return _figure(
+        [
+            {"type": "scattergl", "x": x, "y": y, "mode": "markers", "name": label},
+            {"type": "scattergl", "x": x, "y": best, "mode": "lines", "name": "Best Value"},
+        ],
+        "Optimization History Plot",
+        xaxis={"title": {"text": "Trial"}},
+        yaxis={"title": {"text": label}},
+    )
+
+
+def importances(found: dict[str, float]) -> Figure:
+    """Horizontal bars, the most important parameter at the top, as Optuna draws them."""
+    if not found:
+        raise ValueError("no parameter to rank")
+    names = sorted(found, key=lambda n: found[n])
+    shares = [found[n] for n in names]
+    return _figure(
+        [
+            {
+                "type": "bar",
+                "orientation": "h",
+                "x": shares,
+                "y": names,
+                "text": [f"{s:.2f}" if s >= 0.01 else "<0.01" for s in shares],
+                "textposition": "outside",
+                "hovertemplate": "%{y}: %{x:.3f}<extra></extra>",
+            }
+        ],
+        "Hyperparameter Importances",
+        xaxis={"title": {"text": "Hyperparameter Importance"}},
+        yaxis={"title": {"text": "Hyperparameter"}},
+        showlegend=False,
+    )
+
+
+def _dimension(name: str, trials: Sequence[FrozenTrial]) -> dict[str, Any]:
+    """One parameter's axis: categorical choices as positions with their labels, a log
+    scale as log10 with powers of ten as ticks, anything else as it is."""
+    from optuna.distributions import CategoricalDistribution
+
+    dist = trials[0].distributions[name]
+    raw = [t.params[name] for t in trials]
+    if isinstance(dist, CategoricalDistribution):
+        choices = list(dist.choices)
+        positions = [choices.index(v) for v in raw]
+        shown = sorted(set(positions))
+        return {
+            "label": name,
+            "values": positions,
+            "range": [min(shown), max(shown)] if len(shown) > 1 else [shown[0] - 1, shown[0] + 1],
+            "tickvals": shown,
+            "ticktext": [str(choices[i]) for i in shown],
+        }
+    if getattr(dist, "log", False):
+        logs = [math.log10(v) for v in raw]
+        low, high = math.floor(min(logs)), math.ceil(max(logs))
+        ticks = list(range(low, high + 1))
+        return {
+            "label": name,
+            "values": logs,
+            "range": [min(logs), max(logs)],
+            "tickvals": ticks,
+            "ticktext": [f"1e{t}" for t in ticks],
+        }
+    values = [float(v) for v in raw]
+    return {"label": name, "values": values, "range": [min(values), max(values)]}
+
+
+def parallel_coordinates(
+    trials: Sequence[FrozenTrial], maximize: bool, label: str = OBJECTIVE_LABEL
+) -> Figure:
+    """One line per completed trial with a finite value and every parameter the trials
+    were given (Optuna skips the others too), coloured by value, darker for better."""
+    done = [
+        t for t in trials if t.state.name == "COMPLETE" and t.values and math.isfinite(t.values[0])
+    ]
+    params = sorted({p for t in done for p in t.params})
+    drawn = [t for t in done if all(p in t.params for p in params)]
+    if not drawn:
+        raise ValueError("no completed trial with a finite value")
+    values = [t.values[0] for t in drawn]
+    objective = {"label": label, "values": values, "range": [min(values), max(values)]}
+    return _figure(
+        [
+            {
+                "type": "parcoords",
+                "dimensions": [objective, *(_dimension(p, drawn) for p in params)],
+                "line": {
+                    "color": values,
+                    "colorscale": "Blues",
+                    "reversescale": not maximize,
+                    "showscale": True,
+                    "colorbar": {"title": {"text": label}},
+                },
+                "labelangle": 30,
+                "labelside": "bottom",
+            }
+        ],
+        "Parallel Coordinate Plot",
+    )
+
+
+def learning_curves(points: Iterable[tuple[int, int, float]]) -> Figure:
+    """(trial number, step, value) in trial then step order, as one line trace with a gap
+    between trials (Optuna draws a trace per trial)."""
+    x: list[int | None] = []
+    y: list[float | None] = []
+    text: list[str | None] = []
+    last = None
+    for number, step, value in points:
+        if last is not None and number != last:
+            x.append(None)
+            y.append(None)
+            text.append(None)
+        x.append(step)
+        y.append(value)
+        text.append(f"Trial {number}")
+        last = number
+    if last is None:
+        raise ValueError("no trial reported an intermediate value")
+    return _figure(
+        [
+            {
+                "type": "scattergl",
+                "x": x,
+                "y": y,
+                "text": text,
+                "mode": "lines+markers",
+                "marker": {"size": 4},
+                "connectgaps": False,
+                "hovertemplate": "%{text}<br>step %{x}: %{y}<extra></extra>",
+            }
+        ],
+        "Intermediate Values Plot",
+        xaxis={"title": {"text": "Step"}},
+        yaxis={"title": {"text": "Intermediate Value"}},
+        showlegend=False,
+    )
+
+
+def pareto_front(
+    others: Sequence[tuple[int, Sequence[float]]],
+    best: Sequence[tuple[int, Sequence[float]]],
+    names: Sequence[str],
+) -> Figure:
+    """The trials on the Pareto front (`best`) over the other completed trials, for two
+    or three objectives, as (number, values) pairs."""
+    if len(names) not in (2, 3):
+        raise ValueError(f"a Pareto front is drawn for 2 or 3 objectives, not {len(names)}")
+    three = len(names) == 3
+    axes = "xyz"[: len(names)]
+
+    def trace(points: Sequence[tuple[int, Sequence[float]]], name: str, color: str) -> dict:
+        shown = [(n, v) for n, v in points if all(math.isfinite(x) for x in v)]
+        found: dict[str, Any] = {
+            "type": "scatter3d" if three else "scattergl",
+            "mode": "markers",
+            "name": name,
+            "marker": {"color": color, "size": 4 if three else 6},
+            "text": [f"Trial {n}" for n, _ in shown],
+        }
+        for i, axis in enumerate(axes):
+            found[axis] = [v[i] for _, v in shown]
+        return found
+
+    titles = {f"{a}axis": {"title": {"text": n}} for a, n in zip(axes, names, strict=True)}
+    layout: dict[str, Any] = {"scene": titles} if three else titles
+    return _figure(
+        [trace(others, "Trial", "#6baed6"), trace(best, "Best Trial", "#d62728")],
+        "Pareto-front Plot",
+        **layout,
+    )
