@@ -9,12 +9,13 @@ import io
 import json
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
 from studyctl.errors import StudyctlError
 from studyctl.storage import plain, trial_rows
 from studyctl.storage.reader import StudyReader, as_reader, has_constraints
+from studyctl.storage.times import utc_to_local
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -239,26 +240,6 @@ def _parsed(value: datetime | str | None) -> datetime | None:
     return value
 
 
-@functools.lru_cache(maxsize=4096)
-def _hour_offset(hour: datetime) -> timedelta | None:
-    """The local zone's UTC offset throughout the UTC hour starting at `hour` (naive), or
-    None when it changes within that hour (a DST switch, which some zones make on the half
-    hour): one `astimezone` per hour of a study instead of one per timestamp."""
-    first = hour.replace(tzinfo=UTC).astimezone().utcoffset()
-    last = (hour + timedelta(hours=1, microseconds=-1)).replace(tzinfo=UTC).astimezone()
-    return first if first == last.utcoffset() else None
-
-
-def _local(value: datetime | None) -> datetime | None:
-    """Optuna stores naive UTC and shows naive local time (as its FrozenTrial does)."""
-    if value is None:
-        return None
-    offset = _hour_offset(value.replace(minute=0, second=0, microsecond=0))
-    if offset is None:
-        return value.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
-    return value + offset
-
-
 def _duration(start: datetime | None, complete: datetime | None) -> float | None:
     return (complete - start).total_seconds() if start and complete else None
 
@@ -280,7 +261,7 @@ def _row_dict(row: trial_rows.TrialRow, *, attrs: bool = True) -> dict[str, Any]
         for name, internal, dist_json in row.params
     }
     start_utc, complete_utc = _parsed(row.datetime_start), _parsed(row.datetime_complete)
-    start, complete = _local(start_utc), _local(complete_utc)
+    start, complete = utc_to_local(start_utc), utc_to_local(complete_utc)
     out: dict[str, Any] = {
         "number": row.number,
         "state": row.state,
@@ -305,31 +286,47 @@ def _json_cell(value_json: str) -> Any:
     return _csv_cell(json.loads(value_json))
 
 
-def _csv_row_of(
-    row: trial_rows.TrialRow, n_value_cols: int, params: list[str], attrs: list[str]
-) -> list[Any]:
-    """`_csv_row(_row_dict(row), ...)`, without the dicts between: a 100,000-trial export
+def _csv_rows(
+    batch: trial_rows.TrialBatch, n_value_cols: int, params: list[str], attrs: list[str]
+) -> list[list[Any]]:
+    """The batch's trials as `_csv_row(_row_dict(row), ...)` makes them, filled in column by
+    column from the stored rows (no `TrialRow` or dict per trial): a 100,000-trial export
     spends its time here."""
-    values = _slots(row) or []
-    start_utc, complete_utc = _parsed(row.datetime_start), _parsed(row.datetime_complete)
-    start, complete = _local(start_utc), _local(complete_utc)
-    stored = {name: (internal, dist) for name, internal, dist in row.params}
-    user = row.user_attrs
-    cells: list[Any] = [row.number, row.state]
-    cells += map(_csv_cell, values)
-    cells += [""] * (n_value_cols - len(values))
-    cells += [
-        start.isoformat() if start else "",
-        complete.isoformat() if complete else "",
-        _csv_cell(_duration(start_utc, complete_utc)),
-    ]
-    for name in params:
-        found = stored.get(name)
-        cells.append("" if found is None else _csv_cell(trial_rows.stored_param(*found)))
-    for key in attrs:
-        text = user.get(key)
-        cells.append("" if text is None else _json_cell(text))
-    return cells
+    first_param = 5 + n_value_cols
+    param_col = {name: first_param + i for i, name in enumerate(params)}
+    attr_col = {key: first_param + len(params) + i for i, key in enumerate(attrs)}
+    values_blank = [""] * n_value_cols
+    rest_blank = [""] * (len(params) + len(attrs))
+    at: dict[Any, list[Any]] = {}
+    out = []
+    for tid, number, state, start, complete in batch.trials:
+        start_utc, complete_utc = _parsed(start), _parsed(complete)
+        start_local, complete_local = utc_to_local(start_utc), utc_to_local(complete_utc)
+        row = [
+            number,
+            trial_rows.enum_name(state),
+            *values_blank,
+            start_local.isoformat() if start_local else "",
+            complete_local.isoformat() if complete_local else "",
+            "" if start_utc is None or complete_utc is None else _duration(start_utc, complete_utc),
+            *rest_blank,
+        ]
+        at[tid] = row
+        out.append(row)
+    for tid, objective, value, value_type in batch.values:
+        if (cells := at.get(tid)) is not None and objective < n_value_cols:
+            cells[2 + objective] = (
+                value  # a finite value, as stored
+                if value_type == "FINITE"
+                else _csv_cell(_json_value(trial_rows.stored_value(value, value_type)))
+            )
+    for tid, name, internal, dist in batch.params:
+        if (cells := at.get(tid)) is not None and (col := param_col.get(name)) is not None:
+            cells[col] = _csv_cell(trial_rows.stored_param(internal, dist))
+    for tid, key, value_json in batch.user_attrs:
+        if (cells := at.get(tid)) is not None and (col := attr_col.get(key)) is not None:
+            cells[col] = _json_cell(value_json)
+    return out
 
 
 def write_trials_csv(
@@ -356,10 +353,12 @@ def write_trials_csv(
     writer = csv.writer(out)
     writer.writerow(_csv_header(value_cols, params, attrs))
     n = 0
-    rows = reader.trial_rows(study_id, wanted, batch_size, system_attrs=False, after=after)
-    for row in rows:
-        writer.writerow(_csv_row_of(row, len(value_cols), params, attrs))
-        n += 1
+    for batch in reader.trial_batches(
+        study_id, wanted, batch_size, system_attrs=False, after=after
+    ):
+        rows = _csv_rows(batch, len(value_cols), params, attrs)
+        writer.writerows(rows)
+        n += len(rows)
     return n
 
 

@@ -2,7 +2,8 @@
 attributes and intermediate values in one UNION ALL. Optuna's `RDBStorage.get_trial` loads
 the five through the ORM, one query each (six round trips), and a trial loop reads a trial
 three times per trial (the new `Trial`, `tell`, the finished trial). The columns read have
-not changed since Optuna's schema v3.2.0.a; the conversions are Optuna's own.
+not changed since Optuna's schema v3.2.0.a; the conversions are Optuna's own (trial times:
+`times.utc_to_local`, as its model's properties do).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sqlalchemy as sa
 from optuna import distributions
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial
+
+from studyctl.storage.times import utc_to_local
 
 VALUE, PARAM, USER_ATTR, SYSTEM_ATTR, INTERMEDIATE = range(5)
 ALL_KINDS = frozenset(range(5))
@@ -125,8 +128,8 @@ class _Parts:
             state=row.state,
             value=None,
             values=[values[k] for k in range(len(values))] if values else None,
-            datetime_start=row.datetime_start,
-            datetime_complete=row.datetime_complete,
+            datetime_start=utc_to_local(row.datetime_start),
+            datetime_complete=utc_to_local(row.datetime_complete),
             params=self.params,
             distributions=self.dists,
             user_attrs=self.attrs[0],

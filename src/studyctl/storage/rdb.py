@@ -50,6 +50,7 @@ from studyctl.storage.recent_trials import RecentTrials
 from studyctl.storage.schema import (
     ensure_schema,
 )
+from studyctl.storage.times import utc_now, utc_to_local
 from studyctl.storage.urls import mask_url
 
 # studyctl relies on Optuna's heartbeat and stale-trial retry deliberately; their
@@ -118,7 +119,7 @@ class StudyctlStorage(RDBStorage):
             expected = TrialState.RUNNING
         else:
             return super().set_trial_state_values(trial_id, state, values)
-        now = datetime.now()
+        now = utc_now()  # the column's naive UTC (Optuna's ORM converts; this update does not)
         changes: dict[str, Any] = {"state": state}
         if state == TrialState.RUNNING:
             changes["datetime_start"] = now
@@ -136,7 +137,7 @@ class StudyctlStorage(RDBStorage):
             )
             won = result.rowcount == 1
             if won and state.is_finished():
-                self.recent.ended = (now, dict(deferred or {}))
+                self.recent.ended = (utc_to_local(now), dict(deferred or {}))  # as Optuna reads it
             if won and deferred:  # this transaction ended the trial: its row is locked
                 tables.write_trial_user_attrs(conn, trial_id, deferred, only_running=False)
             if won and state.name in tables.FINISHED_STATES:

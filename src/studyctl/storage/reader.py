@@ -230,6 +230,36 @@ class StudyReader:
 
         return self.read(query)
 
+    def trial_batches(
+        self,
+        study_id: int,
+        states: tuple[str, ...] | None = None,
+        batch_size: int = 2000,
+        *,
+        system_attrs: bool = True,
+        after: int = -1,
+    ) -> Iterator[trial_rows.TrialBatch]:
+        """`trial_rows` as the stored rows of each batch (`trial_rows.TrialBatch`)."""
+        if self._connection is not None:
+            yield from trial_rows.iter_trial_batches(
+                self.read, study_id, states, batch_size, system_attrs=system_attrs, after=after
+            )
+            return
+        from sqlalchemy import exc as sa_exc
+
+        from studyctl.storage import tables
+
+        def read(query: Callable[[ReadConnection], T]) -> T:
+            with tables.transaction(self.engine) as conn:
+                return query(conn)
+
+        try:
+            yield from trial_rows.iter_trial_batches(
+                read, study_id, states, batch_size, system_attrs=system_attrs, after=after
+            )
+        except sa_exc.SQLAlchemyError as exc:
+            raise storage_error(exc, mask_url(self.url)) from None
+
     def trial_rows(
         self,
         study_id: int,
@@ -243,25 +273,10 @@ class StudyReader:
         memory at a time (without their system attributes when `system_attrs` is false). A
         database error is one `StorageError` (not retried: the rows already given stay
         given)."""
-        if self._connection is not None:
-            yield from trial_rows.iter_trial_rows(
-                self.read, study_id, states, batch_size, system_attrs=system_attrs, after=after
-            )
-            return
-        from sqlalchemy import exc as sa_exc
-
-        from studyctl.storage import tables
-
-        def read(query: Callable[[ReadConnection], T]) -> T:
-            with tables.transaction(self.engine) as conn:
-                return query(conn)
-
-        try:
-            yield from trial_rows.iter_trial_rows(
-                read, study_id, states, batch_size, system_attrs=system_attrs, after=after
-            )
-        except sa_exc.SQLAlchemyError as exc:
-            raise storage_error(exc, mask_url(self.url)) from None
+        for batch in self.trial_batches(
+            study_id, states, batch_size, system_attrs=system_attrs, after=after
+        ):
+            yield from trial_rows.batch_rows(batch).values()
 
     def status_rows(self, study_name: str, study_id: int) -> tuple[Any, ...]:
         """What `status` reads beside the counts, in one transaction: the study's record

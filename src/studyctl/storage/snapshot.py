@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from studyctl.errors import StudyctlError
 from studyctl.storage import tables as db
+from studyctl.storage.times import utc_now
 from studyctl.storage.trial_rows import stored_param
 
 RECENT_TRIALS = 8
@@ -317,13 +318,13 @@ def take_snapshot(engine: Engine, name: str, *, stale_after: float | None = None
         remaining = None if n_trials is None else max(0, n_trials - finished)
         parallel = sum(1 for w in workers if w.state == db.WORKER_RUNNING) or counts["RUNNING"]
         eta = _eta(conn, sid, remaining, parallel)
-    local_now = datetime.now()
+    trial_now = utc_now()  # trial times are naive UTC (`times`)
     recent = tuple(
         TrialView(
             number=int(number),
             state=str(state).upper().removeprefix("TRIALSTATE."),
             values=values.get(tid),
-            duration_s=_seconds(start, complete or (local_now if start else None)),
+            duration_s=_seconds(start, complete or (trial_now if start else None)),
             note=notes.get(tid),
         )
         for tid, number, state, start, complete in recent_rows
@@ -349,7 +350,7 @@ def take_snapshot(engine: Engine, name: str, *, stale_after: float | None = None
         best_params=best_params,
         workers=workers,
         recent=recent,
-        # Optuna stamps trial times with the local clock of the process that ran them.
-        elapsed_s=_seconds(first_start, local_now),
+        # Trial times come from the clock of the process that ran them, as UTC.
+        elapsed_s=_seconds(first_start, trial_now),
         eta_s=eta,
     )

@@ -61,7 +61,7 @@ def last_trials_after(
 ) -> int:
     """The trial_id after which the study's `last` most recent trials in `states` begin
     (-1 when it has no more than `last`): the `after` of `trial_columns` and
-    `iter_trial_rows` for a window of them. One query that walks back `last` entries of
+    `iter_trial_batches` for a window of them. One query that walks back `last` entries of
     the study's index, not the study."""
     where, params = _state_filter(states)
     found = scalar(
@@ -135,7 +135,7 @@ class TrialRow:
     system_attrs: dict[str, str] = field(default_factory=dict)
 
 
-def _enum_name(value: Any) -> str:
+def enum_name(value: Any) -> str:
     return str(getattr(value, "name", value))
 
 
@@ -156,40 +156,56 @@ def _batch_children(
     )
 
 
-def _fill_children(
-    conn: ReadConnection,
-    study_id: int,
-    trials: dict[int, TrialRow],
-    *,
-    system_attrs: bool = True,
-) -> None:
-    """Read the values, params and attributes of `trials` (trial_id -> row) into them
-    (the system attributes only with `system_attrs`)."""
-    bounds = {"sid": study_id, "lo": min(trials), "hi": max(trials)}
+@dataclass
+class TrialBatch:
+    """Trials of a study as stored, in trial_id order, and the child rows of their trial_id
+    range (rows of trials not in the batch, of other states, are the reader's to skip)."""
+
+    trials: list[tuple[Any, ...]]  # (trial_id, number, state, datetime_start, _complete)
+    values: list[tuple[Any, ...]]  # (trial_id, objective, value, value_type)
+    params: list[tuple[Any, ...]]  # (trial_id, name, internal value, distribution JSON)
+    user_attrs: list[tuple[Any, ...]]  # (trial_id, key, value JSON)
+    system_attrs: list[tuple[Any, ...]]  # the same; empty unless read
+
+
+def _read_batch(
+    conn: ReadConnection, study_id: int, trials: list[tuple[Any, ...]], system_attrs: bool
+) -> TrialBatch:
+    """`trials` (rows of `_TRIAL_COLUMNS`, in trial_id order) with their values, params and
+    attributes (the system attributes only with `system_attrs`)."""
+    bounds = {"sid": study_id, "lo": trials[0][0], "hi": trials[-1][0]}
     children = functools.partial(_batch_children, conn, bounds)
-    for tid, objective, value, vtype in children(
-        "SELECT c.trial_id, c.objective, c.value, c.value_type FROM trial_values c"
-    ):
+    return TrialBatch(
+        trials,
+        children("SELECT c.trial_id, c.objective, c.value, c.value_type FROM trial_values c"),
+        children(
+            "SELECT c.trial_id, c.param_name, c.param_value, c.distribution_json "
+            "FROM trial_params c",
+            "c.param_id",
+        ),
+        children("SELECT c.trial_id, c.key, c.value_json FROM trial_user_attributes c"),
+        children("SELECT c.trial_id, c.key, c.value_json FROM trial_system_attributes c")
+        if system_attrs
+        else [],
+    )
+
+
+def batch_rows(batch: TrialBatch) -> dict[int, TrialRow]:
+    """The batch's trials as `TrialRow`s, by trial_id, in trial_id order."""
+    trials = _trial_rows(batch.trials)
+    for tid, objective, value, vtype in batch.values:
         if (row := trials.get(int(tid))) is not None:
-            row.values.append((int(objective), value, _enum_name(vtype)))
-    for tid, name, value, dist in children(
-        "SELECT c.trial_id, c.param_name, c.param_value, c.distribution_json FROM trial_params c",
-        "c.param_id",
-    ):
+            row.values.append((int(objective), value, enum_name(vtype)))
+    for tid, name, value, dist in batch.params:
         if (row := trials.get(int(tid))) is not None:
             row.params.append((str(name), value, str(dist)))
-    for tid, key, value in children(
-        "SELECT c.trial_id, c.key, c.value_json FROM trial_user_attributes c"
-    ):
+    for tid, key, value in batch.user_attrs:
         if (row := trials.get(int(tid))) is not None:
             row.user_attrs[str(key)] = str(value)
-    if not system_attrs:
-        return
-    for tid, key, value in children(
-        "SELECT c.trial_id, c.key, c.value_json FROM trial_system_attributes c"
-    ):
+    for tid, key, value in batch.system_attrs:
         if (row := trials.get(int(tid))) is not None:
             row.system_attrs[str(key)] = str(value)
+    return trials
 
 
 _TRIAL_COLUMNS = "SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete "
@@ -197,59 +213,49 @@ _TRIAL_COLUMNS = "SELECT t.trial_id, t.number, t.state, t.datetime_start, t.date
 
 def _trial_rows(trials: Any) -> dict[int, TrialRow]:
     return {
-        int(tid): TrialRow(int(tid), int(num), _enum_name(state), start, complete)
+        int(tid): TrialRow(int(tid), int(num), enum_name(state), start, complete)
         for tid, num, state, start, complete in trials
     }
 
 
-def iter_trial_rows(
-    read: Callable[[Callable[[ReadConnection], dict[int, TrialRow]]], dict[int, TrialRow]],
+def iter_trial_batches(
+    read: Callable[[Callable[[ReadConnection], TrialBatch | None]], TrialBatch | None],
     study_id: int,
     states: tuple[str, ...] | None = None,
     batch_size: int = 2000,
     *,
     system_attrs: bool = True,
     after: int = -1,
-) -> Iterator[TrialRow]:
+) -> Iterator[TrialBatch]:
     """The study's trials (with a trial_id above `after`) in number order, `batch_size` at
     a time (keyset on trial_id), each batch read in its own short transaction (`read` runs
     a function in one): memory stays bounded by one batch."""
     where, params = _state_filter(states)
 
-    def batch(conn: ReadConnection) -> dict[int, TrialRow]:
-        trials = _trial_rows(
-            rows(
-                conn,
-                _TRIAL_COLUMNS + "FROM trials t WHERE t.study_id = :sid AND "
-                f"t.trial_id > :after{where} ORDER BY t.trial_id LIMIT :limit",
-                {**params, "sid": study_id, "after": after, "limit": batch_size},
-            )
+    def batch(conn: ReadConnection) -> TrialBatch | None:
+        trials = rows(
+            conn,
+            _TRIAL_COLUMNS + "FROM trials t WHERE t.study_id = :sid AND "
+            f"t.trial_id > :after{where} ORDER BY t.trial_id LIMIT :limit",
+            {**params, "sid": study_id, "after": after, "limit": batch_size},
         )
-        if trials:
-            _fill_children(conn, study_id, trials, system_attrs=system_attrs)
-        return trials
+        return _read_batch(conn, study_id, trials, system_attrs) if trials else None
 
-    while True:
-        trials = read(batch)
-        if not trials:
-            return
-        yield from trials.values()
-        after = max(trials)
+    while (found := read(batch)) is not None:
+        yield found
+        after = int(found.trials[-1][0])
 
 
 def trial_row(conn: ReadConnection, study_id: int, trial_id: int) -> TrialRow | None:
-    """One trial of the study, as `iter_trial_rows` reads it."""
-    found = _trial_rows(
-        rows(
-            conn,
-            _TRIAL_COLUMNS + "FROM trials t WHERE t.study_id = :sid AND t.trial_id = :tid",
-            {"sid": study_id, "tid": trial_id},
-        )
+    """One trial of the study, as `iter_trial_batches` reads it."""
+    found = rows(
+        conn,
+        _TRIAL_COLUMNS + "FROM trials t WHERE t.study_id = :sid AND t.trial_id = :tid",
+        {"sid": study_id, "tid": trial_id},
     )
     if not found:
         return None
-    _fill_children(conn, study_id, found)
-    return found[trial_id]
+    return batch_rows(_read_batch(conn, study_id, found, system_attrs=True))[trial_id]
 
 
 # Optuna's own best-trial query (`TrialModel.find_min_value_trial_id` / `find_max_...`),
@@ -336,7 +342,7 @@ _BEST_SQL = (
 
 
 def stored_value(value: float | None, value_type: Any) -> float:
-    kind = _enum_name(value_type)
+    kind = enum_name(value_type)
     if kind == "INF_POS":
         return float("inf")
     if kind == "INF_NEG":
@@ -378,7 +384,7 @@ class StudyTally:
         self._unfinished = {}
         self._last_id = 0
         for state, n, max_id, unfinished in rows(conn, _TALLY_SQL, {"sid": self.study_id}):
-            name = _enum_name(state)
+            name = enum_name(state)
             self.counts[name] = self.counts.get(name, 0) + int(n)
             self._last_id = max(self._last_id, int(max_id))
             if unfinished:
@@ -409,7 +415,7 @@ class StudyTally:
             )
         # The two reads are disjoint: new trials (id > last) and unfinished ones (id <= last).
         for trial_id, number, state, value, value_type in changed:
-            tid, name = int(trial_id), _enum_name(state)
+            tid, name = int(trial_id), enum_name(state)
             before = self._unfinished.pop(tid, None)
             if before is not None:
                 self.counts[before] -= 1
