@@ -173,7 +173,11 @@ def iter_trials(
     study_id = _study_id(reader, name)
     wanted = tuple(s.upper() for s in states) if states else None
     after = _after(reader, study_id, wanted, last)
-    return (_row_dict(row) for row in reader.trial_rows(study_id, wanted, after=after))
+    return (
+        _row_dict(row)
+        for batch in reader.trial_batches(study_id, wanted, after=after)
+        for row in trial_rows.batch_rows(batch).values()
+    )
 
 
 def best_summary(source: Source, name: str) -> list[dict[str, Any]]:

@@ -239,7 +239,10 @@ class StudyReader:
         system_attrs: bool = True,
         after: int = -1,
     ) -> Iterator[trial_rows.TrialBatch]:
-        """`trial_rows` as the stored rows of each batch (`trial_rows.TrialBatch`)."""
+        """The study's trials (with a trial_id above `after`) in number order, one batch
+        (`trial_rows.TrialBatch`, its rows as stored) in memory at a time, without their
+        system attributes when `system_attrs` is false. A database error is one
+        `StorageError` (not retried: the batches already given stay given)."""
         if self._connection is not None:
             yield from trial_rows.iter_trial_batches(
                 self.read, study_id, states, batch_size, system_attrs=system_attrs, after=after
@@ -259,24 +262,6 @@ class StudyReader:
             )
         except sa_exc.SQLAlchemyError as exc:
             raise storage_error(exc, mask_url(self.url)) from None
-
-    def trial_rows(
-        self,
-        study_id: int,
-        states: tuple[str, ...] | None = None,
-        batch_size: int = 2000,
-        *,
-        system_attrs: bool = True,
-        after: int = -1,
-    ) -> Iterator[trial_rows.TrialRow]:
-        """The study's trials (with a trial_id above `after`) in number order, one batch in
-        memory at a time (without their system attributes when `system_attrs` is false). A
-        database error is one `StorageError` (not retried: the rows already given stay
-        given)."""
-        for batch in self.trial_batches(
-            study_id, states, batch_size, system_attrs=system_attrs, after=after
-        ):
-            yield from trial_rows.batch_rows(batch).values()
 
     def status_rows(self, study_name: str, study_id: int) -> tuple[Any, ...]:
         """What `status` reads beside the counts, in one transaction: the study's record
