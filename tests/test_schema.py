@@ -206,3 +206,48 @@ def test_postgres_errors_are_one_line(url: str, words: str) -> None:
     assert result.exit_code == 2
     assert words in result.output and "pw@" not in result.output
     assert result.output.count("\n") == 1
+
+
+def test_a_current_database_opens_without_optunas_schema_work(storage_url: str) -> None:
+    """A database whose two schemas are at head opens without Optuna's table creation,
+    version row and Alembic revision check (`rdb_init`): the storage has every attribute
+    Optuna's own `RDBStorage.__init__` sets, with the same values, and works as one."""
+    from optuna.storages import RDBStorage
+
+    from studyctl.storage import open_storage
+    from studyctl.storage.rdb_init import LazyVersionManager
+
+    created = open_storage(storage_url)  # a new database: the set-up path
+    assert not isinstance(created._version_manager, LazyVersionManager)
+    close_storage(storage_url)
+    opened = open_storage(storage_url)
+    assert isinstance(opened._version_manager, LazyVersionManager)
+    plain = RDBStorage(storage_url, engine_kwargs=opened.engine_kwargs)
+    try:
+        mine, optunas = vars(opened), vars(plain)
+        assert set(optunas) <= set(mine)
+        built = {"engine", "scoped_session", "_version_manager"}
+        for name in set(optunas) - built:
+            assert mine[name] == optunas[name], name
+        assert opened.get_current_version() == plain.get_current_version()
+        assert opened.get_head_version() == plain.get_head_version()
+        study = optuna.create_study(study_name="current", storage=opened)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+        again = optuna.load_study(study_name="current", storage=plain)
+        assert [t.params for t in again.trials] == [t.params for t in study.trials]
+    finally:
+        plain.engine.dispose()
+
+
+def test_a_database_a_revision_behind_is_still_refused(sqlite_url: str) -> None:
+    """The quick open finds the schema not current and leaves the decision to the set-up
+    path, which refuses the database with the fix."""
+    from studyctl.errors import StorageError
+    from studyctl.storage import open_storage
+
+    storage = open_storage(sqlite_url)
+    with storage.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {schema.VERSION_TABLE} SET version_num = '0001'"))
+    close_storage(sqlite_url)
+    with pytest.raises(StorageError, match="studyctl db upgrade"):
+        open_storage(sqlite_url)

@@ -284,13 +284,15 @@ def test_report_imports_neither_scikit_learn_nor_a_plotting_library_it_does_not_
     importance package imports it anyway (for fANOVA), about 1 s of a report's 3 s. Its
     figures are plotly dicts written without validation: neither Optuna's plot modules
     (which import their matplotlib twins) nor plotly's graph objects (which check every
-    property as it is set) are imported."""
+    property as it is set) are imported; nor is Alembic, the database's schemas being
+    current (`rdb_init`)."""
     _mixed_study(sqlite_url, tmp_path)
     code = (
         "import sys\nsys.argv = ['studyctl', *sys.argv[1:]]\n"
         "from studyctl.cli.commands import run_app\n"
         "try:\n    run_app()\nfinally:\n"
-        "    heavy = ('sklearn', 'optuna.visualization', 'plotly.graph_objects', 'matplotlib')\n"
+        "    heavy = ('sklearn', 'optuna.visualization', 'plotly.graph_objects', 'matplotlib', "
+        "'alembic')\n"
         "    print('imported:', [m for m in heavy if m in sys.modules], file=sys.stderr)\n"
     )
     page = tmp_path / "report.html"

@@ -98,3 +98,27 @@ def _drop_stale_snapshot(context: sa.engine.ExceptionContext) -> None:
     runs on a fresh connection; nothing of the failed transaction was written."""
     if is_stale_snapshot(context.original_exception):
         context.is_disconnect = True
+
+
+def database_url(url: str, shown: str) -> sa.engine.URL:
+    """`url` parsed, if it names a database studyctl opens (SQLite or PostgreSQL); else one
+    `StorageError` (`shown`: the URL with its password masked)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        raise StorageError(
+            f"storage URL {shown!r} is malformed",
+            hint="expected e.g. sqlite:///studyctl.db or postgresql+psycopg://user@host:5432/db",
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend in ("grpc", "grpcs"):
+        raise StorageError(
+            f"storage URL {shown!r} is a studyctl storage proxy, which serves workers only",
+            hint="give this command the database URL the proxy was started with",
+        )
+    if backend not in ("sqlite", "postgresql"):
+        raise StorageError(
+            f"storage URL {shown!r}: unsupported database {backend!r}",
+            hint="use sqlite:///PATH or postgresql+psycopg://user@host/db",
+        )
+    return parsed

@@ -25,7 +25,6 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models as optuna_models
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from studyctl.errors import StorageError, one_line
@@ -33,6 +32,7 @@ from studyctl.storage import tables
 from studyctl.storage.control import SqlControl
 from studyctl.storage.engine import (
     POSTGRES_POOL_SIZE,
+    database_url,
     engine_kwargs,
     prepare_sqlite,
     require_existing_database,
@@ -46,10 +46,9 @@ from studyctl.storage.outage import (
     install_connect_guard,
     server_started_within,
 )
+from studyctl.storage.rdb_init import init_current, schemas_current
 from studyctl.storage.recent_trials import RecentTrials
-from studyctl.storage.schema import (
-    ensure_schema,
-)
+from studyctl.storage.schema import ensure_schema
 from studyctl.storage.times import utc_now, utc_to_local
 from studyctl.storage.urls import mask_url
 
@@ -71,7 +70,9 @@ class StudyctlStorage(RDBStorage):
     together with studyctl's rows of it, whoever deletes it (the dashboard included).
     """
 
-    def __init__(self, url: str, *, outage: OutageGuard | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, url: str, *, outage: OutageGuard | None = None, current: bool = False, **kwargs: Any
+    ) -> None:
         self.outage = outage or OutageGuard(mask_url(url), 0)
         self._has_counter = False
         # User attributes of a running trial to store in the transaction that ends it.
@@ -84,7 +85,10 @@ class StudyctlStorage(RDBStorage):
         # sweeping at each trial start finds nothing sooner than once per heartbeat.
         self.stale_sweep_every_s = 0.0
         self._next_stale_sweep: dict[int, float] = {}  # study_id -> monotonic time
-        super().__init__(url, **kwargs)
+        if current:  # both schemas found current: no set-up or check (`rdb_init`)
+            init_current(self, url, **kwargs)
+        else:
+            super().__init__(url, **kwargs)
 
     def defer_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         """Store user attribute `key` of this process's running trial in the transaction
@@ -378,65 +382,63 @@ _STORAGES: dict[str, StudyctlStorage] = {}
 
 
 def _inherited_tolerance() -> float:
-    try:
+    with contextlib.suppress(ValueError):
         return max(0.0, float(os.environ.get(OUTAGE_TOLERANCE_ENV, "0")))
-    except ValueError:
-        return 0.0
+    return 0.0
 
 
 def open_storage(
     url: str, *, for_upgrade: bool = False, pool_size: int = POSTGRES_POOL_SIZE
 ) -> StudyctlStorage:
     """Open (once per process) the storage at `url`, creating the schema of a new database
-    and refusing one whose schema (Optuna's or studyctl's) is at another version.
+    and refusing one whose schema (Optuna's or studyctl's) is at another version; one whose
+    schemas are both current is opened without set-up (`rdb_init`).
     `for_upgrade` skips both checks, for `studyctl db upgrade` only. `pool_size` bounds a
     PostgreSQL engine's pool (plus `POSTGRES_MAX_OVERFLOW`); the storage proxy takes more.
 
-    Raises `StorageError` with the URL's password masked for every problem a user can fix.
-    """
+    Raises `StorageError` with the URL's password masked for every problem a user can fix."""
     if url in _STORAGES and not for_upgrade:
         return _STORAGES[url]
     shown = mask_url(url)
-    try:
-        parsed = make_url(url)
-    except (sa_exc.ArgumentError, ValueError):
-        raise StorageError(
-            f"storage URL {shown!r} is malformed",
-            hint="expected e.g. sqlite:///studyctl.db or postgresql+psycopg://user@host:5432/db",
-        ) from None
+    parsed = database_url(url, shown)
     backend = parsed.get_backend_name()
-    if backend in ("grpc", "grpcs"):
-        raise StorageError(
-            f"storage URL {shown!r} is a studyctl storage proxy, which serves workers only",
-            hint="give this command the database URL the proxy was started with",
-        )
-    if backend not in ("sqlite", "postgresql"):
-        raise StorageError(
-            f"storage URL {shown!r}: unsupported database {backend!r}",
-            hint="use sqlite:///PATH or postgresql+psycopg://user@host/db",
-        )
     # A command opens with no tolerance (a database that is down is reported at once); a
     # process started by a run inherits the run's through the environment.
     guard = OutageGuard(shown, _inherited_tolerance())
 
+    def construct(current: bool) -> StudyctlStorage | None:
+        """The storage; None if `current` and a schema is not: new, or to refuse."""
+        kwargs = engine_kwargs(parsed, pool_size)
+        storage = StudyctlStorage(
+            url, outage=guard, current=current, engine_kwargs=kwargs,
+            skip_compatibility_check=for_upgrade,
+        )  # fmt: skip
+        try:
+            if backend == "sqlite":
+                tune_sqlite_connections(storage.engine)
+            if current and not schemas_current(storage.engine):
+                storage.engine.dispose()
+                return None
+            if not current and not for_upgrade:
+                ensure_schema(storage.engine, shown)
+        except BaseException:
+            storage.engine.dispose()
+            raise
+        return storage
+
     def build() -> StudyctlStorage:
-        with setup_lock(parsed):
+        storage = None
+        # An existing database at both heads needs no set-up, hence no set-up lock.
+        if not for_upgrade and (backend != "sqlite" or os.path.isfile(parsed.database or "")):
             if backend == "sqlite":
                 prepare_sqlite(parsed, shown)
-            storage = StudyctlStorage(
-                url,
-                outage=guard,
-                engine_kwargs=engine_kwargs(parsed, pool_size),
-                skip_compatibility_check=for_upgrade,
-            )
-            try:
+            storage = construct(current=True)
+        if storage is None:
+            with setup_lock(parsed):
                 if backend == "sqlite":
-                    tune_sqlite_connections(storage.engine)
-                if not for_upgrade:
-                    ensure_schema(storage.engine, shown)
-            except BaseException:
-                storage.engine.dispose()
-                raise
+                    prepare_sqlite(parsed, shown)
+                storage = construct(current=False)
+            assert storage is not None  # only a `current` construct gives None
         if backend == "postgresql":
             install_connect_guard(storage.engine, guard)
         return storage

@@ -31,7 +31,11 @@ from studyctl.errors import StorageError, StudyctlError, one_line
 from studyctl.storage import plain, trial_rows
 from studyctl.storage.outage import OutageGuard, is_unreachable, storage_error
 from studyctl.storage.plain import PlainConnection, rows, scalar
-from studyctl.storage.schema import VERSION_TABLE, head_revision, optuna_head_revision
+from studyctl.storage.schema import (
+    VERSIONS_SQL,
+    optuna_head_revision,
+    versions_current,
+)
 from studyctl.storage.urls import mask_url
 
 if TYPE_CHECKING:
@@ -49,11 +53,6 @@ METRIC_NAMES_KEY = "study:metric_names"
 CONSTRAINTS_KEY = "constraints"
 
 # Both schemas' versions in one round trip: (rows, revision) of each version table.
-_VERSIONS_SQL = (
-    f"SELECT (SELECT count(*) FROM {VERSION_TABLE}), (SELECT max(version_num) FROM "
-    f"{VERSION_TABLE}), (SELECT count(*) FROM alembic_version), "
-    "(SELECT max(version_num) FROM alembic_version)"
-)
 # `tables.workers_table`'s columns, in its order (`status --format json` shows them so).
 _WORKER_COLUMNS = (
     "worker_id",
@@ -334,10 +333,6 @@ def _refuse_unreachable(url: str, backend: str, exc: BaseException, connecting: 
     ) from None
 
 
-def _current(versions: tuple[Any, ...], optuna_head: str) -> bool:
-    return tuple(versions) == (1, head_revision(), 1, optuna_head)
-
-
 def _current_connection(url: str, optuna_head: str) -> PlainConnection | None:
     """The driver's connection to `url` when both schemas there are current, else None."""
     conn: PlainConnection | None = None
@@ -345,7 +340,7 @@ def _current_connection(url: str, optuna_head: str) -> PlainConnection | None:
         conn = plain.connect_plain(url)
         if conn is None:
             return None
-        versions = conn.rows(_VERSIONS_SQL)[0]
+        versions = conn.rows(VERSIONS_SQL)[0]
     except Exception as exc:
         if not _is_driver_error(exc):
             raise
@@ -359,7 +354,7 @@ def _current_connection(url: str, optuna_head: str) -> PlainConnection | None:
             _refuse_unreachable(url, "postgresql", exc, connecting)
         return None
     conn.commit()
-    if not _current(versions, optuna_head):
+    if not versions_current(tuple(versions), optuna_head):
         conn.close()
         return None
     return conn
@@ -383,13 +378,13 @@ def _current_engine(url: str, optuna_head: str) -> Engine | None:
         return None
     try:
         with engine.connect() as conn:
-            versions = conn.execute(sa.text(_VERSIONS_SQL)).one()
+            versions = conn.execute(sa.text(VERSIONS_SQL)).one()
     except sa_exc.SQLAlchemyError as exc:
         engine.dispose()
         connecting = isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
         _refuse_unreachable(url, parsed.get_backend_name(), exc, connecting)
         return None
-    if not _current(versions, optuna_head):
+    if not versions_current(tuple(versions), optuna_head):
         engine.dispose()
         return None
     return engine

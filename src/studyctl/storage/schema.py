@@ -40,6 +40,13 @@ OPTUNA_TABLE_INDEXES = {
     "ON trials (study_id, trial_id)",
 }
 FIRST_REVISION = "0001"
+# Both applications' revisions in one query: (rows, revision) of studyctl's version table,
+# then of Optuna's (`alembic_version`); current is one row each, at the heads.
+VERSIONS_SQL = (
+    f"SELECT (SELECT count(*) FROM {VERSION_TABLE}), (SELECT max(version_num) FROM "
+    f"{VERSION_TABLE}), (SELECT count(*) FROM alembic_version), "
+    "(SELECT max(version_num) FROM alembic_version)"
+)
 _REVISION_LINE = re.compile(r"""^(down_revision|revision)\s*(?::[^=]*)?=\s*["']?(\w+)["']?""", re.M)
 # Optuna's revision ids have dots ("v3.2.0.a").
 _OPTUNA_REVISION_LINE = re.compile(
@@ -97,6 +104,11 @@ def optuna_head_revision() -> str | None:
                 chain[found["revision"]] = None if down in (None, "None") else down
     heads = set(chain) - {d for d in chain.values() if d is not None}
     return heads.pop() if len(heads) == 1 else None
+
+
+def versions_current(versions: tuple[object, ...], optuna_head: str) -> bool:
+    """`VERSIONS_SQL`'s row says both schemas are at their heads."""
+    return versions == (1, head_revision(), 1, optuna_head)
 
 
 def known_revisions() -> set[str]:
