@@ -172,3 +172,13 @@ def test_a_multi_objective_report_draws_its_pareto_front(sqlite_url: str, tmp_pa
     done = run_cli(["report", "multi", "-s", sqlite_url, "-o", str(page)], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Not available" not in page.read_text()
+
+
+def test_the_figures_template_is_plotlys_default() -> None:
+    """Read from plotly's file without its graph objects, the template is the one
+    `plotly.io.templates` builds (Optuna's plots are drawn with it)."""
+    import plotly.io as pio
+
+    from studyctl.inspect import figures
+
+    assert figures._template() == pio.templates["plotly"].to_plotly_json()

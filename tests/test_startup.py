@@ -23,8 +23,10 @@ from optuna.distributions import (
     distribution_to_json,
 )
 
+from studyctl.cli import _reading
 from studyctl.errors import StorageError
 from studyctl.inspect import summary
+from studyctl.inspect.trial_window import DEFAULT_MAX_TRIALS
 from studyctl.storage import open_storage, schema, trial_rows
 from studyctl.storage.reader import open_reader
 
@@ -255,6 +257,46 @@ def test_reading_commands_print_what_typer_prints_without_typer(
         imported = set(modules_out.read_text().split())
         without = {"typer", "click", "pydantic", "sqlalchemy", "optuna", "alembic"}
         assert (not imported & without) == direct, (args, imported & without)
+
+
+def test_report_runs_as_typer_runs_it_without_typer(sqlite_url: str, tmp_path: Path) -> None:
+    """`report STUDY -o PATH [-s URL] [--max-trials N]` runs without Typer, Click or
+    pydantic, printing what the Typer app prints and writing the same files; other forms
+    go to Typer."""
+    _mixed_study(sqlite_url, tmp_path)
+    s = sqlite_url
+    cases = [
+        (["report", "mixed", "-s", s, "-o", "{out}.html"], True),
+        (["report", f"--storage={s}", "mixed", "--output={out}.html", "--max-trials", "5"], True),
+        (["report", "mixed", "-s", s, "-o", "{out}", "--max-trials=0"], True),  # PNGs
+        (["report", "nope", "-s", s, "-o", "{out}.html"], True),
+        (["report", "mixed", "-s", s, "-o", "{out}.txt"], True),
+        (["report", "mixed", "-s", s], False),  # Typer's "Missing option"
+        (["report", "mixed", "-s", s, "-o", "{out}.html", "--max-trials", "-1"], False),
+        (["report", "mixed", "-s", s, "-o", "{out}.html", "--max-trials", "x"], False),
+        (["report", "mixed", "-s", s, "-o", "{out}.html", "-f", "json"], False),
+    ]
+    modules_out = tmp_path / "modules.txt"
+    env = {**os.environ, "MODULES_OUT": str(modules_out)}
+    imported: set[str] = set()
+    for i, (args, direct) in enumerate(cases):
+        runs = []
+        for way, code in (("direct", _DIRECT), ("typer", _VIA_TYPER)):
+            out = tmp_path / f"{way}{i}"
+            argv = [a.replace("{out}", str(out)) for a in args]
+            done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, env=env)
+            written = sorted(
+                str(p.relative_to(tmp_path)).replace(way, "") for p in tmp_path.rglob(f"{way}{i}*")
+            ) + sorted(p.name for p in out.glob("*.png"))  # a folder's PNGs
+            shown = done.stdout.replace(str(out).encode(), b"OUT")
+            runs.append(
+                (done.returncode, shown, done.stderr.replace(str(out).encode(), b"OUT"), written)
+            )
+            if way == "direct":
+                imported = set(modules_out.read_text().split())
+        assert runs[0] == runs[1], args
+        assert (not imported & {"typer", "click", "pydantic"}) == direct, args
+    assert _reading.REPORT_MAX_TRIALS == DEFAULT_MAX_TRIALS
 
 
 def test_watch_snapshot_reads_the_best_params_without_optuna(

@@ -4,8 +4,8 @@ the result; errors a user can cause print as one line with exit code 2.
 Nothing here imports TensorFlow: `studyctl --help` stays fast, and worker processes are
 started before TensorFlow exists in any parent. `studyctl --help` (and `studyctl` alone)
 is answered from `_help` without importing Typer or any command, and `studies`, `status`,
-`best` and `trials` in their plain forms by `_direct` (`commands` assembles the Typer app,
-imported on first use: `from studyctl.cli import app`).
+`best`, `trials` and `report` in their plain forms by `_direct` (`commands` assembles the
+Typer app, imported on first use: `from studyctl.cli import app`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""`studies`, `status`, `best` and `trials` run straight from `sys.argv`, without Typer.
+"""`studies`, `status`, `best`, `trials` and `report` run straight from `sys.argv`, without
+Typer.
 
 Importing Typer (with Click and pydantic) and every command module, then building the
 whole app and a pydantic adapter per parameter, took as long as reading the study. These
-four commands take few arguments; `direct_command` reads the plain forms of them (`STUDY`,
+five commands take few arguments; `direct_command` reads the plain forms of them (`STUDY`,
 `--storage URL` or `-s URL` or `--storage=URL`, `--format`/`-f` with a valid format,
-`--state S`, `--last N` with N written in digits and at least 1, in any order) and
-returns None for anything else (`--help`, a misspelt or abbreviated option, a missing
+`--state S`, `--last N` with N written in digits and at least 1, `report`'s `--output`/`-o
+PATH` and `--max-trials N` with N written in digits, in any order) and returns None for
+anything else (`--help`, a misspelt or abbreviated option, a missing
 value, a value that starts with `-`, `-sURL`, `--`, an extra argument, `best
 --export-model`, shell completion), which Typer then parses, help and usage errors
 included. What runs is `cli/_reading`, which the Typer commands run too, and
@@ -22,6 +24,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 from studyctl.cli._output import echo, fail
@@ -32,6 +35,7 @@ class _Grammar:
     study: bool  # takes the STUDY argument
     formats: tuple[str, ...]
     states: bool = False  # takes --state (repeatable) and --last
+    report: bool = False  # takes --output/-o (required) and --max-trials
 
 
 _GRAMMARS = {
@@ -39,8 +43,11 @@ _GRAMMARS = {
     "status": _Grammar(True, ("table", "json")),
     "best": _Grammar(True, ("table", "json")),
     "trials": _Grammar(True, ("table", "json", "csv"), states=True),
+    "report": _Grammar(True, (), report=True),
 }
 _OPTIONS = {"--storage": "storage", "-s": "storage", "--format": "format", "-f": "format"}
+_STATES_OPTIONS = {"--state": "state", "--last": "last"}
+_REPORT_OPTIONS = {"--output": "path", "-o": "path", "--max-trials": "max-trials"}
 
 
 @dataclass
@@ -50,6 +57,21 @@ class _Parsed:
     output: str = "table"
     states: list[str] = field(default_factory=list)
     last: int | None = None
+    path: str | None = None
+    max_trials: int | None = None
+
+
+def _digits(value: str) -> int | None:
+    """`value` as an int when written in ASCII digits only (else Typer says what is wrong)."""
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _option(grammar: _Grammar, name: str) -> str | None:
+    if grammar.states and name in _STATES_OPTIONS:
+        return _STATES_OPTIONS[name]
+    if grammar.report and name in _REPORT_OPTIONS:
+        return _REPORT_OPTIONS[name]
+    return _OPTIONS.get(name) if grammar.formats or name in ("--storage", "-s") else None
 
 
 def _parse(grammar: _Grammar, args: list[str]) -> _Parsed | None:
@@ -60,9 +82,7 @@ def _parse(grammar: _Grammar, args: list[str]) -> _Parsed | None:
             parsed.positional.append(arg)
             continue
         name, eq, value = arg.partition("=")
-        option = (
-            name[2:] if name in ("--state", "--last") and grammar.states else _OPTIONS.get(name)
-        )
+        option = _option(grammar, name)
         if option is None or (eq and not name.startswith("--")):
             return None
         if not eq:
@@ -76,18 +96,26 @@ def _parse(grammar: _Grammar, args: list[str]) -> _Parsed | None:
                 return None
             parsed.output = value
         elif option == "last":
-            if not (value.isascii() and value.isdigit()) or int(value) < 1:
-                return None  # Typer says what is wrong with it
-            parsed.last = int(value)
+            if (last := _digits(value)) is None or last < 1:
+                return None
+            parsed.last = last
+        elif option == "max-trials":
+            parsed.max_trials = _digits(value)
+            if parsed.max_trials is None:
+                return None
+        elif option == "path":
+            parsed.path = value
         else:
             parsed.states.append(value)
     if len(parsed.positional) != (1 if grammar.study else 0):
         return None
+    if grammar.report and parsed.path is None:
+        return None  # Typer's "Missing option"
     return parsed
 
 
 def direct_command(argv: list[str]) -> Callable[[], None] | None:
-    """The command `argv` asks for, ready to run, when it is one of the four reading
+    """The command `argv` asks for, ready to run, when it is one of the five reading
     commands written in a form read here exactly as Typer reads it; else None."""
     if not argv or argv[0] not in _GRAMMARS:
         return None
@@ -105,6 +133,12 @@ def direct_command(argv: list[str]) -> Callable[[], None] | None:
         "best": lambda: _reading.show_best(p.positional[0], p.storage, p.output, None),
         "trials": lambda: _reading.show_trials(
             p.positional[0], p.storage, p.states or None, p.output, p.last
+        ),
+        "report": lambda: _reading.write_report(
+            p.positional[0],
+            Path(p.path or ""),
+            p.storage,
+            _reading.REPORT_MAX_TRIALS if p.max_trials is None else p.max_trials,
         ),
     }
     return commands[argv[0]]

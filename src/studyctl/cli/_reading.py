@@ -1,4 +1,5 @@
-"""What `studies`, `status`, `trials` and `best` print, from parsed arguments, without Typer.
+"""What `studies`, `status`, `trials`, `best` and `report` do, from parsed arguments, without
+Typer.
 
 `cli/inspect.py` runs them as Typer commands; `cli/_direct.py` runs them straight from
 `sys.argv` when the arguments are ones it reads exactly as Typer would. A format is a
@@ -8,6 +9,7 @@ plain string here: "table", "json" or "csv".
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studyctl.cli._output import (
@@ -181,3 +183,28 @@ def show_best(study: str, storage: str | None, output: str, export_model: str | 
         echo(f"trial #{r['number']}: {fmt(r['values'])}")
         for k, v in r["params"].items():
             echo(f"  {k} = {fmt(v)}")
+
+
+REPORT_MAX_TRIALS = 10_000  # `report --max-trials`'s default (`trial_window`'s)
+
+
+def write_report(study: str, output: Path, storage: str | None, max_trials: int) -> None:
+    """`report`: the HTML page or the PNGs, then the note of a study drawn as its most
+    recent trials and each file written."""
+    from studyctl.inspect.report import import_importance_without_sklearn, write_html, write_pngs
+    from studyctl.storage.rdb import open_existing_storage
+    from studyctl.storage.urls import resolve_storage_url
+
+    if output.suffix and output.suffix not in (".html", ".png"):
+        fail(f"--output {output}: expected a .html or .png file, or a folder")
+    import_importance_without_sklearn()
+    st = open_existing_storage(resolve_storage_url(storage))
+    if output.suffix == ".html":
+        path, note = write_html(st, study, output, max_trials)
+        written = [path]
+    else:
+        written, note = write_pngs(st, study, output, max_trials)
+    if note:
+        echo(note)
+    for path in written:
+        echo(f"wrote {path}")

@@ -18,10 +18,17 @@ from studyctl.cli._common import (
     TrialsFormat,
     command,
     max_trials_option,
-    open_storage_of,
 )
 from studyctl.cli._output import echo_json, fail, table
-from studyctl.cli._reading import open_reader_of, show_best, show_status, show_studies, show_trials
+from studyctl.cli._reading import (
+    REPORT_MAX_TRIALS,
+    open_reader_of,
+    show_best,
+    show_status,
+    show_studies,
+    show_trials,
+    write_report,
+)
 
 
 @command
@@ -131,25 +138,11 @@ def report(
             "Draw a bigger study's most recent N trials (the optimization history, the best "
             "trial and the budget stay the whole study's)"
         ),
-    ] = 10_000,
+    ] = REPORT_MAX_TRIALS,
 ) -> None:
     """Write a report: optimization history, parameter importances, parallel coordinates,
     learning curves and a trials table."""
-    from studyctl.inspect.report import import_importance_without_sklearn, write_html, write_pngs
-
-    import_importance_without_sklearn()
-    st = open_storage_of(storage)
-    if output.suffix == ".html":
-        path, note = write_html(st, study, output, max_trials)
-        written = [path]
-    elif output.suffix and output.suffix != ".png":
-        fail(f"--output {output}: expected a .html or .png file, or a folder")
-    else:
-        written, note = write_pngs(st, study, output, max_trials)
-    if note:
-        typer.echo(note)
-    for path in written:
-        typer.echo(f"wrote {path}")
+    write_report(study, output, storage, max_trials)
 
 
 @command

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import array
 import base64
+import functools
 import itertools
+import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,10 +31,22 @@ Figure = dict[str, Any]
 OBJECTIVE_LABEL = "Objective Value"  # Optuna's name for an unnamed objective
 
 
-def _figure(data: list[dict[str, Any]], title: str, **layout: Any) -> Figure:
-    import plotly.io as pio
+@functools.cache
+def _template() -> dict[str, Any]:
+    """plotly's default template (Optuna's plots have it), read from plotly's own file:
+    `plotly.io.templates` builds it as graph objects, importing and validating them."""
+    try:
+        text = (files("plotly") / "package_data" / "templates" / "plotly.json").read_text()
+        found: dict[str, Any] = json.loads(text)
+        return found
+    except (OSError, ValueError):  # another plotly's layout
+        import plotly.io as pio
 
-    template = pio.templates["plotly"].to_plotly_json()
+        return dict(pio.templates["plotly"].to_plotly_json())
+
+
+def _figure(data: list[dict[str, Any]], title: str, **layout: Any) -> Figure:
+    template = _template()
     return {"data": data, "layout": {"title": {"text": title}, "template": template, **layout}}
 
 
