@@ -101,7 +101,7 @@ def _history_of(module: Any, index: int, name: str | None) -> PlotFactory:
 _WHOLE_HISTORY_SQL = (
     "SELECT t.number, v.value FROM trials t JOIN trial_values v ON v.trial_id = t.trial_id "
     "WHERE t.study_id = :sid AND t.state = 'COMPLETE' AND v.objective = :objective "
-    "AND v.value_type = 'FINITE' ORDER BY t.number"
+    "AND v.value_type = 'FINITE' ORDER BY t.trial_id"  # number order, without a sort
 )
 
 
