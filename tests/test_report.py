@@ -4,6 +4,9 @@ against the trials Optuna itself returns, on both backends."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -52,13 +55,19 @@ def _curves_study(storage_url: str, tmp_path: Path) -> optuna.Study:
 
 
 def _plots(storage_url: str, name: str, max_trials: int = 0) -> dict[str, dict]:
+    """The report's figures by title; a plot that is not available (the page says why)
+    as {}."""
     storage = open_storage(storage_url)
     study, _, _ = report._finished_study(storage, name, max_trials)
     _, best = report._summary(storage, name)
     trials = study.get_trials(deepcopy=False)
-    return {
-        title: draw() for title, draw in report._html_plots(storage, study, trials, best).items()
-    }
+    drawn = {}
+    for title, draw in report._html_plots(storage, study, trials, best).items():
+        try:
+            drawn[title] = draw()
+        except ValueError:
+            drawn[title] = {}
+    return drawn
 
 
 def test_parallel_coordinates_draw_each_completed_trial_on_its_own_axes(
@@ -182,3 +191,123 @@ def test_the_figures_template_is_plotlys_default() -> None:
     from studyctl.inspect import figures
 
     assert figures._template() == pio.templates["plotly"].to_plotly_json()
+
+
+def test_a_multi_objective_study_without_metric_names(sqlite_url: str, tmp_path: Path) -> None:
+    """A plain Optuna study of two objectives without metric names: its Pareto front,
+    and a history per objective named by its index; a front trial with an infinite value
+    is left off the plot, not a crash."""
+    study = optuna.create_study(
+        study_name="plain2", storage=sqlite_url, directions=["minimize", "minimize"]
+    )
+    for values in ((1.0, 2.0), (2.0, 1.0), (-math.inf, 5.0), (3.0, 3.0)):
+        study.add_trial(optuna.trial.create_trial(values=list(values)))
+    plots = _plots(sqlite_url, "plain2")
+    histories = [f"Optimization history: objective {i}" for i in range(2)]
+    assert list(plots) == ["Pareto front", *histories]
+    others, front = plots["Pareto front"]["data"]
+    shown = sorted(zip(front["x"], front["y"], strict=True))
+    finite = sorted(tuple(t.values) for t in study.best_trials if math.isfinite(t.values[0]))
+    assert shown == finite and len(others["x"]) == 1  # (3, 3)
+    page = tmp_path / "plain2.html"
+    done = run_cli(["report", "plain2", "-s", sqlite_url, "-o", str(page)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Not available" not in page.read_text()
+
+
+def test_parallel_coordinates_of_a_conditional_search_space(sqlite_url: str) -> None:
+    """Trials that lack a parameter (a layer count deciding which units exist, an
+    optimizer deciding its own settings) are drawn with "None" on that axis, as in
+    Optuna's plot, not left out."""
+    study = optuna.create_study(study_name="cond", storage=sqlite_url)
+
+    def objective(trial: optuna.Trial) -> float:
+        layers = trial.suggest_int("layers", 1, 3)
+        units = [trial.suggest_int(f"units_{i}", 8, 64, log=True) for i in range(layers)]
+        if trial.suggest_categorical("opt", ["adam", "sgd"]) == "sgd":
+            trial.suggest_float("momentum", 0.0, 0.9)
+        return float(sum(units))
+
+    study.optimize(objective, n_trials=30)
+    (trace,) = _plots(sqlite_url, "cond")["Parallel coordinates"]["data"]
+    axes = {d["label"]: d for d in trace["dimensions"]}
+    assert len(axes["Objective Value"]["values"]) == 30
+    for name in ("units_1", "units_2", "momentum"):
+        axis = axes[name]
+        labels = dict(zip(axis["tickvals"], axis["ticktext"], strict=True))
+        missing = [t.number for t in study.trials if name not in t.params]
+        assert missing  # the check could fail
+        at = [labels.get(v) for v in axis["values"]]
+        assert [i for i, label in enumerate(at) if label == "None"] == missing, name
+        assert axis["range"][0] == min(axis["values"]) < max(axis["values"]) <= axis["range"][1]
+    assert axes["units_0"]["ticktext"][0].startswith("1e")  # a log axis, nothing missing
+
+
+def test_a_constrained_study_draws_its_infeasible_trials_apart(sqlite_url: str) -> None:
+    """As Optuna's plots: the history's best line counts feasible trials only and draws the
+    others in grey; the parallel coordinates draw the feasible trials. Constraints in both
+    of Optuna's forms: one value per key (`Trial.set_constraint`) and a list."""
+    study = optuna.create_study(study_name="constrained", storage=sqlite_url)
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number % 2:
+            trial.set_constraint("x_at_least_half", 0.5 - x)
+        else:  # the list form of samplers' `constraints_func`, Optuna before 5
+            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [0.5 - x, -1])
+        return x
+
+    study.optimize(objective, n_trials=20)
+    trials = study.trials
+    bad = [t.number for t in trials if max(t.constraints.values()) > 0]
+    assert (
+        bad
+        and len(bad) < len(trials)
+        and {t.number % 2 for t in trials if t.number in bad} == {0, 1}
+    )
+    plots = _plots(sqlite_url, "constrained")
+    markers, best, grey = plots["Optimization history"]["data"]
+    assert grey["name"] == "Infeasible Trial" and typed_values(grey["x"]) == bad
+    feasible = [t for t in trials if t.number not in bad]
+    assert typed_values(markers["x"]) == [t.number for t in feasible]
+    assert typed_values(best["y"])[-1] == min(t.values[0] for t in feasible)
+    (trace,) = plots["Parallel coordinates"]["data"]
+    assert trace["dimensions"][0]["values"] == [t.value for t in feasible]
+    assert "constraints" in plots["Parallel coordinates"]["layout"]["title"]["text"]
+
+
+_DST_REPORT = """
+import sys
+from datetime import datetime
+import optuna, sqlalchemy as sa
+from studyctl.storage import open_storage
+from studyctl.inspect.report import write_html
+from pathlib import Path
+
+url, out = sys.argv[1], Path(sys.argv[2])
+storage = open_storage(url)
+study = optuna.create_study(study_name="dst", storage=storage)
+study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+with storage.engine.begin() as conn:  # 05:30-06:10 UTC: New York's clocks go back at 06:00
+    conn.execute(sa.text("UPDATE trials SET datetime_start = :s, datetime_complete = :c"),
+                 {"s": datetime(2026, 11, 1, 5, 30), "c": datetime(2026, 11, 1, 6, 10)})
+write_html(storage, "dst", out)
+"""
+
+
+def test_the_report_table_times_a_trial_across_a_clock_change(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A trial's duration in the page's table is its stored UTC end minus start: its local
+    times (a FrozenTrial's) jump back an hour in between."""
+    page = tmp_path / "dst.html"
+    done = subprocess.run(
+        [sys.executable, "-c", _DST_REPORT, sqlite_url, str(page)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TZ": "America/New_York"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    row = page.read_text().split("<table id='trials'>")[1].split("<tr")[2]
+    assert row.split("<td>")[-1].split("<")[0] == "2400.0"

@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
@@ -60,16 +60,51 @@ def typed_array(values: Sequence[float], dtype: str) -> dict[str, str]:
     return {"dtype": dtype, "bdata": base64.b64encode(found.tobytes()).decode("ascii")}
 
 
-def history(numbers: Sequence[int], values: Sequence[float], maximize: bool, label: str) -> Figure:
-    """Each completed trial's value (markers) and the best so far (a line), by trial number."""
-    best = typed_array(list(itertools.accumulate(values, max if maximize else min)), "f8")
-    x = typed_array(numbers, "i4")
-    y = typed_array(values, "f8")
+INFEASIBLE_COLOR = "#cccccc"  # Optuna draws trials that break their constraints in grey
+
+
+def history(
+    numbers: Sequence[int],
+    values: Sequence[float],
+    maximize: bool,
+    label: str,
+    infeasible: Container[int] = (),
+) -> Figure:
+    """Each completed trial's value (markers) and the best so far (a line), by trial
+    number; the `infeasible` trials (a constrained study's, by number) in grey and left
+    out of the best, as Optuna draws them."""
+    ok = [(n, v) for n, v in zip(numbers, values, strict=True) if n not in infeasible]
+    bad = [(n, v) for n, v in zip(numbers, values, strict=True) if n in infeasible]
+    best = list(itertools.accumulate((v for _, v in ok), max if maximize else min))
+
+    def xy(points: list[tuple[int, float]]) -> dict[str, Any]:
+        return {
+            "x": typed_array([n for n, _ in points], "i4"),
+            "y": typed_array([v for _, v in points], "f8"),
+        }
+
+    data = [
+        {"type": "scattergl", **xy(ok), "mode": "markers", "name": label},
+        {
+            "type": "scattergl",
+            "x": typed_array([n for n, _ in ok], "i4"),
+            "y": typed_array(best, "f8"),
+            "mode": "lines",
+            "name": "Best Value",
+        },
+    ]
+    if bad:
+        data.append(
+            {
+                "type": "scattergl",
+                **xy(bad),
+                "mode": "markers",
+                "name": "Infeasible Trial",
+                "marker": {"color": INFEASIBLE_COLOR},
+            }
+        )
     return _figure(
-        [
-            {"type": "scattergl", "x": x, "y": y, "mode": "markers", "name": label},
-            {"type": "scattergl", "x": x, "y": best, "mode": "lines", "name": "Best Value"},
-        ],
+        data,
         "Optimization History Plot",
         xaxis={"title": {"text": "Trial"}},
         yaxis={"title": {"text": label}},
@@ -101,51 +136,96 @@ def importances(found: dict[str, float]) -> Figure:
     )
 
 
+MISSING_LABEL = "None"  # Optuna's tick for a trial without the parameter
+
+
+def _missing_at(low: float, high: float) -> float:
+    """Where an axis puts the trials without its parameter: below its values (Optuna's
+    place for them)."""
+    return low - 1.0 if low == high else low - (high - low) * 0.12 / 0.88
+
+
+def _numeric_axis(name: str, found: list[float | None], log: bool) -> dict[str, Any]:
+    shown = [v for v in found if v is not None]
+    low, high = min(shown), max(shown)
+    if log:  # log10, powers of ten as ticks
+        ticks = [float(t) for t in range(math.floor(low), math.ceil(high) + 1)]
+        labels = [f"1e{int(t)}" for t in ticks]
+    elif None in found:  # ticks must be given to label the missing place
+        ticks = [low + (high - low) * i / 4 for i in range(5)] if high > low else [low]
+        labels = [f"{t:.3g}" for t in ticks]
+    else:
+        return {"label": name, "values": shown, "range": [low, high]}
+    if None in found:
+        missing = _missing_at(low, high)
+        found = [missing if v is None else v for v in found]
+        ticks, labels, low = [missing, *ticks], [MISSING_LABEL, *labels], missing
+    return {
+        "label": name,
+        "values": found,
+        "range": [low, high],
+        "tickvals": ticks,
+        "ticktext": labels,
+    }
+
+
 def _dimension(name: str, trials: Sequence[FrozenTrial]) -> dict[str, Any]:
     """One parameter's axis: categorical choices as positions with their labels, a log
-    scale as log10 with powers of ten as ticks, anything else as it is."""
+    scale as log10 with powers of ten as ticks, anything else as it is; the trials without
+    the parameter (a conditional search space) at a place of their own, "None"."""
     from optuna.distributions import CategoricalDistribution
 
-    dist = trials[0].distributions[name]
-    raw = [t.params[name] for t in trials]
+    dist = next(t.distributions[name] for t in trials if name in t.distributions)
     if isinstance(dist, CategoricalDistribution):
         choices = list(dist.choices)
-        positions = [choices.index(v) for v in raw]
+        missing = any(name not in t.params for t in trials)
+        offset = 1 if missing else 0
+        positions = [
+            choices.index(t.params[name]) + offset if name in t.params else 0 for t in trials
+        ]
         shown = sorted(set(positions))
+        labels = [MISSING_LABEL if missing and i == 0 else str(choices[i - offset]) for i in shown]
         return {
             "label": name,
             "values": positions,
             "range": [min(shown), max(shown)] if len(shown) > 1 else [shown[0] - 1, shown[0] + 1],
             "tickvals": shown,
-            "ticktext": [str(choices[i]) for i in shown],
+            "ticktext": labels,
         }
-    if getattr(dist, "log", False):
-        logs = [math.log10(v) for v in raw]
-        low, high = math.floor(min(logs)), math.ceil(max(logs))
-        ticks = list(range(low, high + 1))
-        return {
-            "label": name,
-            "values": logs,
-            "range": [min(logs), max(logs)],
-            "tickvals": ticks,
-            "ticktext": [f"1e{t}" for t in ticks],
-        }
-    values = [float(v) for v in raw]
-    return {"label": name, "values": values, "range": [min(values), max(values)]}
+    log = bool(getattr(dist, "log", False))
+    found: list[float | None] = [
+        None
+        if name not in t.params
+        else (math.log10(t.params[name]) if log else float(t.params[name]))
+        for t in trials
+    ]
+    return _numeric_axis(name, found, log)
 
 
 def parallel_coordinates(
-    trials: Sequence[FrozenTrial], maximize: bool, label: str = OBJECTIVE_LABEL
+    trials: Sequence[FrozenTrial],
+    maximize: bool,
+    label: str = OBJECTIVE_LABEL,
+    feasible: Callable[[FrozenTrial], bool] | None = None,
 ) -> Figure:
-    """One line per completed trial with a finite value and every parameter the trials
-    were given (Optuna skips the others too), coloured by value, darker for better."""
-    done = [
-        t for t in trials if t.state.name == "COMPLETE" and t.values and math.isfinite(t.values[0])
+    """One line per completed trial with a finite value (with `feasible`, a constrained
+    study's, per `feasible` only), coloured by value, darker for better; a trial without a
+    parameter has "None" on that axis, as in Optuna's plot."""
+    drawn = [
+        t
+        for t in trials
+        if t.state.name == "COMPLETE"
+        and t.values
+        and math.isfinite(t.values[0])
+        and (feasible is None or feasible(t))
     ]
-    params = sorted({p for t in done for p in t.params})
-    drawn = [t for t in done if all(p in t.params for p in params)]
     if not drawn:
-        raise ValueError("no completed trial with a finite value")
+        raise ValueError(
+            "no completed trial with a finite value"
+            + (" that meets its constraints" if feasible else "")
+            + " among the trials drawn"
+        )
+    params = sorted({p for t in drawn for p in t.params})
     values = [t.values[0] for t in drawn]
     objective = {"label": label, "values": values, "range": [min(values), max(values)]}
     return _figure(
@@ -164,7 +244,7 @@ def parallel_coordinates(
                 "labelside": "bottom",
             }
         ],
-        "Parallel Coordinate Plot",
+        "Parallel Coordinate Plot" + (" (trials that meet their constraints)" if feasible else ""),
     )
 
 
@@ -210,9 +290,10 @@ def pareto_front(
     others: Sequence[tuple[int, Sequence[float]]],
     best: Sequence[tuple[int, Sequence[float]]],
     names: Sequence[str],
+    infeasible: Container[int] = (),
 ) -> Figure:
     """The trials on the Pareto front (`best`) over the other completed trials, for two
-    or three objectives, as (number, values) pairs."""
+    or three objectives, as (number, values) pairs; the `infeasible` others in grey."""
     if len(names) not in (2, 3):
         raise ValueError(f"a Pareto front is drawn for 2 or 3 objectives, not {len(names)}")
     three = len(names) == 3
@@ -233,8 +314,11 @@ def pareto_front(
 
     titles = {f"{a}axis": {"title": {"text": n}} for a, n in zip(axes, names, strict=True)}
     layout: dict[str, Any] = {"scene": titles} if three else titles
-    return _figure(
-        [trace(others, "Trial", "#6baed6"), trace(best, "Best Trial", "#d62728")],
-        "Pareto-front Plot",
-        **layout,
-    )
+    data = [
+        trace([o for o in others if o[0] not in infeasible], "Trial", "#6baed6"),
+        trace(best, "Best Trial", "#d62728"),
+    ]
+    if any(n in infeasible for n, _ in others):
+        bad = [o for o in others if o[0] in infeasible]
+        data.append(trace(bad, "Infeasible Trial", INFEASIBLE_COLOR))
+    return _figure(data, "Pareto-front Plot", **layout)

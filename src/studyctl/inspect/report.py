@@ -7,8 +7,9 @@ import copy
 import functools
 import html
 import itertools
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +122,9 @@ def _history_points(
     return [int(n) for n, _ in found], [float(v) for _, v in found]
 
 
-def _whole_history(storage: StudyctlStorage, matplotlib: bool) -> HistoryFactory:
+def _whole_history(
+    storage: StudyctlStorage, matplotlib: bool, infeasible: Container[int] = ()
+) -> HistoryFactory:
     """Optimization histories over every completed trial of a study whose other plots show
     a window: one query of (number, value), not the trials. Optuna's own history indexes
     its values by trial number and fails on a window that does not start at trial 0."""
@@ -132,7 +135,7 @@ def _whole_history(storage: StudyctlStorage, matplotlib: bool) -> HistoryFactory
             maximize = study.directions[index].name == "MAXIMIZE"
             label = name or (study.metric_names or [figures.OBJECTIVE_LABEL])[0]
             if not matplotlib:
-                return figures.history(numbers, values, maximize, label)
+                return figures.history(numbers, values, maximize, label, infeasible)
             import matplotlib.pyplot as plt
 
             best = list(itertools.accumulate(values, max if maximize else min))
@@ -172,6 +175,48 @@ def _curve_points(
     with storage.engine.connect() as conn:
         found = conn.execute(sa.text(_CURVES_SQL), bounds).all()
     return [(int(n), int(step), float(v)) for n, step, v in found]
+
+
+# A constrained study's constraint values: Optuna keeps them in system attributes, as one
+# list ("constraints") or one value per key ("constraints:NAME").
+_CONSTRAINTS_SQL = (
+    "SELECT t.number, a.value_json FROM trial_system_attributes a JOIN trials t "
+    "ON t.trial_id = a.trial_id WHERE t.study_id = :sid AND t.state = 'COMPLETE' "
+    "AND (a.key = 'constraints' OR a.key LIKE 'constraints:%')"
+)
+
+
+def _constraint_states(storage: StudyctlStorage, study_id: int) -> tuple[set[int], set[int]]:
+    """(numbers of the completed trials with constraint values, those of them with a value
+    above 0: infeasible), in one query; both empty for a study without constraints."""
+    import sqlalchemy as sa
+
+    with storage.engine.connect() as conn:
+        found = conn.execute(sa.text(_CONSTRAINTS_SQL), {"sid": study_id}).all()
+    constrained, infeasible = set(), set()
+    for number, value_json in found:
+        value = json.loads(value_json)
+        constrained.add(int(number))
+        if any(v > 0 for v in (value if isinstance(value, list) else [value])):
+            infeasible.add(int(number))
+    return constrained, infeasible
+
+
+_TIMES = ("datetime_start", "datetime_complete")
+
+
+def _durations(storage: StudyctlStorage, study_id: int, first: int) -> dict[int, float]:
+    """Seconds each finished trial from trial_id `first` on took, from the stored UTC
+    times (a FrozenTrial's local times are off by an hour across a DST change)."""
+    import sqlalchemy as sa
+
+    query = sa.text(
+        "SELECT trial_id, datetime_start, datetime_complete FROM trials "
+        "WHERE study_id = :sid AND trial_id >= :first AND datetime_complete IS NOT NULL"
+    ).columns(sa.column("trial_id"), *(sa.column(c, sa.DateTime) for c in _TIMES))
+    with storage.engine.connect() as conn:
+        found = conn.execute(query, {"sid": study_id, "first": first}).all()
+    return {int(t): (c - s).total_seconds() for t, s, c in found if s is not None}
 
 
 def _line_study(storage: StudyctlStorage, study: optuna.Study, total: int) -> optuna.Study | None:
@@ -268,26 +313,34 @@ def _html_plots(
     most recent `LINE_PLOT_TRIALS` of `trials`, the trials shown); of several the Pareto
     front and a history per objective."""
     sid = study._study_id
-    names = study.metric_names or [figures.OBJECTIVE_LABEL]
-    history = _whole_history(storage, matplotlib=False)
-    if len(study.directions) > 1:
+    n = len(study.directions)
+    if study.metric_names:
+        names = study.metric_names
+    else:  # Optuna's label for one objective; the old report's for several
+        names = [figures.OBJECTIVE_LABEL] if n == 1 else [f"objective {i}" for i in range(n)]
+    constrained, infeasible = _constraint_states(storage, sid)
+    history = _whole_history(storage, matplotlib=False, infeasible=infeasible)
+    if n > 1:
         front = {b["number"] for b in best}
         others = [
             (t.number, t.values)
             for t in trials
             if t.state.name == "COMPLETE" and t.values and t.number not in front
         ]
-        plots = {
-            "Pareto front": lambda: figures.pareto_front(
-                others, [(b["number"], b["values"]) for b in best], names
-            )
-        }
+        # `trial_dict` values: a non-finite one is a string ("inf")
+        on_front = [(b["number"], [float(v) for v in b["values"]]) for b in best]
+        plots = {"Pareto front": lambda: figures.pareto_front(others, on_front, names, infeasible)}
         for i, name in enumerate(names):
             plots[f"Optimization history: {name}"] = functools.partial(history(i, name), study)
         return plots
     lines = trials[-LINE_PLOT_TRIALS:]
     cut = f"the most recent {LINE_PLOT_TRIALS:,} trials" if len(trials) > len(lines) else ""
     maximize = study.directions[0].name == "MAXIMIZE"
+    # As Optuna's parallel coordinates: in a constrained study a trial without constraint
+    # values is not feasible.
+    feasible = (
+        (lambda t: t.number in constrained and t.number not in infeasible) if constrained else None
+    )
 
     def importances() -> figures.Figure:
         from optuna.importance import get_param_importances
@@ -298,7 +351,7 @@ def _html_plots(
         "Optimization history": functools.partial(history(0, None), study),
         "Parameter importances": importances,
         f"Parallel coordinates{f' ({cut})' if cut else ''}": lambda: figures.parallel_coordinates(
-            lines, maximize, names[0]
+            lines, maximize, names[0], feasible
         ),
         f"Intermediate values (learning curves{f'; {cut}' if cut else ''})": lambda: (
             figures.learning_curves(_curve_points(storage, sid, lines))
@@ -337,12 +390,13 @@ def write_html(
         )
         first = False
     highlighted = {b["number"] for b in best}
+    took = _durations(storage, study._study_id, trials[0]._trial_id) if trials else {}
     head = "<tr><th>#</th><th>state</th><th>value</th><th>params</th><th>duration (s)</th></tr>"
     body = "".join(
         ("<tr class='best'>" if t.number in highlighted else "<tr>")
         + f"<td>{t.number}</td><td>{t.state.name}</td>"
         f"<td>{html.escape(_values(t.values))}</td><td>{html.escape(_params(t.params))}</td>"
-        f"<td>{'' if t.duration is None else round(t.duration.total_seconds(), 2)}</td></tr>"
+        f"<td>{'' if t._trial_id not in took else round(took[t._trial_id], 2)}</td></tr>"
         for t in trials
     )
     parts.append(f"<h2>Trials</h2><table id='trials'>{head}{body}</table>")

@@ -47,6 +47,8 @@ class LazyVersionManager:
         self._manager: Any = None
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # not built yet (a copy, an unpickling): not Optuna's
+            raise AttributeError(name)
         if self._manager is None:
             from optuna.storages._rdb.storage import _VersionManager
 
