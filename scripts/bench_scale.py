@@ -325,6 +325,7 @@ class Scale:
         self.objectives.mkdir()
         (self.objectives / "noop.py").write_text(textwrap.dedent(NOOP))
         self.new_trials = 8 if quick else 25
+        self.commands: tuple[str, ...] = (*COMMANDS, "trial_loop")  # what to measure
         self.python_pass = statistics.median(
             run_process([sys.executable, "-c", "pass"], self.env(None), work)[0] for _ in range(3)
         )
@@ -397,38 +398,50 @@ class Scale:
             "per_trial_s": round(statistics.median(gaps), 4),
         }
 
+    def wanted(self, command: str) -> bool:
+        if command not in self.commands:
+            return False
+        return command != "report" or (not self.quick and self.size <= self.report_max)
+
     def studyctl_figures(self, url: str, src: Path | None) -> dict[str, Any]:
         cli = [sys.executable, "-m", "studyctl.cli"]
         s = ["--storage", url]
-        out: dict[str, Any] = {
-            "status": self.timed([*cli, "status", STUDY, *s], src),
-            "studies": self.timed([*cli, "studies", *s], src),
-            "best": self.timed([*cli, "best", STUDY, *s], src),
-            "trials_csv": self.timed([*cli, "trials", STUDY, *s, "--format", "csv"], src),
+        html = str(self.work / "report.html")
+        commands = {
+            "status": [*cli, "status", STUDY, *s],
+            "studies": [*cli, "studies", *s],
+            "best": [*cli, "best", STUDY, *s],
+            "trials_csv": [*cli, "trials", STUDY, *s, "--format", "csv"],
+            "report": [*cli, "report", STUDY, *s, "-o", html],
         }
-        if not self.quick and self.size <= self.report_max:
-            html = str(self.work / "report.html")
-            out["report"] = self.timed([*cli, "report", STUDY, *s, "-o", html], src)
-        self.set_budget(url, self.new_trials)
-        resume = [*cli, "resume", STUDY, *s, "-q", "--objectives-dir", str(self.objectives)]
-        out["trial_loop"] = self.loop(resume, url, STUDY, src)
+        out: dict[str, Any] = {
+            name: self.timed(cmd, src) for name, cmd in commands.items() if self.wanted(name)
+        }
+        if self.wanted("trial_loop"):
+            self.set_budget(url, self.new_trials)
+            resume = [*cli, "resume", STUDY, *s, "-q", "--objectives-dir", str(self.objectives)]
+            out["trial_loop"] = self.loop(resume, url, STUDY, src)
         return out
 
     def plain_figures(self, url: str) -> dict[str, Any]:
         py = [sys.executable, "-c"]
         optuna_cli = [str(Path(sys.executable).parent / "optuna"), "--storage", url]
-        out: dict[str, Any] = {}
-        if not self.quick:  # the smoke run checks studyctl's side only
-            out["status"] = self.timed([*py, PLAIN_STATUS, PLAIN, url])
-            out["studies"] = self.timed([*optuna_cli, "studies", "-f", "json"])
-            best = [*optuna_cli, "best-trial", "--study-name", PLAIN, "-f", "json"]
-            out["best"] = self.timed(best)
-            out["trials_csv"] = self.timed([*py, PLAIN_CSV, PLAIN, url])
-        if not self.quick and self.size <= self.report_max:
-            html = str(self.work / "plain.html")
-            out["report"] = self.timed([*py, PLAIN_REPORT, PLAIN, url, html])
-        loop = [*py, PLAIN_LOOP, PLAIN, url, str(self.new_trials)]
-        out["trial_loop"] = self.loop(loop, url, PLAIN, None)
+        commands = {
+            "status": [*py, PLAIN_STATUS, PLAIN, url],
+            "studies": [*optuna_cli, "studies", "-f", "json"],
+            "best": [*optuna_cli, "best-trial", "--study-name", PLAIN, "-f", "json"],
+            "trials_csv": [*py, PLAIN_CSV, PLAIN, url],
+            "report": [*py, PLAIN_REPORT, PLAIN, url, str(self.work / "plain.html")],
+        }
+        out: dict[str, Any] = {
+            name: self.timed(cmd)
+            for name, cmd in commands.items()
+            # the smoke run checks studyctl's side only
+            if self.wanted(name) and not self.quick
+        }
+        if self.wanted("trial_loop"):
+            loop = [*py, PLAIN_LOOP, PLAIN, url, str(self.new_trials)]
+            out["trial_loop"] = self.loop(loop, url, PLAIN, None)
         return out
 
     def measure(self, backend: str, n: int) -> dict[str, Any]:
@@ -798,6 +811,10 @@ def main() -> None:
     )
     parser.add_argument("--no-write", action="store_true", help="print JSON, write no files")
     parser.add_argument(
+        "--commands",
+        help=f"comma-separated figures to measure (default all: {','.join(COMMANDS)},trial_loop)",
+    )
+    parser.add_argument(
         "--new-trials", type=int, help="trials each loop runs (default 8 with --quick, else 25)"
     )
     parser.add_argument(
@@ -871,6 +888,8 @@ def main() -> None:
         reps = args.reps or (1 if args.quick else 3)
         bench = Scale(work, args.quick, baseline, reps, args.report_max)
         bench.new_trials = args.new_trials or bench.new_trials
+        if args.commands:
+            bench.commands = tuple(args.commands.split(","))
         results: dict[str, Any] = {}
         if args.partial:
 

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from studyctl.inspect import report, summary
 from studyctl.spec import load_spec
-from studyctl.storage import open_storage, tables, trial_rows
+from studyctl.storage import open_storage, tables, trial_grid, trial_rows
 from studyctl.storage.studies import open_study
 
 from .conftest import run_cli, typed_values, write_spec
@@ -81,6 +81,77 @@ def test_streamed_csv_matches_the_loaded_rows(storage_url: str, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     expected = summary.trials_csv(summary.list_trials(storage, "mixed"))
     assert proc.stdout == expected.replace("\r\n", "\n")  # text mode reads \r\n as \n
+
+
+_AWKWARD_TEXT = ["a,b", 'say "hi"', "two\nlines", "cr\r", " lead", "trail ", "", "tab\t", "é", "x"]
+
+
+def test_csv_lines_are_csv_writers_for_every_kind_of_cell(
+    storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export's lines (`csv_lines`, one statement a batch) are byte for byte what
+    `csv.writer` writes for `list_trials`, for text that needs quoting, JSON numbers of every
+    form, non-finite values, several objectives and a search space that changes; and so are
+    those of the child-row path a study with too many columns takes."""
+    spec = write_spec(
+        tmp_path / "cells.toml",
+        """
+        name = "cells"
+        objective = "quadratic"
+        directions = ["minimize", "maximize"]
+        metrics = ["loss", "accuracy"]
+        n_trials = 100
+        """,
+    )
+    storage = open_storage(storage_url)
+    study = open_study(storage, load_spec(spec), create=True).study
+    numbers = ["1.5", "-0.0", "3", "-7", "12345678901234567890", "1e-07", "1E+300", "2.5e3"]
+    for i, text in enumerate(_AWKWARD_TEXT):
+        choices = [*_AWKWARD_TEXT, None, True, 2, 0.5]
+        dists: dict[str, Any] = {
+            "choice": CategoricalDistribution(choices),
+            "n": IntDistribution(-5, 5 + i),  # the space changes from trial to trial
+            "f": FloatDistribution(0, 1),
+        }
+        if i % 2:
+            dists["only_odd"] = CategoricalDistribution(["p", "q,r"])
+        study.enqueue_trial({"choice": choices[i if i % 3 else -(i % 4) - 1]})
+        trial = study.ask(dists)
+        trial.set_user_attr("text", text)
+        trial.set_user_attr("nested", {"k": [text, i], "v": None})
+        trial.set_user_attr("number", json.loads(numbers[i % len(numbers)]))
+        trial.set_user_attr("flag", bool(i % 2))
+        trial.set_user_attr("special", [math.nan, math.inf, -math.inf][i % 3])
+        values = [[math.inf, -1.0], [0.25, -math.inf], [1e-300, 7.0]][i % 3]
+        if i == len(_AWKWARD_TEXT) - 1:
+            continue  # stays RUNNING: no values, no end
+        study.tell(trial, values if i % 4 else None, state=None if i % 4 else TrialState.FAIL)
+    # Attribute texts stored as other tools write JSON numbers.
+    with storage.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE trial_user_attributes SET value_json = :v "
+                "WHERE key = 'number' AND trial_id = :t"
+            ),
+            [
+                {"v": n, "t": t._trial_id}
+                for n, t in zip(numbers, study.get_trials(deepcopy=False), strict=False)
+            ],
+        )
+    expected = summary.trials_csv(summary.list_trials(storage, "cells"))
+    assert '"a,b"' in expected and '"say ""hi"""' in expected and "e-07" in expected
+    for joins in (trial_grid.MAX_JOINS, 0):  # the grid, then the child rows
+        monkeypatch.setattr(trial_grid, "MAX_JOINS", joins)
+        for batch_size in (1, 3, 2000):
+            out = io.StringIO()
+            n = summary.write_trials_csv(storage, "cells", out, batch_size=batch_size)
+            assert out.getvalue() == expected, (joins, batch_size)
+            assert n == len(_AWKWARD_TEXT)
+        out = io.StringIO()
+        summary.write_trials_csv(storage, "cells", out, ["complete"], batch_size=2)
+        assert out.getvalue() == summary.trials_csv(
+            summary.list_trials(storage, "cells", ["complete"])
+        )
 
 
 def test_status_retries_and_best_without_loading_trials(storage_url: str, tmp_path: Path) -> None:
@@ -326,18 +397,24 @@ def test_trials_last_shows_the_most_recent_only(
     assert "user_attrs_note" not in out.getvalue().splitlines()[0]
     assert "user_attrs_note" in summary.trials_csv(every).splitlines()[0]
 
-    # Only the window is read: 2 + 1 trials in batches of 2, then the empty batch.
-    statements: list[str] = []
+    # Only the window is read: 2 + 1 trials in batches of 2, each batch one statement
+    # bounded to its trials.
+    statements: list[tuple[str, Any]] = []
 
-    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
-        statements.append(statement)
+    def record(conn: object, statement: Any, multiparams: Any, params: Any, *a: object) -> None:
+        statements.append((str(statement), multiparams[0] if multiparams else params))
 
-    sa.event.listen(storage.engine, "before_cursor_execute", record)
+    sa.event.listen(storage.engine, "before_execute", record)
     try:
         summary.write_trials_csv(storage, "mixed", io.StringIO(), batch_size=2, last=3)
     finally:
-        sa.event.remove(storage.engine, "before_cursor_execute", record)
-    assert len([s for s in statements if "ORDER BY t.trial_id LIMIT" in s]) == 3, statements
+        sa.event.remove(storage.engine, "before_execute", record)
+    batches = [p for s, p in statements if "LEFT JOIN trial_values" in s]
+    trials = optuna.load_study(study_name="mixed", storage=storage).get_trials(deepcopy=False)
+    ids = [t._trial_id for t in trials]
+    assert len(batches) == 2, statements
+    assert batches[0]["lo"] == ids[-4] + 1 and batches[0]["hi"] == ids[-2], batches
+    assert batches[1]["lo"] == ids[-2] + 1, batches
 
     result = run_cli(["trials", "mixed", "-s", storage_url, "--last", "0"], tmp_path)
     assert result.returncode == 2 and "--last" in result.stderr, result.stderr

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
 from studyctl.errors import StudyctlError
-from studyctl.storage import plain, trial_rows
+from studyctl.inspect import csv_lines
+from studyctl.storage import plain, trial_grid, trial_rows
 from studyctl.storage.reader import StudyReader, as_reader, has_constraints
 from studyctl.storage.times import utc_to_local
 
@@ -357,6 +358,22 @@ def write_trials_csv(
     writer = csv.writer(out)
     writer.writerow(_csv_header(value_cols, params, attrs))
     n = 0
+    if trial_grid.fits(len(value_cols), params, attrs):
+        for grid in reader.read_batches(
+            functools.partial(
+                trial_grid.iter_grid_batches,
+                study_id=study_id,
+                states=wanted,
+                n_objectives=len(value_cols),
+                params=params,
+                attrs=attrs,
+                batch_size=batch_size,
+                after=after,
+            )
+        ):
+            out.write(csv_lines.grid_text(grid, len(value_cols), len(params)))
+            n += len(grid)
+        return n
     for batch in reader.trial_batches(
         study_id, wanted, batch_size, system_attrs=False, after=after
     ):

@@ -21,6 +21,7 @@ study's best feasible trial) is asked of Optuna through `StudyReader.storage()`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -240,25 +241,35 @@ class StudyReader:
     ) -> Iterator[trial_rows.TrialBatch]:
         """The study's trials (with a trial_id above `after`) in number order, one batch
         (`trial_rows.TrialBatch`, its rows as stored) in memory at a time, without their
-        system attributes when `system_attrs` is false. A database error is one
-        `StorageError` (not retried: the batches already given stay given)."""
-        if self._connection is not None:
-            yield from trial_rows.iter_trial_batches(
-                self.read, study_id, states, batch_size, system_attrs=system_attrs, after=after
+        system attributes when `system_attrs` is false."""
+        return self.read_batches(
+            functools.partial(
+                trial_rows.iter_trial_batches,
+                study_id=study_id,
+                states=states,
+                batch_size=batch_size,
+                system_attrs=system_attrs,
+                after=after,
             )
+        )
+
+    def read_batches(self, batches: Callable[[Callable[..., Any]], Iterator[T]]) -> Iterator[T]:
+        """What `batches` yields when given a function that runs a query in one short
+        transaction (as `read` does). A database error is one `StorageError` (not retried:
+        the batches already given stay given)."""
+        if self._connection is not None:
+            yield from batches(self.read)
             return
         from sqlalchemy import exc as sa_exc
 
         from studyctl.storage import tables
 
-        def read(query: Callable[[ReadConnection], T]) -> T:
+        def read(query: Callable[[ReadConnection], Any]) -> Any:
             with tables.transaction(self.engine) as conn:
                 return query(conn)
 
         try:
-            yield from trial_rows.iter_trial_batches(
-                read, study_id, states, batch_size, system_attrs=system_attrs, after=after
-            )
+            yield from batches(read)
         except sa_exc.SQLAlchemyError as exc:
             raise storage_error(exc, mask_url(self.url)) from None
 

@@ -49,7 +49,7 @@ def retried_trials(
     ]
 
 
-def _state_filter(states: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
+def state_filter(states: tuple[str, ...] | None) -> tuple[str, dict[str, Any]]:
     if not states:
         return "", {}
     names = {f"st{i}": s for i, s in enumerate(states)}
@@ -63,7 +63,7 @@ def last_trials_after(
     (-1 when it has no more than `last`): the `after` of `trial_columns` and
     `iter_trial_batches` for a window of them. One query that walks back `last` entries of
     the study's index, not the study."""
-    where, params = _state_filter(states)
+    where, params = state_filter(states)
     found = scalar(
         conn,
         f"SELECT t.trial_id FROM trials t WHERE t.study_id = :sid{where} "
@@ -74,7 +74,7 @@ def last_trials_after(
 
 
 def _trial_filter(states: tuple[str, ...] | None, after: int) -> tuple[str, dict[str, Any]]:
-    where, params = _state_filter(states)
+    where, params = state_filter(states)
     if after >= 0:
         where += " AND t.trial_id > :after"
         params["after"] = after
@@ -230,7 +230,7 @@ def iter_trial_batches(
     """The study's trials (with a trial_id above `after`) in number order, `batch_size` at
     a time (keyset on trial_id), each batch read in its own short transaction (`read` runs
     a function in one): memory stays bounded by one batch."""
-    where, params = _state_filter(states)
+    where, params = state_filter(states)
 
     def batch(conn: ReadConnection) -> TrialBatch | None:
         trials = rows(
@@ -289,12 +289,13 @@ _FLOAT_DISTRIBUTIONS = (
 _INT_DISTRIBUTIONS = ("IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution")
 
 
-def _same(value: float) -> float:
+def as_stored(value: float) -> float:
+    """A float parameter's value: what is stored."""
     return value
 
 
 @functools.lru_cache(maxsize=4096)
-def _to_external(distribution_json: str) -> Callable[[float], Any]:
+def external_of(distribution_json: str) -> Callable[[float], Any]:
     """How a parameter stored with this distribution reads back (Optuna's
     `json_to_distribution(...).to_external_repr`), without importing Optuna."""
     d = json.loads(distribution_json)
@@ -306,7 +307,7 @@ def _to_external(distribution_json: str) -> Callable[[float], Any]:
     if kind in (*_INT_DISTRIBUTIONS, "int"):
         return int
     if kind in (*_FLOAT_DISTRIBUTIONS, "float"):
-        return _same
+        return as_stored
     from optuna.distributions import json_to_distribution  # a kind this file does not know
 
     return json_to_distribution(distribution_json).to_external_repr
@@ -315,7 +316,7 @@ def _to_external(distribution_json: str) -> Callable[[float], Any]:
 def stored_param(value: float, distribution_json: str) -> Any:
     """A parameter's value as the objective suggested it, from its stored (internal)
     value and distribution."""
-    return _to_external(distribution_json)(value)
+    return external_of(distribution_json)(value)
 
 
 _UNFINISHED = ("RUNNING", "WAITING")

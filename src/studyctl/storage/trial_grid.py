@@ -1,0 +1,118 @@
+"""A study's trials as a table: one row per trial, one column per objective, parameter and
+user attribute, read a batch of trials at a time in one statement per batch.
+
+`trial_rows.iter_trial_batches` reads a batch's values, parameters and attributes as child
+rows (three more queries, one row per value, parameter or attribute) for the caller to
+place. When the caller already knows the columns (a CSV export's header), one statement
+can place them: the batch's trials, each LEFT JOINed to its value of each objective, its
+value of each parameter and its value of each attribute, every join an index lookup on
+Optuna's unique (trial_id, objective / param_name / key) constraints. At 100,000 trials
+that reads 100,000 rows instead of 500,000 and leaves nothing to place.
+
+A batch is bounded first (one index-only query: the trial_id `batch_size` trials on), so
+that each join is also bounded on the child table's trial_id: without it PostgreSQL's
+merge joins start at the child table's first row for every batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from studyctl.storage.plain import rows, scalar
+from studyctl.storage.trial_rows import state_filter
+
+if TYPE_CHECKING:
+    from studyctl.storage.plain import ReadConnection
+
+# SQLite joins at most 64 tables in one statement; a study with more columns than this is
+# read as child rows (`trial_rows.iter_trial_batches`).
+MAX_JOINS = 48
+# The upper bound of the last batch: above any trial_id (SQLite's integers are 64-bit).
+_NO_BOUND = 2**63 - 1
+
+Row = tuple[Any, ...]
+
+
+def fits(n_objectives: int, params: list[str], attrs: list[str]) -> bool:
+    """Whether a table of these columns is read by `iter_grid_batches`."""
+    return n_objectives + len(params) + len(attrs) <= MAX_JOINS
+
+
+def grid_sql(n_objectives: int, params: list[str], attrs: list[str], where: str) -> str:
+    """The statement of one batch. Its rows: trial_id, number, state, datetime_start,
+    datetime_complete; then (value, value_type) of each objective, (param_value,
+    distribution_json) of each parameter, value_json of each attribute, None where the
+    trial has none. The names are bound (``:o0``, ``:p0``, ``:a0``), never spliced in."""
+    columns = ["t.trial_id", "t.number", "t.state", "t.datetime_start", "t.datetime_complete"]
+    joins = []
+
+    def join(alias: str, table: str, match: str) -> None:
+        joins.append(
+            f" LEFT JOIN {table} {alias} ON {alias}.trial_id = t.trial_id AND {match} "
+            f"AND {alias}.trial_id BETWEEN :lo AND :hi"
+        )
+
+    for i in range(n_objectives):
+        columns += [f"v{i}.value", f"v{i}.value_type"]
+        join(f"v{i}", "trial_values", f"v{i}.objective = :o{i}")
+    for i in range(len(params)):
+        columns += [f"p{i}.param_value", f"p{i}.distribution_json"]
+        join(f"p{i}", "trial_params", f"p{i}.param_name = :p{i}")
+    for i in range(len(attrs)):
+        columns.append(f"a{i}.value_json")
+        join(f"a{i}", "trial_user_attributes", f"a{i}.key = :a{i}")
+    return (
+        f"SELECT {', '.join(columns)} FROM trials t{''.join(joins)} WHERE t.study_id = :sid "
+        f"AND t.trial_id BETWEEN :lo AND :hi{where} ORDER BY t.trial_id"
+    )
+
+
+def iter_grid_batches(
+    read: Callable[[Callable[[ReadConnection], Any]], Any],
+    study_id: int,
+    states: tuple[str, ...] | None,
+    n_objectives: int,
+    params: list[str],
+    attrs: list[str],
+    batch_size: int = 2000,
+    *,
+    after: int = -1,
+) -> Iterator[list[Row]]:
+    """The study's trials (in `states`, or all; with a trial_id above `after`) in number
+    order as rows of `grid_sql`, `batch_size` trials a batch, each batch read in its own
+    short transaction (`read` runs a function in one)."""
+    where, bound = state_filter(states)
+    names: dict[str, int | str] = {f"o{i}": i for i in range(n_objectives)}
+    names.update({f"p{i}": name for i, name in enumerate(params)})
+    names.update({f"a{i}": key for i, key in enumerate(attrs)})
+    sql = grid_sql(n_objectives, params, attrs, where)
+    last_sql = (
+        f"SELECT t.trial_id FROM trials t WHERE t.study_id = :sid AND t.trial_id > :after{where} "
+        "ORDER BY t.trial_id LIMIT 1 OFFSET :skip"
+    )
+
+    def batch(conn: ReadConnection) -> tuple[list[Row], int | None]:
+        hi = scalar(
+            conn, last_sql, {**bound, "sid": study_id, "after": after, "skip": batch_size - 1}
+        )
+        found = rows(
+            conn,
+            sql,
+            {
+                **bound,
+                **names,
+                "sid": study_id,
+                "lo": after + 1,
+                "hi": _NO_BOUND if hi is None else hi,
+            },
+        )
+        return found, None if hi is None else int(hi)
+
+    while True:
+        found, hi = read(batch)
+        if found:
+            yield found
+        if hi is None:  # the batch reached the study's last trial
+            return
+        after = hi
