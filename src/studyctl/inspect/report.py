@@ -111,12 +111,12 @@ def _history_points(
 ) -> tuple[list[int], list[float]]:
     """(trial numbers, values of objective `index`) of every completed trial with a finite
     value, in one query of the two columns."""
-    import sqlalchemy as sa
+    from studyctl.storage.plain import PlainConnection
 
     with storage.engine.connect() as conn:
-        found = conn.execute(
-            sa.text(_WHOLE_HISTORY_SQL), {"sid": study_id, "objective": index}
-        ).all()
+        # The driver's own cursor: SQLAlchemy's rows cost 0.2 s of 90,000 (PostgreSQL).
+        raw = PlainConnection(conn.connection.driver_connection, conn.dialect.name)
+        found = raw.rows(_WHOLE_HISTORY_SQL, {"sid": study_id, "objective": index})
     if not found:
         raise ValueError("no completed trial with a finite value")
     return [int(n) for n, _ in found], [float(v) for _, v in found]
