@@ -21,7 +21,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from studyctl.inspect import report, summary
+from studyctl.inspect import csv_lines, report, summary
 from studyctl.spec import load_spec
 from studyctl.storage import open_storage, tables, trial_grid, trial_rows
 from studyctl.storage.studies import open_study
@@ -152,6 +152,38 @@ def test_csv_lines_are_csv_writers_for_every_kind_of_cell(
         assert out.getvalue() == summary.trials_csv(
             summary.list_trials(storage, "cells", ["complete"])
         )
+
+
+_JSON_TEXTS = [
+    # JSON numbers of every form
+    *["0", "-0", "1", "-7", "12345678901234567890", "1.5", "-0.0", "1e5", "1E+300"],
+    *["2.5e-3", "1e400", "3.0", " 1", "1 ", "NaN", "Infinity", "-Infinity"],
+    # not JSON, though float() or int() would read some
+    *["01", "+1", "1_000", "1.", "-", "5e", "\u0661", ""],
+    # other JSON
+    *['"5"', '"a,b"', "[1, 2]", '{"k": "v"}', "true", "null"],
+]
+
+
+def test_json_cells_read_as_json_loads_reads_them() -> None:
+    """A stored attribute's CSV cell is `json.loads`'s value (or its error) for any text,
+    JSON numbers through the fast path included."""
+
+    def loaded(text: str) -> Any:
+        try:
+            return csv_lines.cell(json.loads(text))
+        except ValueError as exc:
+            return type(exc)
+
+    def fast(text: str) -> Any:
+        try:
+            return csv_lines.json_cell(text)
+        except ValueError as exc:
+            return type(exc)
+
+    for text in _JSON_TEXTS:
+        want, got = loaded(text), fast(text)
+        assert (type(got), str(got)) == (type(want), str(want)), text
 
 
 def test_status_retries_and_best_without_loading_trials(storage_url: str, tmp_path: Path) -> None:

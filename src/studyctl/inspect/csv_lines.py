@@ -26,8 +26,11 @@ from studyctl.storage import trial_rows
 from studyctl.storage.times import utc_to_local
 
 _PLAIN_TEXT = re.compile(r"[\w.:+-]*")
-_NUMBER_CHARS = frozenset("0123456789")
-_FLOAT_MARKS = (".", "e", "E")
+_DIGITS = frozenset("0123456789")
+# JSON's number grammar (RFC 8259), ASCII digits only.
+_JSON_NUMBER = re.compile(
+    r"-?(?:0|[1-9][0-9]*)(?P<fraction>\.[0-9]+)?(?P<exponent>[eE][+-]?[0-9]+)?"
+)
 _CSV_LINE_END = "\r\n"  # csv.writer's default (the "excel" dialect)
 
 
@@ -57,11 +60,12 @@ def _json_text_cell(value_json: str) -> Any:
 
 
 def json_cell(value_json: str) -> Any:
-    """A stored attribute's cell. A JSON number (its text ends in a digit) is read with
-    `int` or `float`, which is what `json.loads` calls for it; anything else is parsed
-    once per distinct text (attributes repeat across trials: a worker, a folder)."""
-    if value_json[-1] in _NUMBER_CHARS:
-        return float(value_json) if any(m in value_json for m in _FLOAT_MARKS) else int(value_json)
+    """A stored attribute's cell. A JSON number is read with `int` or `float`, which is
+    what `json.loads` calls for it (a per-trial number, such as a duration, is seldom
+    repeated); anything else is parsed once per distinct text (attributes repeat across
+    trials: a worker, a folder), and text that is not JSON fails as `json.loads` fails."""
+    if value_json[-1:] in _DIGITS and (number := _JSON_NUMBER.fullmatch(value_json)):
+        return float(value_json) if number["fraction"] or number["exponent"] else int(value_json)
     return _json_text_cell(value_json)
 
 
