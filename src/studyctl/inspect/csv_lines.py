@@ -6,7 +6,7 @@ columns) as the lines of a trials CSV, converted a column at a time.
 which never need quoting, and text cells (categorical choices, JSON attributes), which may.
 So every cell of a batch is made ready first, column by column, each text cell quoted by
 `csv` itself when it holds anything but word characters, ``.``, ``:``, ``+`` and ``-``
-(cached per distinct text), and each line is then one ``%`` format of its cells. The text
+(cached per distinct short text), and each line is then one ``%`` format of its cells. The text
 is byte for byte what `csv.writer` writes for the same cells (the tests compare the two).
 """
 
@@ -18,12 +18,14 @@ import io
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from studyctl.storage import trial_rows
 from studyctl.storage.times import utc_to_local
+
+T = TypeVar("T")
 
 _PLAIN_TEXT = re.compile(r"[\w.:+-]*")
 _DIGITS = frozenset("0123456789")
@@ -34,7 +36,19 @@ _JSON_NUMBER = re.compile(
 _CSV_LINE_END = "\r\n"  # csv.writer's default (the "excel" dialect)
 
 
-@functools.lru_cache(maxsize=8192)
+def cached_if_short(function: Callable[[str], T]) -> Callable[[str], T]:
+    """`function` with its results kept for the last 8,192 distinct texts of up to 512
+    characters (attributes repeat across trials: a worker, a folder); a longer text is not
+    kept, so a study of large distinct attributes does not fill memory."""
+    cached = functools.lru_cache(maxsize=8192)(function)
+
+    def call(text: str) -> T:
+        return cached(text) if len(text) <= 512 else function(text)
+
+    return call
+
+
+@cached_if_short
 def _quoted(text: str) -> str:
     """`text` as `csv.writer` writes it in a row of several cells."""
     if _PLAIN_TEXT.fullmatch(text) and text:
@@ -54,7 +68,7 @@ def cell(value: Any) -> Any:
     return _quoted(value) if isinstance(value, str) else value
 
 
-@functools.lru_cache(maxsize=8192)
+@cached_if_short
 def _json_text_cell(value_json: str) -> Any:
     return cell(json.loads(value_json))
 

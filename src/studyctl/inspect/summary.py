@@ -284,7 +284,7 @@ def _row_dict(row: trial_rows.TrialRow, *, attrs: bool = True) -> dict[str, Any]
     return out
 
 
-@functools.lru_cache(maxsize=8192)
+@csv_lines.cached_if_short
 def _json_cell(value_json: str) -> Any:
     """A stored attribute's CSV cell: attributes repeat across trials (a worker, a
     checkpoint folder's parent), so each distinct one is parsed and dumped once."""
@@ -358,7 +358,7 @@ def write_trials_csv(
     writer = csv.writer(out)
     writer.writerow(_csv_header(value_cols, params, attrs))
     n = 0
-    if trial_grid.fits(len(value_cols), params, attrs):
+    if trial_grid.fits(reader.dialect, len(value_cols), params, attrs):
         for grid in reader.read_batches(
             functools.partial(
                 trial_grid.iter_grid_batches,

@@ -115,6 +115,13 @@ class StudyReader:
             self._engine = _new_engine(self.url)
         return self._engine
 
+    @property
+    def dialect(self) -> str:
+        """The database's kind: "sqlite", "postgresql", ..."""
+        if self._connection is not None:
+            return self._connection.dialect
+        return str(self.engine.dialect.name)
+
     def close(self) -> None:
         """Close the connections this reader made (a storage's stay open)."""
         if self._connection is not None:
