@@ -15,8 +15,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from studyctl.inspect import report
+from studyctl.inspect.summary import study_status
 from studyctl.spec import load_spec
 from studyctl.storage import open_storage
+from studyctl.storage.reader import as_reader
 from studyctl.storage.studies import open_study
 
 from .conftest import run_cli, typed_values, write_spec
@@ -57,12 +59,11 @@ def _curves_study(storage_url: str, tmp_path: Path) -> optuna.Study:
 def _plots(storage_url: str, name: str, max_trials: int = 0) -> dict[str, dict]:
     """The report's figures by title; a plot that is not available (the page says why)
     as {}."""
-    storage = open_storage(storage_url)
-    study, _, _ = report._finished_study(storage, name, max_trials)
-    _, best = report._summary(storage, name)
-    trials = study.get_trials(deepcopy=False)
+    reader = as_reader(open_storage(storage_url))
+    status = study_status(reader, name)
+    shown = report.shown_study(reader, status, max_trials)
     drawn = {}
-    for title, draw in report._html_plots(storage, study, trials, best).items():
+    for title, draw in report._html_plots(reader, shown, status["best"]).items():
         try:
             drawn[title] = draw()
         except ValueError:

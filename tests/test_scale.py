@@ -21,7 +21,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from studyctl.inspect import csv_lines, report, summary
+from studyctl.inspect import csv_lines, report, report_png, summary
 from studyctl.spec import load_spec
 from studyctl.storage import open_storage, tables, trial_grid, trial_rows
 from studyctl.storage.studies import open_study
@@ -312,7 +312,7 @@ def test_report_of_a_big_study_draws_its_recent_trials(storage_url: str, tmp_pat
     # The history is every completed trial's, not only the window's.
     finite = [t for t in trials if t.state == TrialState.COMPLETE and math.isfinite(t.values[0])]
     assert finite[0].number < numbers[0]
-    figure = report._whole_history(open_storage(storage_url), matplotlib=False)(0, None)(study)
+    figure = report_png._whole_history(open_storage(storage_url), matplotlib=False)(0, None)(study)
     markers, best = figure["data"]
     assert typed_values(markers["x"]) == [t.number for t in finite]
     assert typed_values(best["x"]) == [t.number for t in finite]
@@ -349,11 +349,11 @@ def test_report_draws_one_line_per_trial_for_the_most_recent_only(
     assert "<h2>Intermediate values (learning curves; the most recent 5 trials)</h2>" in page
     table = page.split("<table id='trials'>")[1]
     assert table.count("<tr") == len(trials) + 1
-    lines = report._line_study(storage, study, len(trials))
+    lines = report_png._line_study(storage, study, len(trials))
     assert lines is not None
     drawn = lines.get_trials(deepcopy=False)
     assert [t.number for t in drawn] == [t.number for t in trials][-5:]
-    assert report._line_study(storage, study, 5) is None
+    assert report_png._line_study(storage, study, 5) is None
 
 
 def _cells(text: str) -> list[list[str]]:

@@ -25,7 +25,7 @@ from optuna.distributions import (
 
 from studyctl.cli import _reading
 from studyctl.errors import StorageError
-from studyctl.inspect import summary
+from studyctl.inspect import report, summary
 from studyctl.inspect.trial_window import DEFAULT_MAX_TRIALS
 from studyctl.storage import open_storage, schema, trial_rows
 from studyctl.storage.reader import open_reader
@@ -296,7 +296,7 @@ def test_report_runs_as_typer_runs_it_without_typer(sqlite_url: str, tmp_path: P
                 imported = set(modules_out.read_text().split())
         assert runs[0] == runs[1], args
         assert (not imported & {"typer", "click", "pydantic"}) == direct, args
-    assert _reading.REPORT_MAX_TRIALS == DEFAULT_MAX_TRIALS
+    assert _reading.REPORT_MAX_TRIALS == DEFAULT_MAX_TRIALS == report.DEFAULT_MAX_TRIALS
 
 
 def test_watch_snapshot_reads_the_best_params_without_optuna(
@@ -326,15 +326,16 @@ def test_report_imports_neither_scikit_learn_nor_a_plotting_library_it_does_not_
     importance package imports it anyway (for fANOVA), about 1 s of a report's 3 s. Its
     figures are plotly dicts written without validation: neither Optuna's plot modules
     (which import their matplotlib twins) nor plotly's graph objects (which check every
-    property as it is set) are imported; nor is Alembic, the database's schemas being
-    current (`rdb_init`)."""
+    property as it is set) are imported; nor, the database's schemas being current, is
+    Alembic (`rdb_init`) or SQLAlchemy: the page is read on the driver's own connection
+    (`shown_trials`)."""
     _mixed_study(sqlite_url, tmp_path)
     code = (
         "import sys\nsys.argv = ['studyctl', *sys.argv[1:]]\n"
         "from studyctl.cli.commands import run_app\n"
         "try:\n    run_app()\nfinally:\n"
         "    heavy = ('sklearn', 'optuna.visualization', 'plotly.graph_objects', 'matplotlib', "
-        "'alembic')\n"
+        "'alembic', 'sqlalchemy')\n"
         "    print('imported:', [m for m in heavy if m in sys.modules], file=sys.stderr)\n"
     )
     page = tmp_path / "report.html"

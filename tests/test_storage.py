@@ -28,6 +28,8 @@ from studyctl.storage import (
 )
 from studyctl.storage import tables as db
 from studyctl.storage.frozen_trial import read_frozen_trials
+from studyctl.storage.reader import as_reader, open_reader
+from studyctl.storage.shown_trials import read_shown_trials
 
 
 def test_storage_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -338,6 +340,41 @@ def test_get_trial_reads_what_optunas_reads(storage_url: str) -> None:
             optunas = RDBStorage._get_trials(storage, sid, None, set(), after)
             assert [fields(t) for t in ours] == [fields(t) for t in optunas]
             assert [t._trial_id for t in ours][-1] == last
+
+    def drawn(t: optuna.trial.FrozenTrial) -> str:
+        """What a report reads of a trial: all but its attributes and intermediate values."""
+        return fields(
+            optuna.trial.FrozenTrial(
+                number=t.number,
+                state=t.state,
+                value=None,
+                values=t.values,
+                datetime_start=t.datetime_start,
+                datetime_complete=t.datetime_complete,
+                params=t.params,
+                distributions=t.distributions,
+                user_attrs={},
+                system_attrs={},
+                intermediate_values={},
+                trial_id=t._trial_id,
+            )
+        )
+
+    # The report's trials, on the driver's own connection (`open_reader`, the schemas being
+    # current) and on SQLAlchemy's (a storage's reader).
+    storage.set_trial_state_values(bare, TrialState.FAIL)
+    plain_reader = open_reader(storage_url)
+    for reader in (plain_reader, as_reader(storage)):
+        for after in (-1, full, bare):
+            shown, took = reader.read(lambda conn: read_shown_trials(conn, sid, after))  # noqa: B023
+            optunas = RDBStorage._get_trials(storage, sid, None, set(), after)
+            assert [drawn(t) for t in shown] == [drawn(t) for t in optunas]
+            assert took == {
+                t._trial_id: t.duration.total_seconds() for t in optunas if t.duration is not None
+            }
+            if after == -1:  # the finished trials have durations; running ones have none
+                assert {full, bare} <= set(took) and fresh not in took
+    plain_reader.close()
 
 
 def test_a_window_read_skips_a_trial_committed_between_its_two_queries(storage_url: str) -> None:

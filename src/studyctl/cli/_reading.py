@@ -191,18 +191,24 @@ REPORT_MAX_TRIALS = 10_000  # `report --max-trials`'s default (`trial_window`'s)
 def write_report(study: str, output: Path, storage: str | None, max_trials: int) -> None:
     """`report`: the HTML page or the PNGs, then the note of a study drawn as its most
     recent trials and each file written."""
-    from studyctl.inspect.report import import_importance_without_sklearn, write_html, write_pngs
-    from studyctl.storage.rdb import open_existing_storage
-    from studyctl.storage.urls import resolve_storage_url
+    from studyctl.inspect.report import import_importance_without_sklearn, write_html
 
     if output.suffix and output.suffix not in (".html", ".png"):
         fail(f"--output {output}: expected a .html or .png file, or a folder")
     import_importance_without_sklearn()
-    st = open_existing_storage(resolve_storage_url(storage))
-    if output.suffix == ".html":
-        path, note = write_html(st, study, output, max_trials)
+    if output.suffix == ".html":  # through the reader: no SQLAlchemy where schemas are current
+        reader = open_reader_of(storage)
+        try:
+            path, note = write_html(reader, study, output, max_trials)
+        finally:
+            reader.close()
         written = [path]
     else:
+        from studyctl.inspect.report_png import write_pngs
+        from studyctl.storage.rdb import open_existing_storage
+        from studyctl.storage.urls import resolve_storage_url
+
+        st = open_existing_storage(resolve_storage_url(storage))
         written, note = write_pngs(st, study, output, max_trials)
     if note:
         echo(note)

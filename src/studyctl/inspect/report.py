@@ -1,31 +1,43 @@
 """`studyctl report`: one self-contained HTML page (plotly plots drawn by `figures`, and a
-trials table), or PNGs of the main plots (Optuna's matplotlib plots)."""
+trials table); its PNGs are `report_png`'s.
+
+The page is read through a `StudyReader` (the driver's own connection where the schemas are
+current): the trials it shows with their values and parameters (`shown_trials`), and a few
+queries of its own (the whole history, constraints, learning curves). Optuna is loaded for
+its types and its importances only, which it computes on a study of the shown trials held
+in memory.
+"""
 
 from __future__ import annotations
 
-import copy
 import functools
 import html
 import itertools
 import json
 import sys
 from collections.abc import Callable, Container
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.storages import InMemoryStorage
 
 from studyctl.errors import StudyctlError
 from studyctl.inspect import figures
-from studyctl.inspect.summary import study_status
-from studyctl.inspect.trial_window import DEFAULT_MAX_TRIALS, WindowedStorage
-from studyctl.storage import StudyctlStorage, study_exists
-from studyctl.storage.frozen_trial import ALL_KINDS, PARAM, VALUE
-from studyctl.storage.studies import unknown_study
+from studyctl.inspect.summary import Source, study_status
+from studyctl.storage import plain, trial_rows
+from studyctl.storage.reader import StudyReader, as_reader
+from studyctl.storage.shown_trials import read_shown_trials
 from studyctl.verbosity import configure_optuna_logging
 
 if TYPE_CHECKING:
-    from optuna.trial import FrozenTrial
+    from optuna.trial import FrozenTrial, TrialState
+
+
+# The trials a report shows by default: the dashboard's window (`trial_window`'s; a test
+# checks that they agree).
+DEFAULT_MAX_TRIALS = 10_000
 
 
 def import_importance_without_sklearn() -> None:
@@ -47,56 +59,10 @@ def import_importance_without_sklearn() -> None:
         del sys.modules["sklearn"]
 
 
-PlotFactory = Callable[[optuna.Study], Any]
-HistoryFactory = Callable[[int, "str | None"], PlotFactory]
-
-
 # Plots that draw one line per trial (Optuna's parallel coordinates and learning curves)
 # draw at most this many, the most recent: 10,000 lines took 5 s of plotly objects and
 # cannot be read apart anyway.
 LINE_PLOT_TRIALS = 1_000
-
-
-def _plots(
-    study: optuna.Study,
-    module: Any,
-    history: HistoryFactory | None = None,
-    lines: optuna.Study | None = None,
-) -> dict[str, PlotFactory]:
-    """The main plots, by title, from optuna.visualization or its matplotlib twin; the
-    optimization histories from `history` when given (a study cut to a window); the plots
-    of one line per trial from `lines` when given (the study cut to `LINE_PLOT_TRIALS`)."""
-    names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
-    history = history or functools.partial(_history_of, module)
-    if len(study.directions) == 1:
-        cut = "" if lines is None else f"; the most recent {LINE_PLOT_TRIALS:,} trials"
-        drawn = lines or study
-        return {
-            "Optimization history": history(0, None),
-            "Parameter importances": module.plot_param_importances,
-            f"Parallel coordinates{f' ({cut[2:]})' if cut else ''}": lambda _: (
-                module.plot_parallel_coordinate(drawn)
-            ),
-            f"Intermediate values (learning curves{cut})": lambda _: (
-                module.plot_intermediate_values(drawn)
-            ),
-        }
-    plots: dict[str, PlotFactory] = {"Pareto front": module.plot_pareto_front}
-    for i, name in enumerate(names):
-        plots[f"Optimization history: {name}"] = history(i, name)
-    return plots
-
-
-def _history_of(module: Any, index: int, name: str | None) -> PlotFactory:
-    if name is None:  # one objective, no metric name: Optuna's own labels
-        return module.plot_optimization_history
-
-    def plot(study: optuna.Study) -> Any:
-        return module.plot_optimization_history(
-            study, target=lambda t: t.values[index], target_name=name
-        )
-
-    return plot
 
 
 _WHOLE_HISTORY_SQL = (
@@ -106,51 +72,46 @@ _WHOLE_HISTORY_SQL = (
 )
 
 
-def _history_points(
-    storage: StudyctlStorage, study_id: int, index: int
-) -> tuple[list[int], list[float]]:
+def _history_points(source: Source, study_id: int, index: int) -> tuple[list[int], list[float]]:
     """(trial numbers, values of objective `index`) of every completed trial with a finite
-    value, in one query of the two columns."""
-    from studyctl.storage.plain import PlainConnection
-
-    with storage.engine.connect() as conn:
-        # The driver's own cursor: SQLAlchemy's rows cost 0.2 s of 90,000 (PostgreSQL).
-        raw = PlainConnection(conn.connection.driver_connection, conn.dialect.name)
-        found = raw.rows(_WHOLE_HISTORY_SQL, {"sid": study_id, "objective": index})
+    value, in one query of the two columns, through the driver's own cursor (SQLAlchemy's
+    rows cost 0.2 s of 90,000 on PostgreSQL)."""
+    found = as_reader(source).read(
+        lambda conn: plain.driver_rows(
+            conn, _WHOLE_HISTORY_SQL, {"sid": study_id, "objective": index}
+        )
+    )
     if not found:
         raise ValueError("no completed trial with a finite value")
-    return [int(n) for n, _ in found], [float(v) for _, v in found]
+    numbers, values = zip(*found, strict=True)  # the drivers' int and float
+    return list(numbers), list(values)
 
 
-def _whole_history(
-    storage: StudyctlStorage, matplotlib: bool, infeasible: Container[int] = ()
-) -> HistoryFactory:
-    """Optimization histories over every completed trial of a study whose other plots show
-    a window: one query of (number, value), not the trials. Optuna's own history indexes
-    its values by trial number and fails on a window that does not start at trial 0."""
+def history_plot(
+    source: Source,
+    study_id: int,
+    index: int,
+    maximize: bool,
+    label: str,
+    infeasible: Container[int],
+    matplotlib: bool,
+) -> Any:
+    """The optimization history of objective `index` over every completed trial: a
+    `figures` dict, or Optuna's matplotlib axes."""
+    numbers, values = _history_points(source, study_id, index)
+    if not matplotlib:
+        return figures.history(numbers, values, maximize, label, infeasible)
+    import matplotlib.pyplot as plt
 
-    def factory(index: int, name: str | None) -> PlotFactory:
-        def plot(study: optuna.Study) -> Any:
-            numbers, values = _history_points(storage, study._study_id, index)
-            maximize = study.directions[index].name == "MAXIMIZE"
-            label = name or (study.metric_names or [figures.OBJECTIVE_LABEL])[0]
-            if not matplotlib:
-                return figures.history(numbers, values, maximize, label, infeasible)
-            import matplotlib.pyplot as plt
-
-            best = list(itertools.accumulate(values, max if maximize else min))
-            _, ax = plt.subplots()
-            ax.set_title("Optimization History Plot")
-            ax.scatter(numbers, values, s=4, label=label)
-            ax.plot(numbers, best, color="tab:red", label="Best Value")
-            ax.set_xlabel("Trial")
-            ax.set_ylabel(label)
-            ax.legend()
-            return ax
-
-        return plot
-
-    return factory
+    best = list(itertools.accumulate(values, max if maximize else min))
+    _, ax = plt.subplots()
+    ax.set_title("Optimization History Plot")
+    ax.scatter(numbers, values, s=4, label=label)
+    ax.plot(numbers, best, color="tab:red", label="Best Value")
+    ax.set_xlabel("Trial")
+    ax.set_ylabel(label)
+    ax.legend()
+    return ax
 
 
 # Learning curves of the trials from a trial_id on (Optuna draws those of complete, pruned
@@ -165,15 +126,12 @@ _CURVES_SQL = (
 
 
 def _curve_points(
-    storage: StudyctlStorage, study_id: int, trials: list[FrozenTrial]
+    source: Source, study_id: int, trials: list[FrozenTrial]
 ) -> list[tuple[int, int, float]]:
     """(trial number, step, value) of the intermediate values of `trials` (a run of the
     study's trials in trial_id order), in one query."""
-    import sqlalchemy as sa
-
     bounds = {"sid": study_id, "lo": trials[0]._trial_id, "hi": trials[-1]._trial_id}
-    with storage.engine.connect() as conn:
-        found = conn.execute(sa.text(_CURVES_SQL), bounds).all()
+    found = as_reader(source).read(lambda conn: plain.rows(conn, _CURVES_SQL, bounds))
     return [(int(n), int(step), float(v)) for n, step, v in found]
 
 
@@ -182,17 +140,16 @@ def _curve_points(
 _CONSTRAINTS_SQL = (
     "SELECT t.number, a.value_json FROM trial_system_attributes a JOIN trials t "
     "ON t.trial_id = a.trial_id WHERE t.study_id = :sid AND t.state = 'COMPLETE' "
-    "AND (a.key = 'constraints' OR a.key LIKE 'constraints:%')"
+    "AND (a.key = 'constraints' OR a.key LIKE :named)"  # `:named`: "constraints:%"
 )
 
 
-def _constraint_states(storage: StudyctlStorage, study_id: int) -> tuple[set[int], set[int]]:
+def _constraint_states(source: Source, study_id: int) -> tuple[set[int], set[int]]:
     """(numbers of the completed trials with constraint values, those of them with a value
     above 0: infeasible), in one query; both empty for a study without constraints."""
-    import sqlalchemy as sa
-
-    with storage.engine.connect() as conn:
-        found = conn.execute(sa.text(_CONSTRAINTS_SQL), {"sid": study_id}).all()
+    found = as_reader(source).read(
+        lambda conn: plain.rows(conn, _CONSTRAINTS_SQL, {"sid": study_id, "named": "constraints:%"})
+    )
     constrained, infeasible = set(), set()
     for number, value_json in found:
         value = json.loads(value_json)
@@ -202,66 +159,79 @@ def _constraint_states(storage: StudyctlStorage, study_id: int) -> tuple[set[int
     return constrained, infeasible
 
 
-_TIMES = ("datetime_start", "datetime_complete")
+def no_completed_trial(name: str) -> StudyctlError:
+    return StudyctlError(f"study {name!r} has no completed trial yet")
 
 
-def _durations(storage: StudyctlStorage, study_id: int, first: int) -> dict[int, float]:
-    """Seconds each finished trial from trial_id `first` on took, from the stored UTC
-    times (a FrozenTrial's local times are off by an hour across a DST change)."""
-    import sqlalchemy as sa
-
-    query = sa.text(
-        "SELECT trial_id, datetime_start, datetime_complete FROM trials "
-        "WHERE study_id = :sid AND trial_id >= :first AND datetime_complete IS NOT NULL"
-    ).columns(sa.column("trial_id"), *(sa.column(c, sa.DateTime) for c in _TIMES))
-    with storage.engine.connect() as conn:
-        found = conn.execute(query, {"sid": study_id, "first": first}).all()
-    return {int(t): (c - s).total_seconds() for t, s, c in found if s is not None}
-
-
-def _line_study(storage: StudyctlStorage, study: optuna.Study, total: int) -> optuna.Study | None:
-    """The study as its most recent `LINE_PLOT_TRIALS` trials, for the plots of one line
-    per trial; None when it has no more (`total`: the trials the other plots show)."""
-    if total <= LINE_PLOT_TRIALS:
-        return None
-    lines = copy.copy(study)
-    lines._storage = WindowedStorage(storage, LINE_PLOT_TRIALS, snapshot=True)
-    return lines
-
-
-def _finished_study(
-    storage: StudyctlStorage,
-    name: str,
-    max_trials: int = DEFAULT_MAX_TRIALS,
-    kinds: frozenset[int] = ALL_KINDS,
-) -> tuple[optuna.Study, str | None, int]:
-    """The study to plot, a note when it is cut to its most recent `max_trials` trials (0:
-    never), and the number of trials it shows. A 100,000-trial report read every trial and
-    drew them all: 103 s, 1.5 GB and a 53 MB page (BENCHMARKS.md, "report at 100,000
-    trials"). Its trials are read once, with the child rows of `kinds` only."""
-    configure_optuna_logging()  # no "[W ...] You need to set up the pruning feature"
-    if not study_exists(storage, name):
-        raise unknown_study(storage, name)
-    study = optuna.load_study(study_name=name, storage=storage)
-    states = storage.control.state_counts(study._study_id)  # one GROUP BY, not the trials
-    if not states.get("COMPLETE"):
-        raise StudyctlError(f"study {name!r} has no completed trial yet")
-    total = sum(states.values())
-    # Optuna wraps any RDBStorage given to a Study in its cache, which reads every trial of
-    # the study through its ORM (five queries a batch); the plots read the trials shown
-    # through the view itself, in two queries, once.
-    view = WindowedStorage(storage, max_trials, snapshot=True, kinds=kinds)
-    study._storage = view
-    if view.window_after(study._study_id) is None:
-        return study, None, total
+def window_note(max_trials: int, total: int) -> str:
     return (
-        study,
-        (
-            f"plots and trials show the most recent {max_trials:,} of {total:,} trials (the "
-            "best trial is the study's own); --max-trials N shows more, 0 all"
-        ),
-        max_trials,
+        f"plots and trials show the most recent {max_trials:,} of {total:,} trials (the "
+        "best trial is the study's own); --max-trials N shows more, 0 all"
     )
+
+
+@dataclass
+class Shown:
+    """What the page draws of a study: its trials from the window's first on (the most
+    recent `max_trials`, or all), with their values and parameters."""
+
+    study_id: int
+    directions: list[str]  # "minimize" / "maximize", one per objective
+    metric_names: list[str] | None
+    trials: list[FrozenTrial]
+    durations: dict[int, float]  # seconds each finished trial took, by trial_id
+    note: str | None  # the line saying the study is cut, or None
+
+
+def shown_study(
+    reader: StudyReader,
+    status: dict[str, Any],
+    max_trials: int = DEFAULT_MAX_TRIALS,
+) -> Shown:
+    """The trials the page shows of the study of `status` (`summary.study_status`): its
+    most recent `max_trials` (0: all), read in one transaction, the window's start (one
+    query on the trials' index) and the trials."""
+    name, states = status["name"], status["states"]
+    if not states.get("COMPLETE"):
+        raise no_completed_trial(name)
+    study_id = reader.study_id(name)
+    if study_id is None:  # removed since
+        raise reader.unknown_study(name)
+
+    def read(conn: plain.ReadConnection) -> tuple[int, list[FrozenTrial], dict[int, float]]:
+        after = trial_rows.last_trials_after(conn, study_id, None, max_trials) if max_trials else -1
+        return after, *read_shown_trials(conn, study_id, after)
+
+    after, trials, durations = reader.read(read)
+    return Shown(
+        study_id,
+        status["directions"],
+        status["metrics"],
+        trials,
+        durations,
+        None if after < 0 else window_note(max_trials, sum(states.values())),
+    )
+
+
+class _SnapshotStorage(InMemoryStorage):
+    """An in-memory storage whose one study's trials are `trials`, for Optuna's functions
+    that take a study (importances): nothing is copied."""
+
+    def __init__(self, trials: list[FrozenTrial]) -> None:
+        super().__init__()
+        self._shown = trials
+
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return [t for t in self._shown if states is None or t.state in states]
+
+
+def snapshot_study(shown: Shown) -> optuna.Study:
+    """An Optuna study of the shown trials alone, with the study's directions."""
+    configure_optuna_logging()  # no "A new study created in memory" line
+    directions = [optuna.study.StudyDirection[d.upper()] for d in shown.directions]
+    return optuna.create_study(storage=_SnapshotStorage(shown.trials), directions=directions)
 
 
 def _number(v: Any) -> str:
@@ -276,10 +246,10 @@ def _params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={_number(v)}" for k, v in params.items())
 
 
-def _summary(storage: StudyctlStorage, name: str) -> tuple[str, list[dict[str, Any]]]:
-    """The lines at the top of the page (study, objective, budget, best trial) and the
-    best trials (`trial_dict`s: the study's, highlighted in the table)."""
-    status = study_status(storage, name)
+def _summary(status: dict[str, Any]) -> str:
+    """The lines at the top of the page (study, objective, budget, best trial) from the
+    study's `summary.study_status`."""
+    name = status["name"]
     metrics = status["metrics"] or ["value"] * len(status["directions"])
     goal = ", ".join(f"{d} {m}" for d, m in zip(status["directions"], metrics, strict=False))
     budget = "?" if status["n_trials"] is None else status["n_trials"]
@@ -299,27 +269,30 @@ def _summary(storage: StudyctlStorage, name: str) -> tuple[str, list[dict[str, A
         ("Best trial", best_text),
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f"<table id='summary'>{body}</table>", best
+    return f"<table id='summary'>{body}</table>"
 
 
 def _html_plots(
-    storage: StudyctlStorage,
-    study: optuna.Study,
-    trials: list[FrozenTrial],
-    best: list[dict[str, Any]],
+    reader: StudyReader, shown: Shown, best: list[dict[str, Any]]
 ) -> dict[str, Callable[[], figures.Figure]]:
     """The page's plots, by title, each drawn when called: of one objective its history
     (every completed trial), importances, parallel coordinates and learning curves (the
-    most recent `LINE_PLOT_TRIALS` of `trials`, the trials shown); of several the Pareto
-    front and a history per objective."""
-    sid = study._study_id
-    n = len(study.directions)
-    if study.metric_names:
-        names = study.metric_names
+    most recent `LINE_PLOT_TRIALS` of the trials shown); of several the Pareto front and a
+    history per objective."""
+    sid, trials = shown.study_id, shown.trials
+    n = len(shown.directions)
+    if shown.metric_names:
+        names = shown.metric_names
     else:  # Optuna's label for one objective; the old report's for several
         names = [figures.OBJECTIVE_LABEL] if n == 1 else [f"objective {i}" for i in range(n)]
-    constrained, infeasible = _constraint_states(storage, sid)
-    history = _whole_history(storage, matplotlib=False, infeasible=infeasible)
+    constrained, infeasible = _constraint_states(reader, sid)
+
+    def history(index: int) -> Callable[[], figures.Figure]:
+        maximize = shown.directions[index] == "maximize"
+        return functools.partial(
+            history_plot, reader, sid, index, maximize, names[index], infeasible, False
+        )
+
     if n > 1:
         front = {b["number"] for b in best}
         others = [
@@ -331,11 +304,11 @@ def _html_plots(
         on_front = [(b["number"], [float(v) for v in b["values"]]) for b in best]
         plots = {"Pareto front": lambda: figures.pareto_front(others, on_front, names, infeasible)}
         for i, name in enumerate(names):
-            plots[f"Optimization history: {name}"] = functools.partial(history(i, name), study)
+            plots[f"Optimization history: {name}"] = history(i)
         return plots
     lines = trials[-LINE_PLOT_TRIALS:]
     cut = f"the most recent {LINE_PLOT_TRIALS:,} trials" if len(trials) > len(lines) else ""
-    maximize = study.directions[0].name == "MAXIMIZE"
+    maximize = shown.directions[0] == "maximize"
     # As Optuna's parallel coordinates: in a constrained study a trial without constraint
     # values is not feasible.
     feasible = (
@@ -345,35 +318,39 @@ def _html_plots(
     def importances() -> figures.Figure:
         from optuna.importance import get_param_importances
 
-        return figures.importances(get_param_importances(study))
+        return figures.importances(get_param_importances(snapshot_study(shown)))
 
     return {
-        "Optimization history": functools.partial(history(0, None), study),
+        "Optimization history": history(0),
         "Parameter importances": importances,
         f"Parallel coordinates{f' ({cut})' if cut else ''}": lambda: figures.parallel_coordinates(
             lines, maximize, names[0], feasible
         ),
         f"Intermediate values (learning curves{f'; {cut}' if cut else ''})": lambda: (
-            figures.learning_curves(_curve_points(storage, sid, lines))
+            figures.learning_curves(_curve_points(reader, sid, lines))
         ),
     }
 
 
 def write_html(
-    storage: StudyctlStorage, name: str, output: Path, max_trials: int = DEFAULT_MAX_TRIALS
+    source: Source, name: str, output: Path, max_trials: int = DEFAULT_MAX_TRIALS
 ) -> tuple[Path, str | None]:
+    """The page of study `name` at `output`, and the note of a study cut to its most recent
+    `max_trials` trials (0: never cut)."""
     import plotly.io as pio
 
+    reader = as_reader(source)
+    status = study_status(reader, name)
+    best = status["best"]  # the study's best trials, highlighted in the table
     # Values and parameters only: the page draws no attribute, and reads the learning
     # curves it draws (the most recent trials') by themselves.
-    study, note, _ = _finished_study(storage, name, max_trials, frozenset({VALUE, PARAM}))
-    summary, best = _summary(storage, name)
-    parts = [f"<h1>Study {html.escape(name)}</h1>", summary]
-    if note:
-        parts.append(f"<p id='window'>{html.escape(note)}</p>")
-    trials = study.get_trials(deepcopy=False)
+    shown = shown_study(reader, status, max_trials)
+    parts = [f"<h1>Study {html.escape(name)}</h1>", _summary(status)]
+    if shown.note:
+        parts.append(f"<p id='window'>{html.escape(shown.note)}</p>")
+    trials = shown.trials
     first = True
-    for title, draw in _html_plots(storage, study, trials, best).items():
+    for title, draw in _html_plots(reader, shown, best).items():
         parts.append(f"<h2>{html.escape(title)}</h2>")
         try:
             figure = draw()
@@ -390,7 +367,7 @@ def write_html(
         )
         first = False
     highlighted = {b["number"] for b in best}
-    took = _durations(storage, study._study_id, trials[0]._trial_id) if trials else {}
+    took = shown.durations
     head = "<tr><th>#</th><th>state</th><th>value</th><th>params</th><th>duration (s)</th></tr>"
     body = "".join(
         ("<tr class='best'>" if t.number in highlighted else "<tr>")
@@ -413,45 +390,4 @@ def write_html(
         + "</body></html>",
         encoding="utf-8",
     )
-    return output, note
-
-
-def write_pngs(
-    storage: StudyctlStorage, name: str, output: Path, max_trials: int = DEFAULT_MAX_TRIALS
-) -> tuple[list[Path], str | None]:
-    """`output` ending in .png: the optimization history (or Pareto front); otherwise a
-    folder with one PNG per main plot. With the note of `_finished_study`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as vis_mpl
-
-    study, note, shown = _finished_study(storage, name, max_trials)
-    history = _whole_history(storage, matplotlib=True) if note else None
-    plots = _plots(study, vis_mpl, history, _line_study(storage, study, shown))
-    if output.suffix == ".png":
-        plots = dict(list(plots.items())[:1])
-        targets = {next(iter(plots)): output}
-    else:
-        output.mkdir(parents=True, exist_ok=True)
-        targets = {
-            t: output
-            / (
-                t.split(":")[0].split(" (")[0].lower().replace(" ", "_")
-                + (f"_{i}" if ":" in t else "")
-                + ".png"
-            )
-            for i, t in enumerate(plots)
-        }
-    written = []
-    for title, plot in plots.items():
-        try:
-            axes = plot(study)
-        except (ValueError, RuntimeError):
-            continue
-        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-        figure.savefig(targets[title], dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        written.append(targets[title])
-    return written, note
+    return output, shown.note

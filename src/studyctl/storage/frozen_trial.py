@@ -18,6 +18,7 @@ from optuna import distributions
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial
 
+from studyctl.storage.shown_trials import distribution
 from studyctl.storage.times import utc_to_local
 
 VALUE, PARAM, USER_ATTR, SYSTEM_ATTR, INTERMEDIATE = range(5)
@@ -111,7 +112,7 @@ class _Parts:
             value_type = models.TrialValueModel.TrialValueType[x_type]
             self.values[ord_] = models.TrialValueModel.stored_repr_to_value(x, value_type)
         elif kind == PARAM:
-            self.dists[name] = _distribution(js)
+            self.dists[name] = distribution(js)
             self.params[name] = self.dists[name].to_external_repr(x)
         elif kind in (USER_ATTR, SYSTEM_ATTR):
             self.attrs[kind - USER_ATTR][name] = json.loads(js)
@@ -137,12 +138,6 @@ class _Parts:
             intermediate_values=self.intermediate,
             trial_id=trial_id,
         )
-
-
-@functools.lru_cache(maxsize=1024)
-def _distribution(distribution_json: str) -> distributions.BaseDistribution:
-    """Distributions are immutable, and a study's trials share a few: parsed once each."""
-    return distributions.json_to_distribution(distribution_json)
 
 
 @functools.cache

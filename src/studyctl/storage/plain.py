@@ -167,6 +167,17 @@ def rows(
     return [tuple(r) for r in conn.execute(sa.text(sql), dict(params or {}))]
 
 
+def driver_rows(
+    conn: Connection | PlainConnection, sql: str, params: Mapping[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """`rows`, through the driver's own cursor also on a SQLAlchemy connection (in its
+    transaction), for a read of many rows: SQLAlchemy's rows cost 0.2 s of 90,000 on
+    PostgreSQL. An error is the driver's, not SQLAlchemy's."""
+    if not isinstance(conn, PlainConnection):
+        conn = PlainConnection(conn.connection.driver_connection, conn.dialect.name)
+    return conn.rows(sql, params)
+
+
 def scalar(
     conn: Connection | PlainConnection, sql: str, params: Mapping[str, Any] | None = None
 ) -> Any:

@@ -169,10 +169,15 @@ class TrialBatch:
 
 
 def _read_batch(
-    conn: ReadConnection, study_id: int, trials: list[tuple[Any, ...]], system_attrs: bool
+    conn: ReadConnection,
+    study_id: int,
+    trials: list[tuple[Any, ...]],
+    system_attrs: bool,
+    user_attrs: bool = True,
 ) -> TrialBatch:
     """`trials` (rows of `_TRIAL_COLUMNS`, in trial_id order) with their values, params and
-    attributes (the system attributes only with `system_attrs`)."""
+    attributes (the user attributes unless `user_attrs` is false, the system attributes
+    only with `system_attrs`)."""
     bounds = {"sid": study_id, "lo": trials[0][0], "hi": trials[-1][0]}
     children = functools.partial(_batch_children, conn, bounds)
     return TrialBatch(
@@ -183,11 +188,28 @@ def _read_batch(
             "FROM trial_params c",
             "c.param_id",
         ),
-        children("SELECT c.trial_id, c.key, c.value_json FROM trial_user_attributes c"),
+        children("SELECT c.trial_id, c.key, c.value_json FROM trial_user_attributes c")
+        if user_attrs
+        else [],
         children("SELECT c.trial_id, c.key, c.value_json FROM trial_system_attributes c")
         if system_attrs
         else [],
     )
+
+
+def read_window(conn: ReadConnection, study_id: int, after: int) -> TrialBatch:
+    """Every trial of the study with a trial_id above `after`, with its values and
+    parameters only (no attributes), as one batch: a window of at most a few thousand
+    trials, read in one transaction."""
+    trials = rows(
+        conn,
+        _TRIAL_COLUMNS + "FROM trials t WHERE t.study_id = :sid AND t.trial_id > :after "
+        "ORDER BY t.trial_id",
+        {"sid": study_id, "after": after},
+    )
+    if not trials:
+        return TrialBatch([], [], [], [], [])
+    return _read_batch(conn, study_id, trials, system_attrs=False, user_attrs=False)
 
 
 def batch_rows(batch: TrialBatch) -> dict[int, TrialRow]:
