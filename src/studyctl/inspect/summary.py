@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 from studyctl.errors import StudyctlError
 from studyctl.inspect import csv_lines
 from studyctl.storage import plain, trial_grid, trial_rows
+from studyctl.storage.read_ahead import read_ahead
 from studyctl.storage.reader import StudyReader, as_reader, has_constraints
 from studyctl.storage.times import utc_to_local
 
@@ -334,19 +335,27 @@ def _csv_rows(
     return out
 
 
+# Trials a CSV export reads at a time. On PostgreSQL the next batch is read on a thread
+# (`read_ahead`) while one is written; each time the driver hands a chunk of the server's
+# answer to that thread it waits for the writing thread to yield the GIL (up to 5 ms), so
+# fewer, larger batches: 100,000 trials took 0.90 s in batches of 10,000 and 1.09 s in
+# batches of 2,000 (in one process, the command's start not counted).
+CSV_BATCH = {"sqlite": 2000, "postgresql": 10_000}
+
+
 def write_trials_csv(
     source: Source,
     name: str,
     out: TextIO,
     states: list[str] | None = None,
     *,
-    batch_size: int = 2000,
+    batch_size: int | None = None,
     last: int | None = None,
 ) -> int:
     """Write the study's trials (in `states`, or all; only the `last` most recent when
     given, with the columns those have) to `out` as `trials_csv` would, one batch of
-    trials at a time: memory stays flat however many trials the study has. Returns the
-    number of trials written."""
+    trials at a time (`batch_size`, by default `CSV_BATCH` of the database's kind): memory
+    stays flat however many trials the study has. Returns the number of trials written."""
     reader = as_reader(source)
     study_id = _study_id(reader, name)
     wanted = tuple(s.upper() for s in states) if states else None
@@ -355,11 +364,13 @@ def write_trials_csv(
         lambda conn: trial_rows.trial_columns(conn, study_id, wanted, after)
     )
     value_cols = _value_cols(n_values)
+    if batch_size is None:
+        batch_size = CSV_BATCH.get(reader.dialect, CSV_BATCH["sqlite"])
     writer = csv.writer(out)
     writer.writerow(_csv_header(value_cols, params, attrs))
     n = 0
     if trial_grid.fits(reader.dialect, len(value_cols), params, attrs):
-        for grid in reader.read_batches(
+        grids = reader.read_batches(
             functools.partial(
                 trial_grid.iter_grid_batches,
                 study_id=study_id,
@@ -370,7 +381,10 @@ def write_trials_csv(
                 batch_size=batch_size,
                 after=after,
             )
-        ):
+        )
+        if reader.dialect == "postgresql":  # the server reads a batch while one is written
+            grids = read_ahead(grids)
+        for grid in grids:
             out.write(csv_lines.grid_text(grid, len(value_cols), len(params)))
             n += len(grid)
         return n
