@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from studyctl.storage.plain import rows, scalar
-from studyctl.storage.trial_rows import state_filter
+from studyctl.storage.trial_rows import LAST_TRIAL_SQL, state_filter
 
 if TYPE_CHECKING:
     from studyctl.storage.plain import ReadConnection
@@ -101,11 +101,7 @@ def iter_grid_batches(
         "SELECT t.trial_id FROM trials t WHERE t.study_id = :sid AND t.trial_id > :after "
         f"AND t.trial_id <= :top{where} ORDER BY t.trial_id LIMIT 1 OFFSET :skip"
     )
-    top = read(
-        lambda conn: scalar(
-            conn, "SELECT max(t.trial_id) FROM trials t WHERE t.study_id = :sid", {"sid": study_id}
-        )
-    )
+    top = read(lambda conn: scalar(conn, LAST_TRIAL_SQL, {"sid": study_id}))
     if top is None:
         return
 
