@@ -338,9 +338,11 @@ def _csv_rows(
 # Trials a CSV export reads at a time. On PostgreSQL the next batch is read on a thread
 # (`read_ahead`) while one is written; each time the driver hands a chunk of the server's
 # answer to that thread it waits for the writing thread to yield the GIL (up to 5 ms), so
-# fewer, larger batches: 100,000 trials took 0.90 s in batches of 10,000 and 1.09 s in
-# batches of 2,000 (in one process, the command's start not counted).
-CSV_BATCH = {"sqlite": 2000, "postgresql": 10_000}
+# there batches grow to `CSV_GROWTH` times `batch_size` where their text is small
+# (`trial_grid.GROWN_BATCH_TEXT`): 100,000 trials took 0.90 s in batches of 10,000 and
+# 1.09 s in batches of 2,000 (in one process, the command's start not counted).
+CSV_BATCH = 2000
+CSV_GROWTH = 5
 
 
 def write_trials_csv(
@@ -349,12 +351,12 @@ def write_trials_csv(
     out: TextIO,
     states: list[str] | None = None,
     *,
-    batch_size: int | None = None,
+    batch_size: int = CSV_BATCH,
     last: int | None = None,
 ) -> int:
     """Write the study's trials (in `states`, or all; only the `last` most recent when
     given, with the columns those have) to `out` as `trials_csv` would, one batch of
-    trials at a time (`batch_size`, by default `CSV_BATCH` of the database's kind): memory
+    trials at a time (`batch_size`; on PostgreSQL up to `CSV_GROWTH` times that): memory
     stays flat however many trials the study has. Returns the number of trials written."""
     reader = as_reader(source)
     study_id = _study_id(reader, name)
@@ -364,12 +366,11 @@ def write_trials_csv(
         lambda conn: trial_rows.trial_columns(conn, study_id, wanted, after)
     )
     value_cols = _value_cols(n_values)
-    if batch_size is None:
-        batch_size = CSV_BATCH.get(reader.dialect, CSV_BATCH["sqlite"])
     writer = csv.writer(out)
     writer.writerow(_csv_header(value_cols, params, attrs))
     n = 0
     if trial_grid.fits(reader.dialect, len(value_cols), params, attrs):
+        server = reader.dialect == "postgresql"
         grids = reader.read_batches(
             functools.partial(
                 trial_grid.iter_grid_batches,
@@ -380,10 +381,11 @@ def write_trials_csv(
                 attrs=attrs,
                 batch_size=batch_size,
                 after=after,
+                grow_to=batch_size * CSV_GROWTH if server else None,
             )
         )
-        if reader.dialect == "postgresql":  # the server reads a batch while one is written
-            grids = read_ahead(grids)
+        if server:
+            grids = read_ahead(grids)  # the server reads a batch while one is written
         for grid in grids:
             out.write(csv_lines.grid_text(grid, len(value_cols), len(params)))
             n += len(grid)

@@ -22,7 +22,8 @@ _POLL_S = 0.1  # how often a reader blocked on a full queue checks that the call
 
 def read_ahead(items: Iterator[T]) -> Iterator[T]:
     """`items`, each one after the first read on a thread while the caller handles the one
-    before: at most one item waits, so memory stays at two items. An exception raised by
+    before: at most one item waits, so at most three are held at once (the caller's,
+    the one waiting, the one being read). An exception raised by
     `items` is raised to the caller, in order, after the items read before it. A caller that
     stops early (an error writing, a closed pipe) leaves the thread to end on its own after
     the read it is in: it is a daemon thread and takes no further item."""
