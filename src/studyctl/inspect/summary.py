@@ -103,13 +103,14 @@ def list_studies(source: Source) -> list[dict[str, Any]]:
 
 def _grace_period(record: dict[str, Any] | None) -> float:
     """The study's own grace period (a worker silent for longer is dead), from its stored
-    spec, or the default for a study studyctl did not create."""
-    from studyctl.spec import StudySpec, WorkerSpec
+    spec, or the default for a study studyctl did not create. Read from the snapshot alone,
+    so a spec of a newer studyctl (with settings this one does not know) still has it."""
+    from studyctl.spec import WorkerSpec
 
     if record is not None:
         try:
-            return float(StudySpec.from_dict(json.loads(record["spec_json"])).worker.grace_period)
-        except StudyctlError:
+            return float(json.loads(record["spec_json"])["worker"]["grace_period"])
+        except (ValueError, KeyError, TypeError):
             pass
     return float(WorkerSpec().grace_period)
 
