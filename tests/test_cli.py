@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -86,31 +88,51 @@ def test_create_records_the_study_and_runs_nothing(
     assert bad.exit_code == 2 and "nope" in bad.output
 
 
+def _unknown_keys(spec: dict[str, Any]) -> None:
+    spec["artifacts"]["upload_every_s"] = 60
+    spec["notify"] = {"slack": "#tuning"}
+
+
+def _unknown_values(spec: dict[str, Any]) -> None:
+    spec["sampler"]["type"] = "fancy"
+    spec["training"]["backend"] = "torch"
+
+
+@pytest.mark.parametrize(
+    ("newer", "named"),
+    [
+        (_unknown_keys, "artifacts.upload_every_s, notify"),
+        (_unknown_values, "sampler.type = 'fancy', training.backend = 'torch'"),
+    ],
+)
 def test_a_spec_of_a_newer_studyctl_is_refused_in_one_line_and_still_read(
-    tmp_path: Path, sqlite_url: str, objectives_dir: Path
+    tmp_path: Path,
+    sqlite_url: str,
+    objectives_dir: Path,
+    newer: Callable[[dict[str, Any]], None],
+    named: str,
 ) -> None:
-    """A study last run by a newer studyctl keeps settings this one does not know in its
-    stored spec: a worker or `resume` here refuses it in one line naming them (it would drop
-    them), runs nothing; `status` still reads it."""
+    """A study last run by a newer studyctl keeps settings (or values of settings) this one
+    does not know in its stored spec: a worker or `resume` here refuses it in one line
+    naming them (it would drop them, or fail mid-run), runs nothing; `status` still reads
+    it."""
     import sqlite3
 
-    spec = quad_spec(tmp_path, 3)
     common = ["--storage", sqlite_url, "--objectives-dir", str(objectives_dir)]
-    assert runner.invoke(app, ["create", str(spec), *common]).exit_code == 0
+    assert runner.invoke(app, ["create", str(quad_spec(tmp_path, 3)), *common]).exit_code == 0
     db = sqlite_url.removeprefix("sqlite:///")
     with sqlite3.connect(db) as conn:
         (stored,) = conn.execute("SELECT spec_json FROM studyctl_studies").fetchone()
-        newer = json.loads(stored)
-        newer["artifacts"]["upload_every_s"] = 60
-        newer["notify"] = {"slack": "#tuning"}
-        conn.execute("UPDATE studyctl_studies SET spec_json = ?", (json.dumps(newer),))
+        spec = json.loads(stored)
+        newer(spec)
+        conn.execute("UPDATE studyctl_studies SET spec_json = ?", (json.dumps(spec),))
     for cmd in (["worker", "quad", *common], ["resume", "quad", *common]):
         refused = run_cli([*cmd, "-q"], cwd=tmp_path)
         assert refused.returncode == 2, refused.stderr
         lines = refused.stderr.strip().splitlines()
         assert len(lines) == 1, refused.stderr
-        assert "artifacts.upload_every_s, notify" in lines[0], lines[0]
-        assert "newer studyctl" in lines[0] and "same studyctl version" in lines[0]
+        assert f"stored spec has {named}, which this studyctl" in lines[0], lines[0]
+        assert "newer studyctl" in lines[0] and "upgrade studyctl here" in lines[0]
     assert optuna.load_study(study_name="quad", storage=sqlite_url).trials == []
     shown = run_cli(["status", "quad", "-s", sqlite_url, "-f", "json"], cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr

@@ -7,16 +7,15 @@ pruners it may name.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from studyctl.errors import StudyctlError
 
 DIRECTIONS = ("minimize", "maximize")
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 SPACE_TYPES = ("float", "int", "categorical")
 BACKENDS = ("tensorflow", "jax")
+OBJECTIVE_VALUES = ("best", "last")
 GridValue = str | int | float | bool
 
 # Training settings studyctl applies itself to a Keras objective's `fit`. Named in
@@ -175,14 +174,10 @@ class StudySpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudySpec:
-        """Rebuild a spec from `to_dict` output (the snapshot kept in the database).
-
-        A snapshot written by a newer studyctl may hold settings this one does not know: it
-        is refused in one line naming them (running it would silently drop them), where a
-        snapshot of an older studyctl lacks settings added since, which take their defaults.
-        """
+        """Rebuild a spec from `to_dict` output. A snapshot kept in the database goes
+        through `spec.stored.spec_from_snapshot`, which first refuses what this studyctl
+        does not know."""
         d = dict(data)
-        _refuse_unknown_settings(d)
         d["directions"] = tuple(d["directions"])
         d["metrics"] = tuple(d["metrics"])
         d["sampler"] = SamplerSpec(**d["sampler"])
@@ -197,38 +192,3 @@ class StudySpec:
         }
         d["enqueue"] = tuple(d.get("enqueue", ()))
         return cls(**d)
-
-
-_SECTIONS: dict[str, type] = {
-    "sampler": SamplerSpec,
-    "pruner": PrunerSpec,
-    "training": TrainingSpec,
-    "worker": WorkerSpec,
-    "artifacts": ArtifactsSpec,
-    "logging": LoggingSpec,
-}
-
-
-def _names(kind: type) -> set[str]:
-    return {f.name for f in fields(kind)}
-
-
-def _refuse_unknown_settings(data: dict[str, Any]) -> None:
-    """Raise if a stored snapshot names a setting no field of this studyctl's spec holds."""
-    unknown = sorted(set(data) - _names(StudySpec))
-    for section, kind in _SECTIONS.items():
-        value = data.get(section)
-        if isinstance(value, dict):
-            unknown += sorted(f"{section}.{k}" for k in set(value) - _names(kind))
-    for param, value in (data.get("space") or {}).items():
-        if isinstance(value, dict):
-            unknown += sorted(f"space.{param}.{k}" for k in set(value) - _names(SpaceParam))
-    if unknown:
-        from studyctl import __version__
-
-        raise StudyctlError(
-            f"study {data.get('name', '?')!r}: its stored spec has setting(s) "
-            f"{', '.join(sorted(unknown))} that this studyctl ({__version__}) does not know: the "
-            "study was last run by a newer studyctl",
-            hint="install the same studyctl version on every machine that runs it",
-        )

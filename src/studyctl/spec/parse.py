@@ -18,6 +18,7 @@ from studyctl.spec.choices import PRUNERS, SAMPLERS, Choice
 from studyctl.spec.model import (
     BACKENDS,
     DIRECTIONS,
+    OBJECTIVE_VALUES,
     SPACE_TYPES,
     STUDY_NAME_RE,
     TRAINING_AXES,
@@ -107,7 +108,7 @@ def _parse_training(table: Table) -> TrainingSpec:
         )
     if spec.verbose not in (0, 1, 2):
         raise table.error("verbose", f"expected 0, 1 or 2, got {spec.verbose}")
-    if spec.objective_value not in ("best", "last"):
+    if spec.objective_value not in OBJECTIVE_VALUES:
         raise table.error(
             "objective_value", f"expected 'best' or 'last', got {spec.objective_value!r}"
         )

@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial
 from studyctl.errors import StudyctlError
 from studyctl.spec import StudySpec
 from studyctl.spec.choices import build_pruner, build_sampler
+from studyctl.spec.stored import spec_from_snapshot
 from studyctl.storage import tables
 from studyctl.storage.rdb import StudyctlStorage, study_exists
 from studyctl.storage.urls import mask_url, scrub_secrets_in, scrub_spec_json
@@ -52,7 +53,7 @@ def load_stored_spec(storage: WorkerStorage, study_name: str) -> StudySpec:
                 lambda conn: tables.delete_study_records(conn, study_name)
             )
         raise unknown_study(storage, study_name)
-    return StudySpec.from_dict(json.loads(record["spec_json"]))
+    return spec_from_snapshot(json.loads(record["spec_json"]))
 
 
 def unknown_study(storage: WorkerStorage, study_name: str) -> StudyctlError:
