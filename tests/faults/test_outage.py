@@ -246,6 +246,74 @@ def _curve(storage: Any, trial_id: int) -> list[tuple[int, float]]:
     return [(int(step), float(value)) for step, value in rows]
 
 
+def test_progress_totals_wait_out_an_outage_then_stop_past_the_tolerance(
+    throwaway_postgres: ThrowawayPostgres,
+) -> None:
+    """The totals of the progress lines (the launcher's, a worker's) are read through the
+    outage guard. The server stops while a read is running (held behind a table lock, so
+    the stop lands between the pool's liveness check and the answer, as it did in a
+    `run --workers` that died with the driver's traceback): the read waits for the
+    database and answers. Past the tolerance it raises StorageError, which the launcher
+    handles."""
+    import threading
+
+    import optuna
+    import psycopg
+
+    from studyctl.execution.progress import StudyTotals
+    from studyctl.storage import close_storage, open_storage
+
+    url = throwaway_postgres.create_database("totals")
+    dsn = f"host=127.0.0.1 port={throwaway_postgres.port} user=root dbname=totals"
+    storage = open_storage(url)
+    try:
+        storage.outage.tolerance_s = 60
+        study = optuna.create_study(study_name="totals", storage=storage)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+        totals = StudyTotals(storage, study)
+        assert totals.read()[0]["COMPLETE"] == 3
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+
+        answer: dict[str, Any] = {}
+
+        def read() -> None:
+            try:
+                answer["totals"] = totals.read()
+            except Exception as exc:
+                answer["error"] = exc
+
+        blocker = psycopg.connect(dsn)
+        blocker.execute("LOCK TABLE trials IN ACCESS EXCLUSIVE MODE")
+        reader = threading.Thread(target=read)
+        reader.start()
+        with psycopg.connect(dsn, autocommit=True) as watcher:
+            assert wait_for(
+                lambda: (
+                    watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    ).fetchone()
+                    == (1,)
+                ),
+                timeout=30,
+            )
+        throwaway_postgres.stop()  # ends the blocker's session and the waiting read
+        time.sleep(2.0)
+        throwaway_postgres.start()
+        reader.join(timeout=60)
+        assert "error" not in answer, repr(answer.get("error"))
+        counts, best = answer["totals"]
+        assert counts["COMPLETE"] == 4 and best.startswith("best ")
+        storage.outage.tolerance_s = 2
+        throwaway_postgres.stop()
+        try:
+            with pytest.raises(StorageError):
+                totals.read()
+        finally:
+            throwaway_postgres.start()
+    finally:
+        close_storage(url)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_epochs_train_on_while_the_database_is_away(
     tmp_path: Path, throwaway_postgres: ThrowawayPostgres

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import TrialState
 
-from studyctl.storage import tables, trial_rows
+from studyctl.storage import trial_rows
 from studyctl.storage.rdb import StudyctlStorage
 from studyctl.storage.studies import best_trials
 from studyctl.storage.tables import FINISHED_STATES, finished_count
@@ -60,8 +60,9 @@ class StudyTotals:
         """(counts per state, ``best ...`` text)."""
         if self._tally is None or not isinstance(self.storage, StudyctlStorage):
             return self.storage.control.state_counts(self.study._study_id), best_text(self.study)
-        with tables.transaction(self.storage.engine) as conn:
-            self._tally.refresh(conn)
+        # Through the storage's outage guard, as every other read of a long-running process:
+        # a refresh that failed changed nothing it keeps, so it is run again whole.
+        self.storage.control.in_transaction(self._tally.refresh)
         best = self._tally.best
         text = "best -" if best is None else f"best {_fmt(best[0])} (#{best[1]})"
         return dict(self._tally.counts), text
