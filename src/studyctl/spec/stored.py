@@ -15,13 +15,20 @@ from studyctl import __version__
 from studyctl.errors import StudyctlError
 from studyctl.spec import model
 from studyctl.spec.choices import PRUNERS, SAMPLERS
-from studyctl.spec.model import StudySpec
 
 
-def spec_from_snapshot(data: dict[str, Any]) -> StudySpec:
+def spec_from_snapshot(data: dict[str, Any]) -> model.StudySpec:
     """The spec of a stored snapshot, or a `StudyctlError` naming what this studyctl lacks."""
-    _refuse_unknown_settings(data)
-    return StudySpec.from_dict(data)
+    unknown = _unknown(data)
+    if unknown:
+        raise StudyctlError(
+            f"study {data.get('name', '?')!r}: its stored spec has "
+            f"{', '.join(sorted(unknown))}, which this studyctl ({__version__}) does not know: "
+            "the study was last run by a newer studyctl",
+            hint="upgrade studyctl here to the version that last ran it; every machine that "
+            "runs a study needs the same version",
+        )
+    return model.StudySpec.from_dict(data)
 
 
 _SECTIONS: dict[str, type] = {
@@ -38,57 +45,39 @@ def _names(kind: type) -> set[str]:
     return {f.name for f in fields(kind)}
 
 
-def _refuse_unknown_settings(data: dict[str, Any]) -> None:
-    """Raise if a stored snapshot names a setting no field of this studyctl's spec holds, or
-    gives a setting of fixed choices (sampler, pruner and their options, backend, a search
-    space's type...) a value this studyctl does not have."""
-    unknown = sorted(set(data) - _names(StudySpec))
-    for section, kind in _SECTIONS.items():
-        value = data.get(section)
-        if isinstance(value, dict):
-            unknown += sorted(f"{section}.{k}" for k in set(value) - _names(kind))
-    for param, value in (data.get("space") or {}).items():
-        if isinstance(value, dict):
-            unknown += sorted(f"space.{param}.{k}" for k in set(value) - _names(model.SpaceParam))
-    unknown += _unknown_values(data)
-    if unknown:
-        raise StudyctlError(
-            f"study {data.get('name', '?')!r}: its stored spec has "
-            f"{', '.join(sorted(unknown))}, which this studyctl ({__version__}) does not know: "
-            "the study was last run by a newer studyctl",
-            hint="upgrade studyctl here to the version that last ran it; every machine that "
-            "runs a study needs the same version",
-        )
+def _table(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
-def _unknown_values(data: dict[str, Any]) -> list[str]:
-    """`key = value` for each setting of fixed choices whose stored value this studyctl's
-    choices lack."""
-
-    def section(name: str) -> dict[str, Any]:
-        value = data.get(name)
-        return value if isinstance(value, dict) else {}
-
-    out: list[str] = []
-    for name, table in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
-        kind = section(name).get("type")
-        if kind not in table:
-            out.append(f"{name}.type = {kind!r}")
-            continue
-        options = section(name).get("options") or {}
-        out += [f"{name}.{k}" for k in sorted(set(options) - set(table[kind].options))]
+def _unknown(data: dict[str, Any]) -> list[str]:
+    """Each setting no field of this studyctl's spec holds (`key`), and each setting of
+    fixed choices (sampler, pruner and their options, backend, a search space's type...)
+    whose value this studyctl lacks (`key = value`)."""
+    out = [str(k) for k in set(data) - _names(model.StudySpec)]
+    for name, kind in _SECTIONS.items():
+        out += [f"{name}.{k}" for k in set(_table(data.get(name))) - _names(kind)]
+    for name, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        section = _table(data.get(name))
+        chosen = section.get("type")
+        if chosen not in choices:
+            out.append(f"{name}.type = {chosen!r}")
+        else:
+            options = set(_table(section.get("options"))) - set(choices[chosen].options)
+            out += [f"{name}.{k}" for k in options]
+    training = _table(data.get("training"))
     fixed = (
-        ("training.backend", section("training").get("backend", "tensorflow"), model.BACKENDS),
+        ("training.backend", training.get("backend", "tensorflow"), model.BACKENDS),
         (
             "training.objective_value",
-            section("training").get("objective_value", "best"),
+            training.get("objective_value", "best"),
             model.OBJECTIVE_VALUES,
         ),
     )
     out += [f"{key} = {value!r}" for key, value, allowed in fixed if value not in allowed]
     out += [f"direction = {d!r}" for d in data.get("directions", ()) if d not in model.DIRECTIONS]
-    for param, value in (data.get("space") or {}).items():
-        kind = value.get("type") if isinstance(value, dict) else None
-        if kind not in model.SPACE_TYPES:
-            out.append(f"space.{param}.type = {kind!r}")
+    for param, value in _table(data.get("space")).items():
+        entry = _table(value)
+        out += [f"space.{param}.{k}" for k in set(entry) - _names(model.SpaceParam)]
+        if entry.get("type") not in model.SPACE_TYPES:
+            out.append(f"space.{param}.type = {entry.get('type')!r}")
     return out
